@@ -1,0 +1,125 @@
+// zcwrap pack: TorchScript files -> blob + actor config.
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "common.hpp"
+#include "zcwrap/zcwrap.hpp"
+
+namespace zcwrap::cli {
+namespace {
+
+struct PackArgs {
+  std::string model_path;           // standalone MODEL.pt
+  std::vector<std::string> models;  // NAME=PATH, a pipeline
+  std::string output;
+  std::string config;  // default: OUTPUT without .zcb, plus .actor.json
+  std::string align = "4096";
+  std::string name = "model";
+  bool quiet = false;
+  bool json = false;
+};
+
+std::string default_config_path(const std::string& output) {
+  const std::string ext = ".zcb";
+  std::string stem = output;
+  if (stem.size() > ext.size() && stem.compare(stem.size() - ext.size(), ext.size(), ext) == 0) {
+    stem.resize(stem.size() - ext.size());
+  }
+  return stem + ".actor.json";
+}
+
+int run_pack(const PackArgs& args) {
+  const auto start = std::chrono::steady_clock::now();
+  if (args.model_path.empty() == args.models.empty()) {
+    throw Error(ErrorCode::kUsage, args.models.empty()
+                                       ? "nothing to pack: give MODEL.pt or --model NAME=PATH"
+                                       : "give either MODEL.pt or --model NAME=PATH options, not both");
+  }
+  PackOptions options;
+  if (!parse_size(args.align, &options.alignment)) {
+    throw Error(ErrorCode::kUsage, "--align " + args.align + ": not a size (e.g. 4096, 64K, 2M)");
+  }
+  options.standalone_name = args.name;
+
+  std::vector<ModelFile> files;
+  const bool standalone = args.models.empty();
+  if (standalone) {
+    files.push_back({args.name, args.model_path});
+  } else {
+    for (const std::string& spec : args.models) {
+      const size_t eq = spec.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+        throw Error(ErrorCode::kUsage, "--model " + spec + ": expected NAME=PATH");
+      }
+      files.push_back({spec.substr(0, eq), spec.substr(eq + 1)});
+    }
+  }
+  const std::string config_path = args.config.empty() ? default_config_path(args.output) : args.config;
+  const ModelWrapper wrapper = ModelWrapper::pack_files(files, standalone, args.output, options);
+  write_actor_config(wrapper.to_actor(), args.output, config_path);
+
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const nlohmann::json info = describe(args.output);
+  if (args.json) {
+    std::printf("%s\n", nlohmann::json{{"blob", args.output},
+                                       {"config", config_path},
+                                       {"models", wrapper.model_names()},
+                                       {"file_size", info["file_size"]},
+                                       {"storages", info["storages"]},
+                                       {"dedup_saved_bytes", info["dedup_saved_bytes"]},
+                                       {"unshared_bytes", info["unshared_bytes"]},
+                                       {"seconds", seconds}}
+                            .dump(2)
+                            .c_str());
+  } else if (!args.quiet) {
+    size_t tensors = 0;
+    for (const auto& m : info["models"]) tensors += m["tensor_count"].get<size_t>();
+    std::printf("packed %zu model%s (%zu tensors, %s in %zu storages) into %s (%s) in %.2f s\n",
+                files.size(), files.size() == 1 ? "" : "s", tensors,
+                human_bytes(info["storages"]["bytes"]).c_str(),
+                info["storages"]["count"].get<size_t>(), args.output.c_str(),
+                human_bytes(info["file_size"]).c_str(), seconds);
+    if (info["dedup_saved_bytes"].get<uint64_t>() > 0) {
+      std::printf("  dedup saved %s\n", human_bytes(info["dedup_saved_bytes"]).c_str());
+    }
+    if (info["unshared_bytes"].get<uint64_t>() > 0) {
+      std::printf("  warning: %s of tensor data stayed in skeletons (not shared); see zcwrap inspect\n",
+                  human_bytes(info["unshared_bytes"]).c_str());
+    }
+    std::printf("  actor config: %s\n", config_path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+void setup_pack(CLI::App& app, int& status) {
+  auto args = std::make_shared<PackArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "pack", "Pack a TorchScript model, or a pipeline of named models, into a blob and actor config");
+  cmd->add_option("MODEL", args->model_path, "A TorchScript file (torch.jit.save) to pack on its own");
+  cmd->add_option("--model", args->models,
+                  "NAME=PATH: one model of a pipeline (repeat for each; names are [A-Za-z0-9_.-])")
+      ->type_name("NAME=PATH");
+  cmd->add_option("-o,--output", args->output, "The blob to write (written beside it, renamed into place)")
+      ->required()
+      ->type_name("OUT.zcb");
+  cmd->add_option("--config", args->config, "Where to write the actor config [default: OUT.actor.json]")
+      ->type_name("PATH");
+  cmd->add_option("--align", args->align, "Alignment of each storage: power of two, 64 to 2M")
+      ->capture_default_str();
+  cmd->add_option("--name", args->name, "Name of a standalone model")->capture_default_str();
+  cmd->add_flag("-q,--quiet", args->quiet, "Print nothing on success");
+  cmd->add_flag("--json", args->json, "Print a JSON summary");
+  cmd->callback([args, &status] { status = run_pack(*args); });
+}
+
+}  // namespace zcwrap::cli

@@ -1,0 +1,131 @@
+// zcwrap run: one call of a model's method, straight from the blob.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <torch/script.h>
+
+#include "commands.hpp"
+#include "common.hpp"
+#include "zcwrap/internal/file_util.hpp"
+#include "zcwrap/zcwrap.hpp"
+
+namespace zcwrap::cli {
+namespace {
+
+struct RunArgs {
+  std::string path;
+  std::string input;
+  std::string output;
+  std::string model;
+  std::string method = "forward";
+  std::string device = "cpu";
+};
+
+// LibTorch's messages carry a C++ backtrace and, from the interpreter, a
+// TorchScript traceback; the user needs the last line, which says what failed.
+std::string torch_message(const std::exception& e) {
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+  std::string text = c10_error ? c10_error->what_without_backtrace() : e.what();
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  const size_t nl = text.rfind('\n');
+  return nl == std::string::npos ? text : text.substr(nl + 1);
+}
+
+std::vector<c10::IValue> read_inputs(const std::string& path, const c10::Device& device) {
+  const std::string bytes = detail::read_file(path);
+  c10::IValue value;
+  try {
+    value = torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kInput, path + ": not a tensor file written by torch.save (" + torch_message(e) + ")");
+  }
+  std::vector<c10::IValue> args;
+  if (value.isTuple()) {
+    for (const c10::IValue& v : value.toTupleRef().elements()) args.push_back(v);
+  } else {
+    args.push_back(value);
+  }
+  for (c10::IValue& v : args) {
+    if (!v.isTensor()) {
+      throw Error(ErrorCode::kInput, path + ": holds a " + v.tagKind() +
+                                         "; expected a tensor or a tuple of tensors");
+    }
+    v = v.toTensor().to(device);
+  }
+  return args;
+}
+
+// Tensors in the result go back to the CPU so that torch.load opens the file
+// anywhere.
+c10::IValue to_cpu(const c10::IValue& v) {
+  if (v.isTensor()) return v.toTensor().cpu();
+  if (v.isTuple()) {
+    std::vector<c10::IValue> out;
+    for (const c10::IValue& e : v.toTupleRef().elements()) out.push_back(to_cpu(e));
+    return c10::ivalue::Tuple::create(std::move(out));
+  }
+  if (v.isList()) {
+    c10::impl::GenericList out(v.toList().elementType());
+    for (const c10::IValue& e : v.toList()) out.push_back(to_cpu(e));
+    return out;
+  }
+  return v;
+}
+
+int run_run(const RunArgs& args) {
+  const ModelWrapper wrapper = ModelWrapper::open(args.path);
+  std::string name = args.model;
+  if (name.empty()) {
+    if (!wrapper.is_standalone_module()) {
+      std::string names;
+      for (const std::string& n : wrapper.model_names()) names += (names.empty() ? "" : ", ") + n;
+      throw Error(ErrorCode::kUsage, args.path + ": holds a pipeline; choose a model with --model (one of: " +
+                                         names + ")");
+    }
+    name = wrapper.model_names().front();
+  }
+  Unwrapped unwrapped = wrapper.unwrap(args.device);
+  torch::jit::Module& module = unwrapped.at(name);
+  std::vector<c10::IValue> inputs = read_inputs(args.input, c10::Device(unwrapped.device()));
+
+  auto method = module.find_method(args.method);
+  if (!method) {
+    std::string methods;
+    for (const auto& m : module.get_methods()) methods += (methods.empty() ? "" : ", ") + m.name();
+    throw Error(ErrorCode::kUsage, "model '" + name + "' has no method '" + args.method + "' (it has: " +
+                                       methods + ")");
+  }
+  c10::IValue result;
+  try {
+    torch::NoGradGuard no_grad;
+    result = (*method)(std::move(inputs));
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kBadModel, args.input + ": model '" + name + "' failed on this input: " +
+                                          torch_message(e));
+  }
+  const std::vector<char> bytes = torch::jit::pickle_save(to_cpu(result));
+  write_file_atomically(args.output, std::string(bytes.begin(), bytes.end()));
+  return 0;
+}
+
+}  // namespace
+
+void setup_run(CLI::App& app, int& status) {
+  auto args = std::make_shared<RunArgs>();
+  CLI::App* cmd = app.add_subcommand("run", "Run one call of a model from a blob");
+  cmd->add_option("BLOB", args->path, "A blob, or the actor config naming one")->required()->type_name("BLOB|CONFIG");
+  cmd->add_option("-i,--input", args->input, "torch.save of a tensor, or of a tuple (positional arguments)")
+      ->required()
+      ->type_name("IN.pt");
+  cmd->add_option("-o,--output", args->output, "Where to torch.save the result (opens with torch.load)")
+      ->required()
+      ->type_name("OUT.pt");
+  cmd->add_option("--model", args->model, "Which model of a pipeline to run")->type_name("NAME");
+  cmd->add_option("--method", args->method, "Method to call")->capture_default_str();
+  cmd->add_option("--device", args->device, "Device to unwrap onto (cpu, cuda:N)")->capture_default_str();
+  cmd->callback([args, &status] { status = run_run(*args); });
+}
+
+}  // namespace zcwrap::cli

@@ -1,0 +1,63 @@
+#include "common.hpp"
+
+#include <cinttypes>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "zcwrap/internal/file_util.hpp"
+
+namespace zcwrap::cli {
+
+std::string human_bytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024.0 && unit < 4) {
+    value /= 1024.0;
+    ++unit;
+  }
+  char buf[32];
+  if (unit == 0) {
+    std::snprintf(buf, sizeof(buf), "%" PRIu64 " B", bytes);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.1f %s", value, units[unit]);
+  }
+  return buf;
+}
+
+bool parse_size(const std::string& text, uint64_t* out) {
+  if (text.empty()) return false;
+  size_t digits = text.find_first_not_of("0123456789");
+  if (digits == 0 || (digits != std::string::npos && digits + 1 != text.size())) return false;
+  uint64_t shift = 0;
+  if (digits != std::string::npos) {
+    switch (text[digits]) {
+      case 'k': case 'K': shift = 10; break;
+      case 'm': case 'M': shift = 20; break;
+      default: return false;
+    }
+  }
+  const std::string number = text.substr(0, digits);
+  if (number.size() > 12) return false;
+  *out = std::stoull(number) << shift;
+  return true;
+}
+
+void write_file_atomically(const std::string& path, const std::string& text) {
+  detail::AtomicFile file(path);
+  file.write(text.data(), text.size());
+  file.commit();
+}
+
+void write_actor_config(nlohmann::json config, const std::string& blob_path,
+                        const std::string& config_path) {
+  const std::string blob_abs = detail::absolute_path(blob_path);
+  const std::string config_dir = detail::parent_dir(detail::absolute_path(config_path));
+  if (detail::parent_dir(blob_abs) == config_dir) {
+    config["blob"] = blob_abs.substr(config_dir.size() + (config_dir == "/" ? 0 : 1));
+  }
+  write_file_atomically(config_path, config.dump(2) + "\n");
+}
+
+}  // namespace zcwrap::cli

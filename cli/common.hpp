@@ -1,0 +1,30 @@
+// Helpers shared by the zcwrap subcommands.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace CLI {
+class App;
+}  // namespace CLI
+
+namespace zcwrap::cli {
+
+// "1.5 MiB", "812 B".
+std::string human_bytes(uint64_t bytes);
+
+// Parses "4096", "64K", "2M" (binary units). False when malformed.
+bool parse_size(const std::string& text, uint64_t* out);
+
+// Writes `text` to `path` atomically. Throws zcwrap::Error(kWrite).
+void write_file_atomically(const std::string& path, const std::string& text);
+
+// Writes an actor config for the blob at `blob_path` to `config_path`; the
+// blob is named relative to the config's folder when both share it, so the
+// pair can be moved together.
+void write_actor_config(nlohmann::json config, const std::string& blob_path,
+                        const std::string& config_path);
+
+}  // namespace zcwrap::cli

@@ -1,0 +1,95 @@
+// RAII file handles, read-only mappings and atomic file replacement.
+// Internal (runtime and cli); torch-free.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace zcwrap::detail {
+
+// An owned file descriptor, closed on destruction.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept;
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd();
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  [[nodiscard]] int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// A read-only, shared mapping of a whole file, unmapped on destruction.
+class MappedRegion {
+ public:
+  MappedRegion() = default;
+  MappedRegion(MappedRegion&& other) noexcept;
+  MappedRegion& operator=(MappedRegion&& other) noexcept;
+  MappedRegion(const MappedRegion&) = delete;
+  MappedRegion& operator=(const MappedRegion&) = delete;
+  ~MappedRegion();
+
+  // Maps `path` PROT_READ, MAP_SHARED. Throws Error(kInput) when the file
+  // cannot be opened or mapped. An empty file gives an empty region.
+  static MappedRegion map_file(const std::string& path);
+
+  const uint8_t* data() const { return static_cast<const uint8_t*>(base_); }
+  size_t size() const { return size_; }
+
+ private:
+  void* base_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Writes a file next to its destination and renames it into place only when
+// complete (after fsync of the file and its folder), so readers see the old
+// file or the new one, never a part. The temporary is removed if the writer
+// is destroyed before commit().
+class AtomicFile {
+ public:
+  // Throws Error(kWrite) when the folder cannot be written.
+  explicit AtomicFile(std::string destination);
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile();
+
+  // Throws Error(kWrite), naming the destination and strerror.
+  void write(const void* data, size_t size);
+  void write_zeros(size_t size);
+  void commit();
+
+  const std::string& destination() const { return destination_; }
+
+ private:
+  [[noreturn]] void fail(const std::string& what, int err) const;
+
+  std::string destination_;
+  std::string temp_path_;
+  UniqueFd fd_;
+  bool committed_ = false;
+};
+
+std::string errno_text(int err);
+
+// Whole file as a string; throws Error(kInput) naming the path.
+std::string read_file(const std::string& path);
+
+// The folder part of a path ("." when there is none).
+std::string parent_dir(const std::string& path);
+
+// `path` made absolute against the current directory (no symlink resolution).
+std::string absolute_path(const std::string& path);
+
+}  // namespace zcwrap::detail

@@ -1,0 +1,169 @@
+// zcwrap blob format v1: constants, header codec and manifest model.
+//
+// Internal to the zcwrap build (shared by runtime/ and cli/), not installed.
+// docs/FORMAT.md and man/zcwrap-format.5 are the user-facing copies of this
+// layout; change all three together.
+//
+// Layout of a blob (all integers little-endian):
+//
+//   1. Header, `header_length` bytes (96 in v1):
+//        off  size  field
+//          0     8  magic "ZCWRAP01" (the digits are the major version:
+//                   bumped only for changes an old reader cannot skip)
+//          8     4  header_length     u32, >= 96; later fields go at the end
+//         12     4  flags             u32, 0 in v1
+//         16     8  file_size         u64, the whole blob
+//         24     8  alignment         u64, of every storage: power of two,
+//                                     64 .. 2 MiB
+//         32     8  manifest_offset   u64
+//         40     8  manifest_length   u64
+//         48     8  skeletons_offset  u64
+//         56     8  skeletons_length  u64
+//         64     8  data_offset       u64, multiple of 4096 and of alignment
+//         72     8  data_length       u64
+//         80     8  meta_checksum     u64, XXH3-64 over header bytes [0, 80)
+//                                     and [88, header_length), then the
+//                                     manifest, then the skeletons section
+//         88     8  reserved, 0
+//   2. Manifest: UTF-8 JSON (see Manifest below and docs/FORMAT.md).
+//   3. Skeletons: one record per model, each a TorchScript archive whose
+//      shared tensors were replaced by empty placeholders, zstd-compressed.
+//   4. Padding with zeros up to data_offset.
+//   5. Data: the storages in increasing order, not overlapping, each at an
+//      offset (relative to data_offset) that is a multiple of alignment, or
+//      of 64 for a storage smaller than alignment (storage_alignment()).
+//      data_offset + data_length == file_size.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace zcwrap::format {
+
+inline constexpr char kMagic[8] = {'Z', 'C', 'W', 'R', 'A', 'P', '0', '1'};
+inline constexpr size_t kMagicFamilyLength = 6;  // "ZCWRAP", then version
+inline constexpr uint32_t kHeaderLengthV1 = 96;
+inline constexpr uint32_t kMaxHeaderLength = 64 * 1024;
+inline constexpr size_t kChecksumFieldOffset = 80;
+inline constexpr uint64_t kPageSize = 4096;
+inline constexpr uint64_t kDefaultAlignment = 4096;
+inline constexpr uint64_t kMinAlignment = 64;
+inline constexpr uint64_t kMaxAlignment = 2 * 1024 * 1024;
+inline constexpr uint64_t kMaxManifestLength = 256ull << 20;
+inline constexpr uint64_t kMaxSkeletonRawLength = 1ull << 32;
+inline constexpr size_t kMaxModels = 4096;
+inline constexpr size_t kMaxTensors = 1u << 24;
+inline constexpr size_t kMaxStorages = 1u << 24;
+inline constexpr size_t kMaxDims = 64;
+inline constexpr int kFormatVersion = 1;
+
+// Fixed header fields, decoded from / encoded to little-endian bytes.
+struct Header {
+  uint32_t header_length = kHeaderLengthV1;
+  uint32_t flags = 0;
+  uint64_t file_size = 0;
+  uint64_t alignment = kDefaultAlignment;
+  uint64_t manifest_offset = 0;
+  uint64_t manifest_length = 0;
+  uint64_t skeletons_offset = 0;
+  uint64_t skeletons_length = 0;
+  uint64_t data_offset = 0;
+  uint64_t data_length = 0;
+  uint64_t meta_checksum = 0;
+};
+
+// Bytes of a v1 header for `h` (meta_checksum included as given).
+std::vector<uint8_t> encode_header(const Header& h);
+
+// Decodes and checks the header at the start of `bytes` (`size` readable
+// bytes; `file_size` is the real size of the file). Throws zcwrap::Error
+// (kBadBlob) naming `path`, the field and the values.
+Header decode_header(const uint8_t* bytes, size_t size, uint64_t file_size,
+                     const std::string& path);
+
+// XXH3-64 of the parts the meta checksum covers. `blob` holds at least
+// data_offset bytes of the file.
+uint64_t meta_checksum(const uint8_t* blob, const Header& h);
+
+enum class TensorKind { kParameter, kBuffer, kAttribute, kContainer };
+const char* tensor_kind_name(TensorKind kind);
+
+struct StorageEntry {
+  uint64_t offset = 0;  // relative to data_offset
+  uint64_t nbytes = 0;
+  uint64_t xxh3 = 0;    // XXH3-64 of the storage bytes
+};
+
+struct TensorEntry {
+  std::string path;  // attribute path, e.g. "layer1.0.conv1.weight", "cache[2]"
+  TensorKind kind = TensorKind::kParameter;
+  std::string dtype;  // see dtype_size()
+  std::vector<int64_t> sizes;
+  std::vector<int64_t> strides;
+  uint64_t storage = 0;         // index into Manifest::storages
+  uint64_t storage_offset = 0;  // in elements, as in torch
+};
+
+struct SkeletonEntry {
+  std::string kind = "torchscript";  // the only kind v1 readers load
+  std::string compression = "zstd";  // "zstd" or "none"
+  uint64_t offset = 0;               // relative to skeletons_offset
+  uint64_t length = 0;               // stored bytes
+  uint64_t raw_length = 0;           // bytes after decompression
+  uint64_t unshared_bytes = 0;       // tensor bytes left inside the skeleton
+};
+
+struct ModelEntry {
+  std::string name;
+  SkeletonEntry skeleton;
+  std::vector<TensorEntry> tensors;
+};
+
+struct Manifest {
+  int version = kFormatVersion;
+  std::string producer;
+  uint64_t alignment = kDefaultAlignment;
+  bool standalone = false;  // one model packed on its own, not a pipeline
+  std::vector<StorageEntry> storages;
+  std::vector<ModelEntry> models;
+};
+
+// Bytes per element of a dtype name ("float32", "bfloat16", ...); 0 when the
+// name is unknown.
+size_t dtype_size(const std::string& dtype);
+
+nlohmann::json manifest_to_json(const Manifest& m);
+
+// Parses and checks a manifest against the header it came with: known
+// dtypes, storages aligned, ascending and inside the data section, every
+// tensor's extent inside its storage, skeletons inside their section.
+// Throws zcwrap::Error (kBadBlob) naming `path` and the offending entry.
+Manifest parse_manifest(const char* text, size_t length, const Header& h,
+                        const std::string& path);
+
+// Model names must be non-empty, unique, and made of [A-Za-z0-9_.-].
+bool valid_model_name(const std::string& name);
+
+// Where a storage of `nbytes` may start: on a multiple of `alignment`, or of
+// kMinAlignment when it is smaller than `alignment`, so that thousands of tiny
+// tensors (biases, norms) do not each take a page.
+inline uint64_t storage_alignment(uint64_t nbytes, uint64_t alignment) {
+  return nbytes < alignment ? kMinAlignment : alignment;
+}
+
+inline bool is_power_of_two(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+// Rounds `v` up to a multiple of `a` (a power of two); false on overflow.
+inline bool align_up(uint64_t v, uint64_t a, uint64_t* out) {
+  if (v > UINT64_MAX - (a - 1)) return false;
+  *out = (v + a - 1) & ~(a - 1);
+  return true;
+}
+
+std::string hex64(uint64_t v);
+
+}  // namespace zcwrap::format

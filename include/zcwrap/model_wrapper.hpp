@@ -1,0 +1,174 @@
+// ModelWrapper, ActorWrapper and Unwrapped: pack TorchScript models into a
+// blob once, rebuild them zero-copy in every worker.
+//
+// This header does not include LibTorch (it is heavy to compile): code that
+// calls module() or passes a torch::jit::Module includes <torch/script.h>
+// itself.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace torch::jit {
+struct Module;
+}  // namespace torch::jit
+
+namespace zcwrap {
+
+/// How to pack. The defaults suit almost everyone.
+struct PackOptions {
+  /// Alignment of every storage in the data section: a power of two from 64
+  /// to 2 MiB. 2 MiB lets the kernel back the weights with huge pages.
+  uint64_t alignment = 4096;
+  /// from_model/from_pipeline only: the folder that holds in-process packed
+  /// blobs. Empty means $ZCWRAP_STORE, or /dev/shm/zcwrap when that is unset.
+  std::string store_dir;
+  /// Name of a standalone model (pack_files with standalone = true, from_model).
+  std::string standalone_name = "model";
+};
+
+/// One model file of a pipeline to pack.
+struct ModelFile {
+  std::string name;  ///< [A-Za-z0-9_.-]+, unique within the blob
+  std::string path;  ///< a TorchScript archive (torch.jit.save / Module::save)
+};
+
+/// The TorchScript modules rebuilt from a blob, ready to run.
+///
+/// On "cpu" every shared tensor points into one read-only MAP_SHARED mapping
+/// of the blob, so the weights take no memory of their own and all workers
+/// on a machine share one copy in the page cache. The mapping stays alive as
+/// long as any tensor made from it (the modules included), even after this
+/// object and the blob file are gone. Writing to such a tensor in place
+/// faults (SIGSEGV): the weights are read-only by design.
+///
+/// Modules come back in eval mode, tensors with requires_grad false; run
+/// them under torch::NoGradGuard or torch::InferenceMode. Copies share the
+/// same modules. Like torch::jit::Module, not synchronized: threads may run
+/// the modules concurrently but must not mutate them.
+class Unwrapped {
+ public:
+  /// The standalone module. Throws Error(kUsage) for a pipeline.
+  torch::jit::Module& module();
+  /// One model of a pipeline, or the standalone one by its name. Throws
+  /// Error(kUsage) listing the names when there is no such model.
+  torch::jit::Module& at(const std::string& name);
+  /// Model names in pack order.
+  std::vector<std::string> names() const;
+  bool is_standalone_module() const;
+  /// The device the tensors live on ("cpu", "cuda:0", ...).
+  const std::string& device() const;
+  /// Start and size of the read-only mapping of the blob; CPU tensors made
+  /// from it point inside [mapping_data(), mapping_data() + mapping_size()).
+  const void* mapping_data() const;
+  size_t mapping_size() const;
+
+  struct State;  ///< implementation detail
+
+ private:
+  friend class ModelWrapper;
+  explicit Unwrapped(std::shared_ptr<State> state) : state_(std::move(state)) {}
+  std::shared_ptr<State> state_;
+};
+
+/// A handle on a packed blob: small, copyable, safe to send to workers as
+/// JSON (to_actor / from_actor). Holds no mapping itself.
+class ModelWrapper {
+ public:
+  /// Packs one in-memory module into the store folder (see PackOptions) under
+  /// a name derived from its content, so the same model is stored once.
+  /// The module is not changed. Store files are never removed by zcwrap: the
+  /// driver removes blob_path() when no new worker needs it; workers that
+  /// already unwrapped it keep working, as the mapping holds the file.
+  /// Throws Error(kWrite) when the store has no room (it names ZCWRAP_STORE),
+  /// Error(kBadModel) when the module cannot be serialized.
+  static ModelWrapper from_model(const torch::jit::Module& model, const PackOptions& options = {});
+
+  /// Like from_model for a pipeline of named modules; tensors that hold the
+  /// same bytes (tied across models) are stored once. Throws Error(kUsage)
+  /// for an empty list, an invalid or duplicate name.
+  static ModelWrapper from_pipeline(
+      const std::vector<std::pair<std::string, torch::jit::Module>>& models,
+      const PackOptions& options = {});
+
+  /// Packs TorchScript files into the blob at `blob_path` (what `zcwrap pack`
+  /// does): written beside it and renamed into place when complete. With
+  /// `standalone`, `models` holds one file and its name is ignored for
+  /// options.standalone_name. Throws Error(kInput / kBadModel / kUsage /
+  /// kWrite) naming the file at fault.
+  static ModelWrapper pack_files(const std::vector<ModelFile>& models, bool standalone,
+                                 const std::string& blob_path, const PackOptions& options = {});
+
+  /// Opens what to_actor() produced. Checks that the blob exists and still
+  /// has the size and meta checksum the config pins; throws Error(kStale)
+  /// when it was replaced or truncated, Error(kBadBlob) for a malformed
+  /// config. A relative "blob" path is taken relative to the current folder.
+  static ModelWrapper from_actor(const nlohmann::json& actor_config);
+
+  /// Opens a blob file, or an actor config file (JSON; a relative "blob" path
+  /// in it is taken relative to the config's folder).
+  static ModelWrapper open(const std::string& blob_or_config_path);
+
+  /// The actor config: {"zcwrap_actor": 1, "blob": absolute path, "blob_size",
+  /// "meta_checksum", "standalone", "models": [...]}. Small; send it to workers.
+  nlohmann::json to_actor() const;
+
+  /// Maps the blob and rebuilds the modules. "cpu": zero-copy (see
+  /// Unwrapped). Another device ("cuda:0"): each storage is copied once, so
+  /// aliasing survives. `use_fast_load` is accepted for API compatibility and
+  /// currently takes the same per-storage copy path. Throws Error(kDevice)
+  /// for a device that does not exist, Error(kBadBlob) / Error(kStale) for a
+  /// blob that fails its checks. Thread-safe.
+  Unwrapped unwrap(const std::string& device = "cpu", bool use_fast_load = false) const;
+
+  bool is_standalone_module() const { return standalone_; }
+  std::vector<std::string> model_names() const { return names_; }
+  const std::string& blob_path() const { return blob_path_; }
+  uint64_t blob_size() const { return blob_size_; }
+  uint64_t meta_checksum() const { return meta_checksum_; }
+
+ private:
+  ModelWrapper() = default;
+  friend class ActorWrapper;
+
+  std::string blob_path_;
+  uint64_t blob_size_ = 0;
+  uint64_t meta_checksum_ = 0;
+  bool standalone_ = false;
+  std::vector<std::string> names_;
+};
+
+/// The seed's primary API: wrap a model (or pipeline) once in the driver with
+/// the device its workers use, send to_actor() to each worker, and call
+/// from_actor(config).load() there.
+class ActorWrapper {
+ public:
+  /// Packs `model` like ModelWrapper::from_model. Throws as that does.
+  explicit ActorWrapper(const torch::jit::Module& model, std::string device = "cpu",
+                        const PackOptions& options = {});
+  /// Packs a pipeline like ModelWrapper::from_pipeline.
+  explicit ActorWrapper(const std::vector<std::pair<std::string, torch::jit::Module>>& models,
+                        std::string device = "cpu", const PackOptions& options = {});
+  ActorWrapper(ModelWrapper wrapper, std::string device);
+
+  /// Unwraps onto the device given at wrap time.
+  Unwrapped load() const;
+  /// ModelWrapper::to_actor() plus "device".
+  nlohmann::json to_actor() const;
+  /// Throws as ModelWrapper::from_actor, and Error(kBadBlob) without "device".
+  static ActorWrapper from_actor(const nlohmann::json& actor_config);
+
+  const ModelWrapper& wrapper() const { return wrapper_; }
+  const std::string& device() const { return device_; }
+
+ private:
+  ModelWrapper wrapper_;
+  std::string device_;
+};
+
+}  // namespace zcwrap

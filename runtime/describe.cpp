@@ -1,0 +1,79 @@
+#include <nlohmann/json.hpp>
+
+#include "blob_file.hpp"
+#include "zcwrap/inspect.hpp"
+#include "zcwrap/model_wrapper.hpp"
+
+namespace zcwrap {
+
+nlohmann::json describe(const std::string& path) {
+  using nlohmann::json;
+  const ModelWrapper wrapper = ModelWrapper::open(path);
+  const std::string& blob_path = wrapper.blob_path();
+  auto blob = detail::BlobFile::open(blob_path);
+  const format::Header& h = blob->header();
+  const format::Manifest& m = blob->manifest();
+
+  uint64_t storage_bytes = 0;
+  for (const format::StorageEntry& s : m.storages) storage_bytes += s.nbytes;
+
+  uint64_t tensor_bytes_total = 0;
+  uint64_t unshared_total = 0;
+  json models = json::array();
+  for (const format::ModelEntry& model : m.models) {
+    json tensors = json::array();
+    uint64_t shared = 0;
+    for (const format::TensorEntry& t : model.tensors) {
+      const uint64_t item = format::dtype_size(t.dtype);
+      uint64_t numel = 1;
+      for (int64_t d : t.sizes) numel *= static_cast<uint64_t>(d);  // bounded by parse_manifest
+      const uint64_t bytes = numel * item;
+      shared += bytes;
+      tensors.push_back({{"path", t.path},
+                         {"kind", format::tensor_kind_name(t.kind)},
+                         {"dtype", t.dtype},
+                         {"shape", t.sizes},
+                         {"strides", t.strides},
+                         {"bytes", bytes},
+                         {"storage", t.storage},
+                         {"offset", h.data_offset + m.storages[t.storage].offset + t.storage_offset * item}});
+    }
+    tensor_bytes_total += shared;
+    unshared_total += model.skeleton.unshared_bytes;
+    const uint64_t all = shared + model.skeleton.unshared_bytes;
+    models.push_back({{"name", model.name},
+                      {"skeleton",
+                       {{"kind", model.skeleton.kind},
+                        {"compression", model.skeleton.compression},
+                        {"stored_bytes", model.skeleton.length},
+                        {"raw_bytes", model.skeleton.raw_length}}},
+                      {"tensor_count", model.tensors.size()},
+                      {"shared_bytes", shared},
+                      {"unshared_bytes", model.skeleton.unshared_bytes},
+                      {"shared_fraction", all == 0 ? 1.0 : double(shared) / double(all)},
+                      {"tensors", std::move(tensors)}});
+  }
+  return {{"blob", blob_path},
+          {"config", detail::absolute_path(path) == blob_path ? json(nullptr) : json(path)},
+          {"format_version", m.version},
+          {"producer", m.producer},
+          {"file_size", h.file_size},
+          {"alignment", h.alignment},
+          {"standalone", m.standalone},
+          {"header",
+           {{"header_length", h.header_length},
+            {"manifest_offset", h.manifest_offset},
+            {"manifest_length", h.manifest_length},
+            {"skeletons_offset", h.skeletons_offset},
+            {"skeletons_length", h.skeletons_length},
+            {"data_offset", h.data_offset},
+            {"data_length", h.data_length},
+            {"meta_checksum", format::hex64(h.meta_checksum)}}},
+          {"storages", {{"count", m.storages.size()}, {"bytes", storage_bytes}}},
+          {"tensor_bytes", tensor_bytes_total},
+          {"dedup_saved_bytes", tensor_bytes_total > storage_bytes ? tensor_bytes_total - storage_bytes : 0},
+          {"unshared_bytes", unshared_total},
+          {"models", std::move(models)}};
+}
+
+}  // namespace zcwrap

@@ -1,0 +1,152 @@
+#include "zcwrap/internal/file_util.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "zcwrap/error.hpp"
+
+namespace zcwrap::detail {
+
+UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.release();
+  }
+  return *this;
+}
+
+UniqueFd::~UniqueFd() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+MappedRegion::MappedRegion(MappedRegion&& other) noexcept
+    : base_(std::exchange(other.base_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+MappedRegion& MappedRegion::operator=(MappedRegion&& other) noexcept {
+  if (this != &other) {
+    if (base_ != nullptr) ::munmap(base_, size_);
+    base_ = std::exchange(other.base_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+MappedRegion::~MappedRegion() {
+  if (base_ != nullptr) ::munmap(base_, size_);
+}
+
+MappedRegion MappedRegion::map_file(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    throw Error(ErrorCode::kInput, path + ": cannot stat: " + errno_text(errno));
+  }
+  if (!S_ISREG(st.st_mode)) throw Error(ErrorCode::kInput, path + ": not a regular file");
+  MappedRegion region;
+  if (st.st_size == 0) return region;
+  void* base = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (base == MAP_FAILED) throw Error(ErrorCode::kInput, path + ": cannot map: " + errno_text(errno));
+  region.base_ = base;
+  region.size_ = static_cast<size_t>(st.st_size);
+  return region;
+}
+
+AtomicFile::AtomicFile(std::string destination) : destination_(std::move(destination)) {
+  std::vector<char> name(destination_.begin(), destination_.end());
+  const char suffix[] = ".tmp-XXXXXX";
+  name.insert(name.end(), suffix, suffix + sizeof(suffix));
+  int fd = ::mkstemp(name.data());
+  if (fd < 0) fail("cannot create a file in " + parent_dir(destination_), errno);
+  fd_ = UniqueFd(fd);
+  temp_path_ = name.data();
+  ::fchmod(fd, 0644);
+}
+
+AtomicFile::~AtomicFile() {
+  if (!committed_ && !temp_path_.empty()) ::unlink(temp_path_.c_str());
+}
+
+void AtomicFile::fail(const std::string& what, int err) const {
+  std::string message = destination_ + ": " + what + ": " + errno_text(err);
+  throw Error(ErrorCode::kWrite, message);
+}
+
+void AtomicFile::write(const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd_.get(), p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("write failed", errno);
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+void AtomicFile::write_zeros(size_t size) {
+  static const char zeros[4096] = {};
+  while (size > 0) {
+    size_t n = size < sizeof(zeros) ? size : sizeof(zeros);
+    write(zeros, n);
+    size -= n;
+  }
+}
+
+void AtomicFile::commit() {
+  if (::fsync(fd_.get()) != 0) fail("fsync failed", errno);
+  UniqueFd closing(fd_.release());
+  if (::close(closing.release()) != 0) fail("close failed", errno);
+  if (::rename(temp_path_.c_str(), destination_.c_str()) != 0) fail("cannot rename into place", errno);
+  committed_ = true;
+  // The rename is durable only once the folder's entry is on disk.
+  UniqueFd dir(::open(parent_dir(destination_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir.valid()) ::fsync(dir.get());
+}
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+std::string read_file(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw Error(ErrorCode::kInput, path + ": cannot read: " + errno_text(errno));
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+std::string parent_dir(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string absolute_path(const std::string& path) {
+  if (!path.empty() && path[0] == '/') return path;
+  char cwd[PATH_MAX];
+  if (::getcwd(cwd, sizeof(cwd)) == nullptr) return path;
+  std::string dir(cwd);
+  std::string rest = path;
+  while (rest.rfind("./", 0) == 0) rest = rest.substr(2);
+  return dir == "/" ? "/" + rest : dir + "/" + rest;
+}
+
+}  // namespace zcwrap::detail

@@ -1,0 +1,443 @@
+// Blob format v1: header codec and manifest checks. Nothing here trusts the
+// bytes it reads: every offset and length is checked for overflow before use.
+#include "zcwrap/internal/format.hpp"
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <map>
+
+#include <nlohmann/json.hpp>
+#include <xxhash.h>
+
+#include "zcwrap/error.hpp"
+
+namespace zcwrap::format {
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void bad(const std::string& path, const std::string& what) {
+  throw Error(ErrorCode::kBadBlob, path + ": " + what);
+}
+
+std::string u64s(uint64_t v) { return std::to_string(v); }
+
+// Reads little-endian integers from a byte range, checking before each read.
+class ByteReader {
+ public:
+  ByteReader(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+
+  bool read_u32(uint32_t* out) {
+    if (size_ - pos_ < 4) return false;
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; --i) v = (v << 8) | data_[pos_ + i];
+    pos_ += 4;
+    *out = v;
+    return true;
+  }
+
+  bool read_u64(uint64_t* out) {
+    if (size_ - pos_ < 8) return false;
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; --i) v = (v << 8) | data_[pos_ + i];
+    pos_ += 8;
+    *out = v;
+    return true;
+  }
+
+  bool skip(size_t n) {
+    if (size_ - pos_ < n) return false;
+    pos_ += n;
+    return true;
+  }
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+};
+
+void put_u32(std::vector<uint8_t>& out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+void put_u64(std::vector<uint8_t>& out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+// Section [offset, offset + length) must lie inside [lo, hi).
+void check_section(const std::string& path, const char* name, uint64_t offset,
+                   uint64_t length, uint64_t lo, uint64_t hi) {
+  if (offset < lo || offset > hi || length > hi - offset) {
+    bad(path, std::string("header: ") + name + " section [" + u64s(offset) +
+                  ", +" + u64s(length) + ") lies outside [" + u64s(lo) + ", " +
+                  u64s(hi) + ")");
+  }
+}
+
+const std::map<std::string, size_t>& dtype_table() {
+  static const std::map<std::string, size_t> table = {
+      {"bool", 1},      {"uint8", 1},     {"int8", 1},       {"int16", 2},
+      {"int32", 4},     {"int64", 8},     {"float16", 2},    {"bfloat16", 2},
+      {"float32", 4},   {"float64", 8},   {"complex32", 4},  {"complex64", 8},
+      {"complex128", 16},
+  };
+  return table;
+}
+
+const char* const kKindNames[] = {"parameter", "buffer", "attribute", "container"};
+
+// JSON field access that reports what is missing or of the wrong type.
+class Fields {
+ public:
+  Fields(const json& object, std::string where, const std::string& path)
+      : object_(object), where_(std::move(where)), path_(path) {
+    if (!object_.is_object()) bad(path_, where_ + ": expected a JSON object");
+  }
+
+  const json& get(const char* key) const {
+    auto it = object_.find(key);
+    if (it == object_.end()) bad(path_, where_ + ": missing field '" + key + "'");
+    return *it;
+  }
+
+  uint64_t u64(const char* key) const {
+    const json& v = get(key);
+    if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() < 0)) {
+      bad(path_, where_ + "." + key + ": expected an unsigned integer");
+    }
+    return v.get<uint64_t>();
+  }
+
+  std::string str(const char* key) const {
+    const json& v = get(key);
+    if (!v.is_string()) bad(path_, where_ + "." + key + ": expected a string");
+    return v.get<std::string>();
+  }
+
+  const json& array(const char* key, size_t max_items) const {
+    const json& v = get(key);
+    if (!v.is_array()) bad(path_, where_ + "." + key + ": expected an array");
+    if (v.size() > max_items) {
+      bad(path_, where_ + "." + key + ": " + u64s(v.size()) + " entries, more than the limit of " +
+                     u64s(max_items));
+    }
+    return v;
+  }
+
+  std::vector<int64_t> dims(const char* key) const {
+    const json& v = array(key, kMaxDims);
+    std::vector<int64_t> out;
+    for (const json& d : v) {
+      if (!d.is_number_unsigned() || d.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())) {
+        bad(path_, where_ + "." + key + ": expected non-negative integers");
+      }
+      out.push_back(d.get<int64_t>());
+    }
+    return out;
+  }
+
+  const std::string& where() const { return where_; }
+
+ private:
+  const json& object_;
+  std::string where_;
+  const std::string& path_;
+};
+
+uint64_t parse_hex64(const std::string& s, const std::string& path, const std::string& where) {
+  if (s.size() != 16 || s.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    bad(path, where + ": expected 16 lower-case hex digits");
+  }
+  return std::stoull(s, nullptr, 16);
+}
+
+TensorKind parse_kind(const std::string& s, const std::string& path, const std::string& where) {
+  for (int i = 0; i < 4; ++i) {
+    if (s == kKindNames[i]) return static_cast<TensorKind>(i);
+  }
+  bad(path, where + ".kind: unknown tensor kind '" + s + "'");
+}
+
+// Checks that the elements a tensor can reach lie inside its storage.
+void check_extent(const TensorEntry& t, const StorageEntry& s, size_t item,
+                  const std::string& path, const std::string& where) {
+  if (t.sizes.size() != t.strides.size()) {
+    bad(path, where + ": " + u64s(t.sizes.size()) + " sizes but " + u64s(t.strides.size()) + " strides");
+  }
+  using u128 = unsigned __int128;
+  u128 numel = 1;
+  u128 last = t.storage_offset;  // index of the last element reached
+  for (size_t d = 0; d < t.sizes.size(); ++d) {
+    numel *= static_cast<uint64_t>(t.sizes[d]);
+    if (numel > u128(UINT64_MAX)) bad(path, where + ": element count overflows");
+  }
+  if (numel == 0) return;
+  for (size_t d = 0; d < t.sizes.size(); ++d) {
+    last += u128(static_cast<uint64_t>(t.sizes[d]) - 1) * static_cast<uint64_t>(t.strides[d]);
+    if (last > u128(UINT64_MAX)) bad(path, where + ": extent overflows");
+  }
+  u128 end_bytes = (last + 1) * item;
+  if (end_bytes > s.nbytes) {
+    bad(path, where + ": reaches byte " + u64s(static_cast<uint64_t>(std::min<u128>(end_bytes, UINT64_MAX))) +
+                  " of storage " + u64s(t.storage) + ", which holds " + u64s(s.nbytes) + " bytes");
+  }
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_header(const Header& h) {
+  std::vector<uint8_t> out(kMagic, kMagic + sizeof(kMagic));
+  put_u32(out, h.header_length);
+  put_u32(out, h.flags);
+  put_u64(out, h.file_size);
+  put_u64(out, h.alignment);
+  put_u64(out, h.manifest_offset);
+  put_u64(out, h.manifest_length);
+  put_u64(out, h.skeletons_offset);
+  put_u64(out, h.skeletons_length);
+  put_u64(out, h.data_offset);
+  put_u64(out, h.data_length);
+  put_u64(out, h.meta_checksum);
+  put_u64(out, 0);
+  out.resize(h.header_length, 0);
+  return out;
+}
+
+Header decode_header(const uint8_t* bytes, size_t size, uint64_t file_size,
+                     const std::string& path) {
+  if (size < sizeof(kMagic) || std::memcmp(bytes, kMagic, kMagicFamilyLength) != 0) {
+    bad(path, "not a zcwrap blob (no ZCWRAP magic at offset 0)");
+  }
+  if (std::memcmp(bytes, kMagic, sizeof(kMagic)) != 0) {
+    bad(path, "blob format version '" + std::string(reinterpret_cast<const char*>(bytes) + 6, 2) +
+                  "' is not supported by this zcwrap (it reads version 01); re-pack the model "
+                  "with this zcwrap or upgrade zcwrap");
+  }
+  ByteReader r(bytes, size);
+  Header h;
+  r.skip(sizeof(kMagic));
+  if (!r.read_u32(&h.header_length) || !r.read_u32(&h.flags) || !r.read_u64(&h.file_size) ||
+      !r.read_u64(&h.alignment) || !r.read_u64(&h.manifest_offset) ||
+      !r.read_u64(&h.manifest_length) || !r.read_u64(&h.skeletons_offset) ||
+      !r.read_u64(&h.skeletons_length) || !r.read_u64(&h.data_offset) ||
+      !r.read_u64(&h.data_length) || !r.read_u64(&h.meta_checksum)) {
+    bad(path, "truncated header: file has " + u64s(file_size) + " bytes, a header needs " +
+                  u64s(kHeaderLengthV1));
+  }
+  if (h.header_length < kHeaderLengthV1 || h.header_length > kMaxHeaderLength) {
+    bad(path, "header: header_length " + u64s(h.header_length) + " is outside [" +
+                  u64s(kHeaderLengthV1) + ", " + u64s(kMaxHeaderLength) + "]");
+  }
+  if (h.header_length > size) {
+    bad(path, "truncated header: header_length is " + u64s(h.header_length) + " but the file has " +
+                  u64s(file_size) + " bytes");
+  }
+  if (h.flags != 0) bad(path, "header: unknown flags " + u64s(h.flags) + " (v1 blobs have 0)");
+  if (h.file_size != file_size) {
+    bad(path, "header says the blob is " + u64s(h.file_size) + " bytes but the file has " +
+                  u64s(file_size) + (file_size < h.file_size ? " (truncated)" : " (extra bytes)"));
+  }
+  if (!is_power_of_two(h.alignment) || h.alignment < kMinAlignment || h.alignment > kMaxAlignment) {
+    bad(path, "header: alignment " + u64s(h.alignment) +
+                  " is not a power of two between 64 and 2097152");
+  }
+  check_section(path, "manifest", h.manifest_offset, h.manifest_length, h.header_length, file_size);
+  if (h.manifest_length > kMaxManifestLength) {
+    bad(path, "header: manifest_length " + u64s(h.manifest_length) + " exceeds the limit of " +
+                  u64s(kMaxManifestLength));
+  }
+  check_section(path, "skeletons", h.skeletons_offset, h.skeletons_length,
+                h.manifest_offset + h.manifest_length, file_size);
+  check_section(path, "data", h.data_offset, h.data_length, h.skeletons_offset + h.skeletons_length,
+                file_size);
+  if (h.data_offset % kPageSize != 0 || h.data_offset % h.alignment != 0) {
+    bad(path, "header: data_offset " + u64s(h.data_offset) + " is not page- and storage-aligned");
+  }
+  if (h.data_offset + h.data_length != file_size) {
+    bad(path, "header: data section ends at " + u64s(h.data_offset + h.data_length) +
+                  " but the file ends at " + u64s(file_size));
+  }
+  return h;
+}
+
+uint64_t meta_checksum(const uint8_t* blob, const Header& h) {
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  XXH3_64bits_update(state, blob, kChecksumFieldOffset);
+  XXH3_64bits_update(state, blob + kChecksumFieldOffset + 8,
+                     h.header_length - kChecksumFieldOffset - 8);
+  XXH3_64bits_update(state, blob + h.manifest_offset, h.manifest_length);
+  XXH3_64bits_update(state, blob + h.skeletons_offset, h.skeletons_length);
+  uint64_t digest = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  return digest;
+}
+
+const char* tensor_kind_name(TensorKind kind) { return kKindNames[static_cast<int>(kind)]; }
+
+size_t dtype_size(const std::string& dtype) {
+  auto it = dtype_table().find(dtype);
+  return it == dtype_table().end() ? 0 : it->second;
+}
+
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016" PRIx64, v);
+  return buf;
+}
+
+bool valid_model_name(const std::string& name) {
+  if (name.empty() || name.size() > 128) return false;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+json manifest_to_json(const Manifest& m) {
+  json storages = json::array();
+  for (const StorageEntry& s : m.storages) {
+    storages.push_back({{"offset", s.offset}, {"nbytes", s.nbytes}, {"xxh3", hex64(s.xxh3)}});
+  }
+  json models = json::array();
+  for (const ModelEntry& model : m.models) {
+    json tensors = json::array();
+    for (const TensorEntry& t : model.tensors) {
+      tensors.push_back({{"path", t.path},
+                         {"kind", tensor_kind_name(t.kind)},
+                         {"dtype", t.dtype},
+                         {"sizes", t.sizes},
+                         {"strides", t.strides},
+                         {"storage", t.storage},
+                         {"storage_offset", t.storage_offset}});
+    }
+    const SkeletonEntry& sk = model.skeleton;
+    models.push_back({{"name", model.name},
+                      {"skeleton",
+                       {{"kind", sk.kind},
+                        {"compression", sk.compression},
+                        {"offset", sk.offset},
+                        {"length", sk.length},
+                        {"raw_length", sk.raw_length},
+                        {"unshared_bytes", sk.unshared_bytes}}},
+                      {"tensors", std::move(tensors)}});
+  }
+  return {{"format", "zcwrap"},      {"version", m.version},
+          {"producer", m.producer},  {"alignment", m.alignment},
+          {"standalone", m.standalone}, {"storages", std::move(storages)},
+          {"models", std::move(models)}};
+}
+
+Manifest parse_manifest(const char* text, size_t length, const Header& h,
+                        const std::string& path) {
+  json doc;
+  try {
+    doc = json::parse(text, text + length);
+  } catch (const json::exception& e) {
+    bad(path, std::string("manifest is not valid JSON: ") + e.what());
+  }
+  Fields top(doc, "manifest", path);
+  Manifest m;
+  if (top.str("format") != "zcwrap") bad(path, "manifest.format is not \"zcwrap\"");
+  uint64_t version = top.u64("version");
+  if (version != kFormatVersion) {
+    bad(path, "manifest.version " + u64s(version) + " is not supported (this zcwrap reads 1)");
+  }
+  m.producer = top.str("producer");
+  m.alignment = top.u64("alignment");
+  if (m.alignment != h.alignment) {
+    bad(path, "manifest.alignment " + u64s(m.alignment) + " differs from the header's " +
+                  u64s(h.alignment));
+  }
+  const json& standalone = top.get("standalone");
+  if (!standalone.is_boolean()) bad(path, "manifest.standalone: expected true or false");
+  m.standalone = standalone.get<bool>();
+
+  uint64_t next_free = 0;
+  const json& storages = top.array("storages", kMaxStorages);
+  for (size_t i = 0; i < storages.size(); ++i) {
+    Fields f(storages[i], "storages[" + u64s(i) + "]", path);
+    StorageEntry s;
+    s.offset = f.u64("offset");
+    s.nbytes = f.u64("nbytes");
+    s.xxh3 = parse_hex64(f.str("xxh3"), path, f.where() + ".xxh3");
+    const uint64_t required = storage_alignment(s.nbytes, m.alignment);
+    if (s.offset % required != 0) {
+      bad(path, f.where() + ": offset " + u64s(s.offset) + " is not a multiple of " + u64s(required));
+    }
+    if (s.offset < next_free) {
+      bad(path, f.where() + ": offset " + u64s(s.offset) + " overlaps the previous storage, which ends at " +
+                    u64s(next_free));
+    }
+    if (s.offset > h.data_length || s.nbytes > h.data_length - s.offset) {
+      bad(path, f.where() + ": [" + u64s(s.offset) + ", +" + u64s(s.nbytes) +
+                    ") lies outside the data section of " + u64s(h.data_length) + " bytes");
+    }
+    next_free = s.offset + s.nbytes;
+    m.storages.push_back(s);
+  }
+
+  const json& models = top.array("models", kMaxModels);
+  if (models.empty()) bad(path, "manifest.models: a blob holds at least one model");
+  if (m.standalone && models.size() != 1) bad(path, "manifest: a standalone blob holds exactly one model");
+  size_t tensor_total = 0;
+  for (size_t i = 0; i < models.size(); ++i) {
+    Fields f(models[i], "models[" + u64s(i) + "]", path);
+    ModelEntry model;
+    model.name = f.str("name");
+    if (!valid_model_name(model.name)) bad(path, f.where() + ": invalid model name '" + model.name + "'");
+    for (const ModelEntry& other : m.models) {
+      if (other.name == model.name) bad(path, f.where() + ": duplicate model name '" + model.name + "'");
+    }
+    Fields sk(f.get("skeleton"), f.where() + ".skeleton", path);
+    model.skeleton.kind = sk.str("kind");
+    model.skeleton.compression = sk.str("compression");
+    model.skeleton.offset = sk.u64("offset");
+    model.skeleton.length = sk.u64("length");
+    model.skeleton.raw_length = sk.u64("raw_length");
+    model.skeleton.unshared_bytes = sk.u64("unshared_bytes");
+    if (model.skeleton.compression != "zstd" && model.skeleton.compression != "none") {
+      bad(path, sk.where() + ": unknown compression '" + model.skeleton.compression + "'");
+    }
+    if (model.skeleton.offset > h.skeletons_length ||
+        model.skeleton.length > h.skeletons_length - model.skeleton.offset) {
+      bad(path, sk.where() + ": [" + u64s(model.skeleton.offset) + ", +" + u64s(model.skeleton.length) +
+                    ") lies outside the skeletons section of " + u64s(h.skeletons_length) + " bytes");
+    }
+    if (model.skeleton.raw_length > kMaxSkeletonRawLength ||
+        (model.skeleton.compression == "none" && model.skeleton.raw_length != model.skeleton.length)) {
+      bad(path, sk.where() + ": implausible raw_length " + u64s(model.skeleton.raw_length));
+    }
+    const json& tensors = f.array("tensors", kMaxTensors);
+    tensor_total += tensors.size();
+    if (tensor_total > kMaxTensors) bad(path, "manifest: more than " + u64s(kMaxTensors) + " tensors");
+    for (size_t j = 0; j < tensors.size(); ++j) {
+      Fields tf(tensors[j], f.where() + ".tensors[" + u64s(j) + "]", path);
+      TensorEntry t;
+      t.path = tf.str("path");
+      t.kind = parse_kind(tf.str("kind"), path, tf.where());
+      t.dtype = tf.str("dtype");
+      size_t item = dtype_size(t.dtype);
+      if (item == 0) bad(path, tf.where() + " (" + t.path + "): unknown dtype '" + t.dtype + "'");
+      t.sizes = tf.dims("sizes");
+      t.strides = tf.dims("strides");
+      t.storage = tf.u64("storage");
+      t.storage_offset = tf.u64("storage_offset");
+      if (t.storage >= m.storages.size()) {
+        bad(path, tf.where() + " (" + t.path + "): storage " + u64s(t.storage) + " does not exist (" +
+                      u64s(m.storages.size()) + " storages)");
+      }
+      check_extent(t, m.storages[t.storage], item, path, tf.where() + " (" + t.path + ")");
+      model.tensors.push_back(std::move(t));
+    }
+    m.models.push_back(std::move(model));
+  }
+  return m;
+}
+
+}  // namespace zcwrap::format

@@ -1,0 +1,255 @@
+#include "pack.hpp"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <caffe2/serialize/inline_container.h>
+#include <nlohmann/json.hpp>
+#include <torch/version.h>
+#include <xxhash.h>
+#include <zstd.h>
+
+#include "zcwrap/internal/file_util.hpp"
+#include "torch_util.hpp"
+#include "zcwrap/error.hpp"
+#include "zcwrap/version.hpp"
+
+namespace zcwrap::detail {
+namespace {
+
+constexpr int kZstdLevel = 9;  // skeletons are small; smaller blobs beat a few ms of pack time
+
+std::string producer() {
+  return std::string("zcwrap ") + kVersion + ", libtorch " + std::to_string(TORCH_VERSION_MAJOR) +
+         "." + std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH);
+}
+
+// Assigns each storage an index once: by identity first, then by content,
+// so tied weights, views and equal tensors in different models share one.
+class StoragePlan {
+ public:
+  uint64_t add(const c10::Storage& storage) {
+    const void* identity = storage.unsafeGetStorageImpl();
+    auto known = by_identity_.find(identity);
+    if (known != by_identity_.end()) return known->second;
+
+    const auto* bytes = static_cast<const uint8_t*>(storage.data_ptr().get());
+    const uint64_t nbytes = storage.nbytes();
+    const uint64_t digest = XXH3_64bits(bytes, nbytes);
+    auto range = by_content_.equal_range({digest, nbytes});
+    for (auto it = range.first; it != range.second; ++it) {
+      const auto* other = static_cast<const uint8_t*>(storages_[it->second].data_ptr().get());
+      if (nbytes == 0 || std::memcmp(bytes, other, nbytes) == 0) {
+        by_identity_.emplace(identity, it->second);
+        return it->second;
+      }
+    }
+    const uint64_t index = storages_.size();
+    storages_.push_back(storage);
+    entries_.push_back({0, nbytes, digest});
+    by_identity_.emplace(identity, index);
+    by_content_.emplace(std::make_pair(digest, nbytes), index);
+    return index;
+  }
+
+  // Lays the storages out in order (see format::storage_alignment); returns
+  // the data section's length.
+  uint64_t layout(uint64_t alignment) {
+    uint64_t end = 0;
+    for (format::StorageEntry& e : entries_) {
+      format::align_up(end, format::storage_alignment(e.nbytes, alignment), &e.offset);
+      end = e.offset + e.nbytes;
+    }
+    return end;
+  }
+
+  std::vector<c10::Storage>& storages() { return storages_; }
+  std::vector<format::StorageEntry>& entries() { return entries_; }
+
+ private:
+  std::vector<c10::Storage> storages_;
+  std::vector<format::StorageEntry> entries_;
+  std::map<const void*, uint64_t> by_identity_;
+  std::multimap<std::pair<uint64_t, uint64_t>, uint64_t> by_content_;
+};
+
+// Bytes of tensor data that stayed inside a saved skeleton: the records that
+// hold storages (data/) and graph constants (constants/).
+uint64_t unshared_bytes(const std::string& skeleton) {
+  std::istringstream in(skeleton);
+  caffe2::serialize::PyTorchStreamReader reader(&in);
+  uint64_t total = 0;
+  for (const std::string& record : reader.getAllRecords()) {
+    if (record.rfind("data/", 0) == 0 || record.rfind("constants/", 0) == 0) {
+      total += std::get<1>(reader.getRecord(record));
+    }
+  }
+  return total;
+}
+
+std::string compress(const std::string& raw, const std::string& origin) {
+  std::string out(ZSTD_compressBound(raw.size()), '\0');
+  size_t n = ZSTD_compress(out.data(), out.size(), raw.data(), raw.size(), kZstdLevel);
+  if (ZSTD_isError(n)) {
+    throw Error(ErrorCode::kInternal, origin + ": zstd failed: " + ZSTD_getErrorName(n));
+  }
+  out.resize(n);
+  return out;
+}
+
+}  // namespace
+
+PackInput load_model_file(const std::string& name, const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
+  }
+  if (S_ISDIR(st.st_mode)) throw Error(ErrorCode::kInput, path + ": is a folder, not a model file");
+  if (st.st_size == 0) throw Error(ErrorCode::kBadModel, path + ": empty file, not a TorchScript archive");
+
+  PackInput input{name, path, torch::jit::Module(), {}};
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    bool has_code = false;
+    for (const std::string& record : reader.getAllRecords()) {
+      if (record.rfind("code/", 0) == 0) has_code = true;
+      if (record.rfind("extra/", 0) == 0) input.extra_files.emplace(record.substr(6), "");
+    }
+    if (!has_code || !reader.hasRecord("constants.pkl")) {
+      throw Error(ErrorCode::kBadModel,
+                  path + ": a torch.save pickle (an eager model or a state_dict), not a TorchScript "
+                         "module; save it with torch.jit.save(torch.jit.script(model), PATH) or "
+                         "torch.jit.trace");
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kBadModel,
+                path + ": not a TorchScript archive (" + first_line(e) + ")");
+  }
+  try {
+    input.module = torch::jit::load(path, at::kCPU, input.extra_files);
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kBadModel, path + ": cannot load the TorchScript module: " + first_line(e));
+  }
+  return input;
+}
+
+PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
+                          const PackOptions& options) {
+  const uint64_t alignment = options.alignment;
+  if (!format::is_power_of_two(alignment) || alignment < format::kMinAlignment ||
+      alignment > format::kMaxAlignment) {
+    throw Error(ErrorCode::kUsage, "alignment " + std::to_string(alignment) +
+                                       " is not a power of two from 64 to 2097152 (2 MiB)");
+  }
+  if (models.empty()) throw Error(ErrorCode::kUsage, "nothing to pack: no models given");
+  if (standalone && models.size() != 1) {
+    throw Error(ErrorCode::kUsage, "a standalone blob holds exactly one model");
+  }
+  std::set<std::string> seen;
+  for (const PackInput& input : models) {
+    if (!format::valid_model_name(input.name)) {
+      throw Error(ErrorCode::kUsage, "invalid model name '" + input.name +
+                                         "' (use 1-128 of A-Z a-z 0-9 _ . -)");
+    }
+    if (!seen.insert(input.name).second) {
+      throw Error(ErrorCode::kUsage, "model name '" + input.name + "' is given twice");
+    }
+  }
+
+  StoragePlan plan;
+  format::Manifest manifest;
+  manifest.producer = producer();
+  manifest.alignment = alignment;
+  manifest.standalone = standalone;
+  std::string skeletons;
+  for (PackInput& input : models) {
+    format::ModelEntry entry;
+    entry.name = input.name;
+    rewrite_tensors(input.module, [&](const std::string& path, format::TensorKind kind,
+                                      const at::Tensor& t) {
+      format::TensorEntry te;
+      te.path = path;
+      te.kind = kind;
+      te.dtype = dtype_name(t.scalar_type());
+      te.sizes = t.sizes().vec();
+      te.strides = t.strides().vec();
+      te.storage = plan.add(t.storage());
+      te.storage_offset = static_cast<uint64_t>(t.storage_offset());
+      entry.tensors.push_back(std::move(te));
+      return at::empty({0}, at::TensorOptions().dtype(t.scalar_type()));
+    });
+
+    std::ostringstream out;
+    try {
+      input.module.save(out, input.extra_files);
+    } catch (const std::exception& e) {
+      throw Error(ErrorCode::kBadModel, input.origin + ": cannot save the skeleton: " + first_line(e));
+    }
+    const std::string raw = out.str();
+    const std::string packed = compress(raw, input.origin);
+    entry.skeleton.offset = skeletons.size();
+    entry.skeleton.length = packed.size();
+    entry.skeleton.raw_length = raw.size();
+    entry.skeleton.unshared_bytes = unshared_bytes(raw);
+    skeletons += packed;
+    manifest.models.push_back(std::move(entry));
+  }
+
+  PreparedBlob blob;
+  const uint64_t data_length = plan.layout(alignment);
+  manifest.storages = plan.entries();
+  blob.manifest = format::manifest_to_json(manifest).dump();
+  blob.skeletons = std::move(skeletons);
+
+  format::Header& h = blob.header;
+  h.alignment = alignment;
+  h.manifest_offset = h.header_length;
+  h.manifest_length = blob.manifest.size();
+  h.skeletons_offset = h.manifest_offset + h.manifest_length;
+  h.skeletons_length = blob.skeletons.size();
+  format::align_up(h.skeletons_offset + h.skeletons_length, std::max(alignment, format::kPageSize),
+                   &h.data_offset);
+  h.data_length = data_length;
+  h.file_size = h.data_offset + h.data_length;
+
+  // The checksum covers the header with its own field zero, so build the
+  // bytes it covers once and hash them.
+  std::string meta(reinterpret_cast<const char*>(format::encode_header(h).data()), h.header_length);
+  meta += blob.manifest;
+  meta += blob.skeletons;
+  h.meta_checksum = format::meta_checksum(reinterpret_cast<const uint8_t*>(meta.data()), h);
+
+  blob.storages = std::move(plan.storages());
+  blob.entries = std::move(manifest.storages);
+  blob.standalone = standalone;
+  for (const PackInput& input : models) blob.names.push_back(input.name);
+  return blob;
+}
+
+void write_blob(const PreparedBlob& blob, const std::string& path) {
+  const format::Header& h = blob.header;
+  AtomicFile file(path);
+  const std::vector<uint8_t> header = format::encode_header(h);
+  file.write(header.data(), header.size());
+  file.write(blob.manifest.data(), blob.manifest.size());
+  file.write(blob.skeletons.data(), blob.skeletons.size());
+  uint64_t pos = h.skeletons_offset + h.skeletons_length;
+  file.write_zeros(h.data_offset - pos);
+  pos = 0;
+  for (size_t i = 0; i < blob.entries.size(); ++i) {
+    const format::StorageEntry& e = blob.entries[i];
+    file.write_zeros(e.offset - pos);
+    file.write(blob.storages[i].data_ptr().get(), e.nbytes);
+    pos = e.offset + e.nbytes;
+  }
+  file.commit();
+}
+
+}  // namespace zcwrap::detail

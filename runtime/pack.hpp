@@ -1,0 +1,47 @@
+// The packer: turns loaded TorchScript modules into a blob. Internal.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "zcwrap/internal/format.hpp"
+#include "zcwrap/model_wrapper.hpp"
+
+namespace zcwrap::detail {
+
+struct PackInput {
+  std::string name;
+  std::string origin;  // the file it came from, for messages
+  torch::jit::Module module;
+  torch::jit::ExtraFilesMap extra_files;
+};
+
+// Everything about a blob but its bytes on disk: header, manifest,
+// compressed skeletons, and the storages to copy (kept alive here).
+struct PreparedBlob {
+  format::Header header;
+  std::string manifest;
+  std::string skeletons;
+  std::vector<c10::Storage> storages;  // same order as the manifest's
+  std::vector<format::StorageEntry> entries;
+  std::vector<std::string> names;
+  bool standalone = false;
+};
+
+// Loads a TorchScript file for packing, with its extra files. Throws
+// Error(kInput) when unreadable, Error(kBadModel) with a hint for an eager
+// torch.save pickle or anything else that is not TorchScript.
+PackInput load_model_file(const std::string& name, const std::string& path);
+
+// Moves every shareable tensor of `models` into the data-section plan and
+// replaces it with an empty placeholder: the modules are changed, so pass
+// modules the caller owns. Throws Error(kUsage) for bad names or alignment.
+PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
+                          const PackOptions& options);
+
+// Writes the blob atomically to `path`. Throws Error(kWrite).
+void write_blob(const PreparedBlob& blob, const std::string& path);
+
+}  // namespace zcwrap::detail

@@ -1,0 +1,40 @@
+// LibTorch glue shared by pack and unwrap: dtype names, the tensor walk that
+// both sides run in the same order, and conversion of LibTorch errors.
+// Internal; the only runtime header that includes LibTorch.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include <torch/script.h>
+
+#include "zcwrap/internal/format.hpp"
+
+namespace zcwrap::detail {
+
+// "float32" for at::kFloat, ...; empty when the dtype has no name in the
+// format (and so cannot be shared).
+std::string dtype_name(at::ScalarType type);
+at::ScalarType dtype_from_name(const std::string& name);
+
+// Tensors whose bytes go to the data section. Everything else (quantized,
+// sparse, MKL-DNN, conjugate/negative views, undefined) stays in the
+// skeleton. Pack and unwrap apply the same test, so they agree on which
+// tensors the manifest lists.
+bool is_shareable(const at::Tensor& t);
+
+// Called for each shareable tensor reachable from a module, in a fixed
+// order; the returned tensor replaces it in place.
+using TensorRewrite =
+    std::function<at::Tensor(const std::string& path, format::TensorKind kind, const at::Tensor& t)>;
+
+// Walks parameters, buffers, tensor attributes, and tensors inside
+// list/tuple/dict attributes and script objects, in every submodule, in slot
+// order, replacing each shareable tensor with `fn`'s result. A submodule or
+// object reachable twice is walked once.
+void rewrite_tensors(const torch::jit::Module& module, const TensorRewrite& fn);
+
+// One line from a LibTorch exception, without its C++ backtrace.
+std::string first_line(const std::exception& e);
+
+}  // namespace zcwrap::detail
