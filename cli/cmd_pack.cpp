@@ -21,7 +21,7 @@ struct PackArgs {
   std::string output;
   std::string config;  // default: OUTPUT without .zcb, plus .actor.json
   std::string align = "4096";
-  std::string name = "model";
+  std::string name;  // standalone only; default "model"
   bool quiet = false;
   bool json = false;
 };
@@ -46,12 +46,15 @@ int run_pack(const PackArgs& args) {
   if (!parse_size(args.align, &options.alignment)) {
     throw Error(ErrorCode::kUsage, "--align " + args.align + ": not a size (e.g. 4096, 64K, 2M)");
   }
-  options.standalone_name = args.name;
+  if (!args.name.empty() && !args.models.empty()) {
+    throw Error(ErrorCode::kUsage, "--name names a standalone model; pipeline models are named by --model NAME=PATH");
+  }
+  if (!args.name.empty()) options.standalone_name = args.name;
 
   std::vector<ModelFile> files;
   const bool standalone = args.models.empty();
   if (standalone) {
-    files.push_back({args.name, args.model_path});
+    files.push_back({options.standalone_name, args.model_path});
   } else {
     for (const std::string& spec : args.models) {
       const size_t eq = spec.find('=');
@@ -116,7 +119,7 @@ void setup_pack(CLI::App& app, int& status) {
       ->type_name("PATH");
   cmd->add_option("--align", args->align, "Alignment of each storage: power of two, 64 to 2M")
       ->capture_default_str();
-  cmd->add_option("--name", args->name, "Name of a standalone model")->capture_default_str();
+  cmd->add_option("--name", args->name, "Name of a standalone model [default: model]");
   cmd->add_flag("-q,--quiet", args->quiet, "Print nothing on success");
   cmd->add_flag("--json", args->json, "Print a JSON summary");
   cmd->callback([args, &status] { status = run_pack(*args); });

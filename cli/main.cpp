@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "zcwrap: error: %s\nRun 'zcwrap --help' for usage.\n", e.what());
+    std::fprintf(stderr, "zcwrap: error: %s (see zcwrap --help)\n", e.what());
     return zcwrap::exit_status(zcwrap::ErrorCode::kUsage);
   } catch (const zcwrap::Error& e) {
     std::fprintf(stderr, "zcwrap: error: %s\n", e.what());

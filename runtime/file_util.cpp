@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -130,6 +131,30 @@ std::string read_file(const std::string& path) {
     out.append(buf, static_cast<size_t>(n));
   }
   return out;
+}
+
+bool starts_with_bytes(const std::string& path, const char* prefix, size_t size) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
+  std::vector<char> head(size);
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = ::read(fd.get(), head.data() + got, size - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  return got == size && std::equal(head.begin(), head.end(), prefix);
+}
+
+int make_dirs(const std::string& path) {
+  if (path.empty() || path == "/" || path == ".") return 0;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) return S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+  int parent = make_dirs(parent_dir(path));
+  if (parent != 0) return parent;
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) return errno;
+  return 0;
 }
 
 std::string parent_dir(const std::string& path) {

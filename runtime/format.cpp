@@ -2,6 +2,7 @@
 // bytes it reads: every offset and length is checked for overflow before use.
 #include "zcwrap/internal/format.hpp"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -147,11 +148,10 @@ class Fields {
   const std::string& path_;
 };
 
-uint64_t parse_hex64(const std::string& s, const std::string& path, const std::string& where) {
-  if (s.size() != 16 || s.find_first_not_of("0123456789abcdef") != std::string::npos) {
-    bad(path, where + ": expected 16 lower-case hex digits");
-  }
-  return std::stoull(s, nullptr, 16);
+uint64_t checked_hex64(const std::string& s, const std::string& path, const std::string& where) {
+  uint64_t v = 0;
+  if (!parse_hex64(s, &v)) bad(path, where + ": expected 16 lower-case hex digits");
+  return v;
 }
 
 TensorKind parse_kind(const std::string& s, const std::string& path, const std::string& where) {
@@ -202,7 +202,7 @@ std::vector<uint8_t> encode_header(const Header& h) {
   put_u64(out, h.data_length);
   put_u64(out, h.meta_checksum);
   put_u64(out, 0);
-  out.resize(h.header_length, 0);
+  out.resize(std::max<size_t>(h.header_length, kHeaderLengthV1), 0);
   return out;
 }
 
@@ -289,6 +289,12 @@ std::string hex64(uint64_t v) {
   return buf;
 }
 
+bool parse_hex64(const std::string& text, uint64_t* out) {
+  if (text.size() != 16 || text.find_first_not_of("0123456789abcdef") != std::string::npos) return false;
+  *out = std::stoull(text, nullptr, 16);
+  return true;
+}
+
 bool valid_model_name(const std::string& name) {
   if (name.empty() || name.size() > 128) return false;
   for (char c : name) {
@@ -365,7 +371,7 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
     StorageEntry s;
     s.offset = f.u64("offset");
     s.nbytes = f.u64("nbytes");
-    s.xxh3 = parse_hex64(f.str("xxh3"), path, f.where() + ".xxh3");
+    s.xxh3 = checked_hex64(f.str("xxh3"), path, f.where() + ".xxh3");
     const uint64_t required = storage_alignment(s.nbytes, m.alignment);
     if (s.offset % required != 0) {
       bad(path, f.where() + ": offset " + u64s(s.offset) + " is not a multiple of " + u64s(required));

@@ -1,7 +1,6 @@
 #include "zcwrap/model_wrapper.hpp"
 
 #include <sys/statvfs.h>
-#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -63,8 +62,8 @@ ModelWrapper wrapper_for(const std::string& path, const detail::PreparedBlob& bl
 // name and content is there already.
 ModelWrapper store(const detail::PreparedBlob& blob, const PackOptions& options) {
   const std::string dir = store_dir(options);
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    throw Error(ErrorCode::kWrite, dir + ": cannot create the zcwrap store: " + detail::errno_text(errno) +
+  if (int err = detail::make_dirs(dir); err != 0) {
+    throw Error(ErrorCode::kWrite, dir + ": cannot create the zcwrap store: " + detail::errno_text(err) +
                                        "; set ZCWRAP_STORE to a writable folder");
   }
   const std::string path = dir + "/" + format::hex64(blob.header.meta_checksum) + ".zcb";
@@ -261,15 +260,15 @@ ModelWrapper ModelWrapper::from_actor(const json& config) {
   }
   ModelWrapper w;
   try {
-    w.blob_path_ = field("blob").get<std::string>();
+    w.blob_path_ = detail::absolute_path(field("blob").get<std::string>());
     w.blob_size_ = field("blob_size").get<uint64_t>();
-    w.meta_checksum_ = std::stoull(field("meta_checksum").get<std::string>(), nullptr, 16);
+    if (!format::parse_hex64(field("meta_checksum").get<std::string>(), &w.meta_checksum_)) {
+      bad_config("meta_checksum is not 16 lower-case hex digits");
+    }
     w.standalone_ = field("standalone").get<bool>();
     w.names_ = field("models").get<std::vector<std::string>>();
   } catch (const json::exception& e) {
     bad_config(std::string("a field has the wrong type: ") + e.what());
-  } catch (const std::logic_error&) {
-    bad_config("meta_checksum is not a hex number");
   }
   // Pin check: the blob named must still be the one the driver packed.
   std::shared_ptr<const BlobFile> blob;
@@ -296,8 +295,7 @@ ModelWrapper ModelWrapper::from_actor(const json& config) {
 }
 
 ModelWrapper ModelWrapper::open(const std::string& path) {
-  std::string text = detail::read_file(path);
-  if (text.compare(0, format::kMagicFamilyLength, format::kMagic, format::kMagicFamilyLength) == 0) {
+  if (detail::starts_with_bytes(path, format::kMagic, format::kMagicFamilyLength)) {
     auto blob = BlobFile::open(path);
     ModelWrapper w;
     w.blob_path_ = detail::absolute_path(path);
@@ -309,7 +307,7 @@ ModelWrapper ModelWrapper::open(const std::string& path) {
   }
   json config;
   try {
-    config = json::parse(text);
+    config = json::parse(detail::read_file(path));
   } catch (const json::exception&) {
     throw Error(ErrorCode::kBadBlob, path + ": neither a zcwrap blob nor an actor config (JSON)");
   }

@@ -29,11 +29,14 @@ std::string producer() {
          "." + std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH);
 }
 
-// Assigns each storage an index once: by identity first, then by content,
-// so tied weights, views and equal tensors in different models share one.
+// Assigns each storage an index once: by identity first (tied weights and
+// views), then by content across models (the same tensor saved in two files
+// of a pipeline). Equal bytes within one model are not merged: that would
+// alias tensors the model keeps apart, which shows once they are copied to a
+// writable device.
 class StoragePlan {
  public:
-  uint64_t add(const c10::Storage& storage) {
+  uint64_t add(const c10::Storage& storage, size_t model) {
     const void* identity = storage.unsafeGetStorageImpl();
     auto known = by_identity_.find(identity);
     if (known != by_identity_.end()) return known->second;
@@ -43,14 +46,17 @@ class StoragePlan {
     const uint64_t digest = XXH3_64bits(bytes, nbytes);
     auto range = by_content_.equal_range({digest, nbytes});
     for (auto it = range.first; it != range.second; ++it) {
+      if (last_user_[it->second] == model) continue;
       const auto* other = static_cast<const uint8_t*>(storages_[it->second].data_ptr().get());
       if (nbytes == 0 || std::memcmp(bytes, other, nbytes) == 0) {
         by_identity_.emplace(identity, it->second);
+        last_user_[it->second] = model;
         return it->second;
       }
     }
     const uint64_t index = storages_.size();
     storages_.push_back(storage);
+    last_user_.push_back(model);
     entries_.push_back({0, nbytes, digest});
     by_identity_.emplace(identity, index);
     by_content_.emplace(std::make_pair(digest, nbytes), index);
@@ -74,6 +80,7 @@ class StoragePlan {
  private:
   std::vector<c10::Storage> storages_;
   std::vector<format::StorageEntry> entries_;
+  std::vector<size_t> last_user_;  // the last model that took each storage
   std::map<const void*, uint64_t> by_identity_;
   std::multimap<std::pair<uint64_t, uint64_t>, uint64_t> by_content_;
 };
@@ -180,7 +187,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
       te.dtype = dtype_name(t.scalar_type());
       te.sizes = t.sizes().vec();
       te.strides = t.strides().vec();
-      te.storage = plan.add(t.storage());
+      te.storage = plan.add(t.storage(), manifest.models.size());
       te.storage_offset = static_cast<uint64_t>(t.storage_offset());
       entry.tensors.push_back(std::move(te));
       return at::empty({0}, at::TensorOptions().dtype(t.scalar_type()));

@@ -8,7 +8,8 @@
 namespace zcwrap {
 
 /// Describes the blob at `path`, or the blob an actor config at `path` names,
-/// after the same checks unwrap makes. The JSON form is documented in
+/// after the checks every open makes (header, meta checksum, manifest); it
+/// neither loads the skeletons nor reads the weights. The JSON form is documented in
 /// docs/FORMAT.md ("inspect --json"). Throws zcwrap::Error.
 nlohmann::json describe(const std::string& path);
 

@@ -166,4 +166,7 @@ inline bool align_up(uint64_t v, uint64_t a, uint64_t* out) {
 
 std::string hex64(uint64_t v);
 
+// Parses exactly 16 lower-case hex digits (what hex64 writes).
+bool parse_hex64(const std::string& text, uint64_t* out);
+
 }  // namespace zcwrap::format

@@ -1,0 +1,52 @@
+// Test helpers that need no LibTorch: fixtures, temporary folders, running
+// the zcwrap binary. See torch_support.hpp for the LibTorch ones.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace zcwrap::test {
+
+// A test executable that needs child processes sets this (from a static
+// initializer); `EXE --child ...` then runs it instead of the tests.
+extern int (*child_main)(int argc, char** argv);
+
+// Folder of the generated fixtures ($ZCWRAP_FIXTURES), and their index.
+std::string fixtures_dir();
+std::string fixture(const std::string& file);
+const nlohmann::json& fixtures_index();
+
+// The zcwrap binary under test ($ZCWRAP_BIN).
+std::string zcwrap_bin();
+
+// A fresh folder under $TMPDIR, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct ProcessResult {
+  int status = -1;  // exit status, or 128 + signal
+  std::string out;
+  std::string err;
+};
+
+// Runs argv[0] with the arguments and waits; captures stdout and stderr.
+ProcessResult run_process(const std::vector<std::string>& argv);
+
+std::string read_bytes(const std::string& path);
+void write_bytes(const std::string& path, const std::string& bytes);
+bool file_exists(const std::string& path);
+std::vector<std::string> list_dir(const std::string& path);
+
+}  // namespace zcwrap::test

@@ -1,0 +1,167 @@
+// The zcwrap binary as a user runs it: pack, inspect, run on real models,
+// and one clear line with a documented exit status for every bad input.
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+
+#include <nlohmann/json.hpp>
+
+#include "torch_support.hpp"
+
+using nlohmann::json;
+namespace test = zcwrap::test;
+
+namespace {
+
+test::ProcessResult run_cli(std::vector<std::string> args) {
+  args.insert(args.begin(), test::zcwrap_bin());
+  return test::run_process(args);
+}
+
+// A failure as the user sees it: exit status, and exactly one stderr line
+// "zcwrap: error: ..." that mentions `mention`.
+void check_failure(const test::ProcessResult& r, int status, const std::string& mention) {
+  CHECK(r.status == status);
+  CHECK_MESSAGE(r.err.rfind("zcwrap: error: ", 0) == 0, r.err);
+  CHECK_MESSAGE(r.err.find(mention) != std::string::npos, r.err);
+  const size_t lines = std::count(r.err.begin(), r.err.end(), '\n');
+  CHECK_MESSAGE(lines == 1, r.err);
+  CHECK(r.err.find("Exception raised from") == std::string::npos);  // no c10 backtrace
+}
+
+}  // namespace
+
+TEST_CASE("pack, inspect and run every fixture; outputs equal torch::jit::load") {
+  for (const json& fx : test::fixtures_index()["models"]) {
+    const std::string name = fx["name"];
+    CAPTURE(name);
+    test::TempDir dir;
+    const std::string model = test::fixture(fx["file"]);
+    const std::string input = test::fixture(fx["input"]);
+    auto packed = run_cli({"pack", model, "-o", dir / "m.zcb"});
+    REQUIRE_MESSAGE(packed.status == 0, packed.err);
+    CHECK(packed.out.find("packed 1 model") != std::string::npos);
+    CHECK(test::file_exists(dir / "m.actor.json"));
+    CHECK(test::list_dir(dir.path()).size() == 2);  // no temporary litter
+
+    auto inspected = run_cli({"inspect", dir / "m.actor.json", "--json"});
+    REQUIRE(inspected.status == 0);
+    const json info = json::parse(inspected.out);
+    CHECK(info["models"][0]["unshared_bytes"] == 0);
+    CHECK(info["header"]["data_offset"].get<uint64_t>() % 4096 == 0);
+
+    auto ran = run_cli({"run", dir / "m.actor.json", "--input", input, "--output", dir / "out.pt", "--method",
+                       fx["method"]});
+    REQUIRE_MESSAGE(ran.status == 0, ran.err);
+    std::string why;
+    CHECK_MESSAGE(test::bit_equal(test::reference_output(model, fx["method"], input), test::load_value(dir / "out.pt"),
+                                  &why),
+                  why);
+  }
+}
+
+TEST_CASE("a pipeline: pack with --model, run each model, config moves with its blob") {
+  test::TempDir dir;
+  auto packed = run_cli({"pack", "--model", "a=" + test::fixture("pipeline_a.pt"), "--model",
+                        "b=" + test::fixture("pipeline_b.pt"), "-o", dir / "p.zcb", "--align", "64K"});
+  REQUIRE_MESSAGE(packed.status == 0, packed.err);
+  const json config = json::parse(test::read_bytes(dir / "p.actor.json"));
+  CHECK(config["blob"] == "p.zcb");
+  CHECK(config["models"] == json({"a", "b"}));
+
+  test::TempDir moved;
+  ::rename((dir / "p.zcb").c_str(), (moved / "p.zcb").c_str());
+  ::rename((dir / "p.actor.json").c_str(), (moved / "p.actor.json").c_str());
+  auto human = run_cli({"inspect", moved / "p.actor.json"});
+  REQUIRE_MESSAGE(human.status == 0, human.err);
+  CHECK(human.out.find("model 'a'") != std::string::npos);
+  CHECK(human.out.find("alignment   65536") != std::string::npos);
+
+  for (const char* m : {"a", "b"}) {
+    const std::string n = std::string("pipeline_") + m;
+    auto ran = run_cli({"run", moved / "p.actor.json", "--model", m, "-i", test::fixture(n + "_in.pt"), "-o",
+                       moved / "out.pt"});
+    REQUIRE_MESSAGE(ran.status == 0, ran.err);
+    std::string why;
+    CHECK(test::bit_equal(test::reference_output(test::fixture(n + ".pt"), "forward", test::fixture(n + "_in.pt")),
+                          test::load_value(moved / "out.pt"), &why));
+  }
+  check_failure(run_cli({"run", moved / "p.zcb", "-i", test::fixture("pipeline_a_in.pt"), "-o", moved / "o.pt"}), 2,
+                "one of: a, b");
+  check_failure(run_cli({"run", moved / "p.zcb", "--model", "c", "-i", test::fixture("pipeline_a_in.pt"), "-o",
+                        moved / "o.pt"}),
+                2, "no model named 'c'");
+}
+
+TEST_CASE("run's output opens with Python's torch.load") {
+  test::TempDir dir;
+  REQUIRE(run_cli({"pack", test::fixture("lstm.pt"), "-o", dir / "m.zcb"}).status == 0);
+  REQUIRE(run_cli({"run", dir / "m.zcb", "-i", test::fixture("lstm_in.pt"), "-o", dir / "out.pt"}).status == 0);
+  auto py = test::run_process({"/usr/bin/python3", "-c",
+                               "import sys, torch; o = torch.load(sys.argv[1]); print(type(o).__name__, len(o), "
+                               "tuple(o[0].shape))",
+                               dir / "out.pt"});
+  CHECK_MESSAGE(py.status == 0, py.err);
+  CHECK(py.out == "tuple 3 (2, 5, 32)\n");
+}
+
+TEST_CASE("bad input: one line, the file named, a documented exit status, nothing left behind") {
+  test::TempDir dir;
+  const std::string out = dir / "x.zcb";
+  for (const json& bad : test::fixtures_index()["bad"]) {
+    const std::string file = test::fixture(bad["file"]);
+    CAPTURE(file);
+    check_failure(run_cli({"pack", file, "-o", out}), 5, bad["file"].get<std::string>());
+  }
+  check_failure(run_cli({"pack", dir / "missing.pt", "-o", out}), 3, "missing.pt: cannot open");
+  check_failure(run_cli({"pack", test::fixture("eager_pickle.pt"), "-o", out}), 5, "torch.jit.script");
+  check_failure(run_cli({"pack", test::fixture("lstm.pt"), "-o", out, "--align", "3000"}), 2, "3000");
+  check_failure(run_cli({"pack", test::fixture("lstm.pt"), "-o", out, "--align", "banana"}), 2, "banana");
+  check_failure(run_cli({"pack", "--model", "a=" + test::fixture("lstm.pt"), "--model", "a=" + test::fixture("edge.pt"),
+                        "-o", out}),
+                2, "'a' is given twice");
+  check_failure(run_cli({"pack", "--model", "noequals", "-o", out}), 2, "NAME=PATH");
+  check_failure(run_cli({"pack", test::fixture("lstm.pt"), "-o", "/proc/nope/x.zcb"}), 6, "/proc/nope/x.zcb");
+  check_failure(run_cli({"pack", "-o", out}), 2, "nothing to pack");
+  check_failure(run_cli({"bogus"}), 2, "subcommand");
+  CHECK(test::list_dir(dir.path()).empty());
+
+  REQUIRE(run_cli({"pack", test::fixture("lstm.pt"), "-o", out}).status == 0);
+  check_failure(run_cli({"inspect", test::fixture("lstm.pt")}), 4, "lstm.pt");
+  check_failure(run_cli({"inspect", dir / "nothing.zcb"}), 3, "nothing.zcb");
+  check_failure(run_cli({"run", out, "-i", test::fixture("lstm_in.pt"), "-o", dir / "o.pt", "--method", "nope"}), 2,
+                "no method 'nope'");
+  check_failure(run_cli({"run", out, "-i", test::fixture("lstm.pt"), "-o", dir / "o.pt"}), 3, "lstm.pt");
+  check_failure(run_cli({"run", out, "-i", test::fixture("edge_in.pt"), "-o", dir / "o.pt"}), 5, "edge_in.pt");
+  check_failure(run_cli({"run", out, "-i", test::fixture("lstm_in.pt"), "-o", dir / "o.pt", "--device", "cuda:3"}), 7,
+                "cuda:3");
+  CHECK_FALSE(test::file_exists(dir / "o.pt"));
+
+  // A good blob is not replaced by a failed pack.
+  const std::string before = test::read_bytes(out);
+  check_failure(run_cli({"pack", test::fixture("garbage.pt"), "-o", out}), 5, "garbage.pt");
+  CHECK(test::read_bytes(out) == before);
+
+  // A stale config: the blob was re-packed from another model.
+  const std::string config = dir / "x.actor.json";
+  const std::string saved_config = test::read_bytes(config);
+  REQUIRE(run_cli({"pack", test::fixture("transformer.pt"), "-o", out, "--config", dir / "other.json"}).status == 0);
+  check_failure(run_cli({"inspect", config}), 8, "re-packed or replaced");
+
+  // A corrupt blob.
+  std::string bytes = test::read_bytes(out);
+  bytes[200] = static_cast<char>(bytes[200] ^ 0x10);
+  test::write_bytes(dir / "corrupt.zcb", bytes);
+  check_failure(run_cli({"inspect", dir / "corrupt.zcb"}), 4, "checksum mismatch");
+}
+
+TEST_CASE("help and version") {
+  auto help = run_cli({"--help"});
+  CHECK(help.status == 0);
+  CHECK(help.out.find("pack") != std::string::npos);
+  CHECK(help.out.find("Exit status") != std::string::npos);
+  auto pack_help = run_cli({"pack", "--help"});
+  CHECK(pack_help.status == 0);
+  CHECK(pack_help.out.find("--align") != std::string::npos);
+  CHECK(run_cli({"--version"}).out.rfind("zcwrap ", 0) == 0);
+}

@@ -1,0 +1,326 @@
+// The container format on its own (no LibTorch): header codec, and a table of
+// handcrafted bad blobs that BlobFile::open must refuse with a specific error.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <functional>
+#include <random>
+
+#include "blob_file.hpp"
+#include "support.hpp"
+#include "zcwrap/error.hpp"
+#include "zcwrap/internal/format.hpp"
+
+using nlohmann::json;
+using zcwrap::Error;
+using zcwrap::ErrorCode;
+namespace format = zcwrap::format;
+namespace test = zcwrap::test;
+
+namespace {
+
+// The parts a blob is made of, before layout.
+struct Parts {
+  json manifest;
+  std::string skeletons;
+  std::string data;
+  uint64_t alignment = 4096;
+  // Applied to the laid-out header before the checksum is computed, so the
+  // header check itself (not the checksum) must catch the change.
+  std::function<void(format::Header&)> edit_header;
+};
+
+// Data that differs at every position, so an offset mistake cannot pass.
+std::string patterned(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string out(n, '\0');
+  for (char& c : out) c = static_cast<char>(rng());
+  return out;
+}
+
+// A small valid blob: one model, two storages (4 KiB of float32 at 0, 8 bytes
+// at 4096), three tensors, one of them a strided view.
+Parts valid_parts() {
+  Parts p;
+  p.skeletons = "skeleton bytes";
+  p.data = patterned(4096 + 8, 1);
+  p.manifest = {
+      {"format", "zcwrap"},
+      {"version", 1},
+      {"producer", "test"},
+      {"alignment", 4096},
+      {"standalone", true},
+      {"storages",
+       {{{"offset", 0}, {"nbytes", 4096}, {"xxh3", "0000000000000000"}},
+        {{"offset", 4096}, {"nbytes", 8}, {"xxh3", "0000000000000000"}}}},
+      {"models",
+       {{{"name", "model"},
+         {"skeleton",
+          {{"kind", "torchscript"},
+           {"compression", "none"},
+           {"offset", 0},
+           {"length", 14},
+           {"raw_length", 14},
+           {"unshared_bytes", 0}}},
+         {"tensors",
+          {{{"path", "fc.weight"}, {"kind", "parameter"}, {"dtype", "float32"}, {"sizes", {32, 32}},
+            {"strides", {32, 1}}, {"storage", 0}, {"storage_offset", 0}},
+           {{"path", "fc.weight_t"}, {"kind", "buffer"}, {"dtype", "float32"}, {"sizes", {32, 31}},
+            {"strides", {1, 32}}, {"storage", 0}, {"storage_offset", 1}},
+           {{"path", "step"}, {"kind", "attribute"}, {"dtype", "int64"}, {"sizes", json::array()},
+            {"strides", json::array()}, {"storage", 1}, {"storage_offset", 0}}}}}}}};
+  return p;
+}
+
+std::string build(const Parts& p) {
+  const std::string manifest = p.manifest.dump();
+  format::Header h;
+  h.alignment = p.alignment;
+  h.manifest_offset = h.header_length;
+  h.manifest_length = manifest.size();
+  h.skeletons_offset = h.manifest_offset + manifest.size();
+  h.skeletons_length = p.skeletons.size();
+  format::align_up(h.skeletons_offset + h.skeletons_length, std::max<uint64_t>(p.alignment, 4096),
+                   &h.data_offset);
+  h.data_length = p.data.size();
+  h.file_size = h.data_offset + h.data_length;
+  if (p.edit_header) p.edit_header(h);
+  std::vector<uint8_t> header = format::encode_header(h);
+  std::string blob(reinterpret_cast<const char*>(header.data()), header.size());
+  blob += manifest + p.skeletons;
+  blob.resize(std::max<size_t>(blob.size(), h.data_offset), '\0');
+  blob.resize(h.data_offset);
+  blob += p.data;
+  blob.resize(std::max<size_t>(blob.size(), h.file_size), '\0');
+  auto inside = [&](uint64_t offset, uint64_t length) {
+    return length <= blob.size() && offset <= blob.size() - length;
+  };
+  // Checksum what can be checksummed; a header edited out of range is
+  // refused before its checksum is looked at.
+  if (inside(h.manifest_offset, h.manifest_length) && inside(h.skeletons_offset, h.skeletons_length) &&
+      h.header_length >= 96 && h.header_length <= blob.size()) {
+    h.meta_checksum = format::meta_checksum(reinterpret_cast<const uint8_t*>(blob.data()), h);
+    header = format::encode_header(h);
+    std::copy(header.begin(), header.begin() + 88, blob.begin());
+  }
+  return blob;
+}
+
+// Opens `bytes` as a blob file; returns "" when it opens, else the error.
+std::string open_error(const std::string& bytes, ErrorCode* code = nullptr) {
+  test::TempDir dir;
+  const std::string path = dir / "case.zcb";
+  test::write_bytes(path, bytes);
+  try {
+    zcwrap::detail::BlobFile::open(path);
+    return "";
+  } catch (const Error& e) {
+    if (code != nullptr) *code = e.code();
+    const std::string what = e.what();
+    CHECK_MESSAGE(what.rfind(path + ": ", 0) == 0, "the error must name the file: " << what);
+    CHECK_MESSAGE(what.find('\n') == std::string::npos, "one line: " << what);
+    return what;
+  }
+}
+
+struct Case {
+  const char* name;
+  std::function<void(Parts&)> edit;
+  const char* expected;  // a part of the error message
+};
+
+}  // namespace
+
+TEST_CASE("header encodes and decodes field for field") {
+  format::Header h;
+  h.file_size = 0x0102030405060708ull;
+  h.alignment = 65536;
+  h.manifest_offset = 96;
+  h.manifest_length = 11;
+  h.skeletons_offset = 107;
+  h.skeletons_length = 13;
+  h.data_offset = 65536;
+  h.data_length = h.file_size - 65536;
+  h.meta_checksum = 0xfeedfacecafebeefull;
+  std::vector<uint8_t> bytes = format::encode_header(h);
+  REQUIRE(bytes.size() == 96);
+  CHECK(std::string(bytes.begin(), bytes.begin() + 8) == "ZCWRAP01");
+  CHECK(bytes[16] == 0x08);  // little-endian file_size
+  CHECK(bytes[23] == 0x01);
+  format::Header back = format::decode_header(bytes.data(), bytes.size(), h.file_size, "h");
+  CHECK(back.file_size == h.file_size);
+  CHECK(back.alignment == h.alignment);
+  CHECK(back.skeletons_length == 13);
+  CHECK(back.data_offset == 65536);
+  CHECK(back.meta_checksum == h.meta_checksum);
+}
+
+TEST_CASE("helpers: alignment, dtypes, model names") {
+  uint64_t out = 0;
+  CHECK(format::align_up(4097, 4096, &out));
+  CHECK(out == 8192);
+  CHECK_FALSE(format::align_up(UINT64_MAX - 10, 4096, &out));
+  CHECK(format::storage_alignment(100, 4096) == 64);
+  CHECK(format::storage_alignment(4096, 4096) == 4096);
+  CHECK(format::dtype_size("bfloat16") == 2);
+  CHECK(format::dtype_size("complex128") == 16);
+  CHECK(format::dtype_size("float8") == 0);
+  CHECK(format::valid_model_name("encoder_v2.1-a"));
+  CHECK_FALSE(format::valid_model_name(""));
+  CHECK_FALSE(format::valid_model_name("a/b"));
+  CHECK_FALSE(format::valid_model_name("a b"));
+}
+
+TEST_CASE("a valid handcrafted blob opens and its manifest reads back") {
+  const Parts p = valid_parts();
+  test::TempDir dir;
+  test::write_bytes(dir / "ok.zcb", build(p));
+  auto blob = zcwrap::detail::BlobFile::open(dir / "ok.zcb");
+  const format::Manifest& m = blob->manifest();
+  REQUIRE(m.models.size() == 1);
+  CHECK(m.models[0].tensors.size() == 3);
+  CHECK(m.models[0].tensors[1].strides == std::vector<int64_t>{1, 32});
+  CHECK(blob->header().data_offset % 4096 == 0);
+  CHECK(std::memcmp(blob->storage_data(1), p.data.data() + 4096, 8) == 0);
+  CHECK(blob->skeleton(0) == "skeleton bytes");
+  CHECK(blob->find_model("model") == 0);
+  CHECK(blob->find_model("other") == -1);
+}
+
+TEST_CASE("bad blobs are refused with a specific error") {
+  auto models = [](Parts& p) -> json& { return p.manifest["models"]; };
+  auto tensor = [](Parts& p, int i) -> json& { return p.manifest["models"][0]["tensors"][i]; };
+  const std::vector<Case> cases = {
+      {"HEADER_BAD_MAGIC", nullptr, "not a zcwrap blob"},
+      {"HEADER_FUTURE_VERSION", nullptr, "version '02' is not supported"},
+      {"HEADER_TRUNCATED", nullptr, "truncated header"},
+      {"FILE_TRUNCATED", nullptr, "(truncated)"},
+      {"FILE_EXTRA_BYTES", nullptr, "(extra bytes)"},
+      {"EMPTY_FILE", nullptr, "not a zcwrap blob"},
+      {"HEADER_BAD_ALIGN", [](Parts& p) { p.edit_header = [](format::Header& h) { h.alignment = 3000; }; },
+       "alignment 3000 is not a power of two"},
+      {"HEADER_ALIGN_TOO_BIG",
+       [](Parts& p) { p.edit_header = [](format::Header& h) { h.alignment = 4u << 20; }; },
+       "is not a power of two between"},
+      {"HEADER_FLAGS", [](Parts& p) { p.edit_header = [](format::Header& h) { h.flags = 4; }; },
+       "unknown flags"},
+      {"HEADER_LENGTH_SHORT", [](Parts& p) { p.edit_header = [](format::Header& h) { h.header_length = 40; }; },
+       "header_length 40"},
+      {"MANIFEST_PAST_END",
+       [](Parts& p) { p.edit_header = [](format::Header& h) { h.manifest_length = h.file_size; }; },
+       "manifest section"},
+      {"MANIFEST_LENGTH_OVERFLOW",
+       [](Parts& p) { p.edit_header = [](format::Header& h) { h.manifest_length = UINT64_MAX - 50; }; },
+       "manifest section"},
+      {"DATA_NOT_PAGE_ALIGNED",
+       [](Parts& p) {
+         p.edit_header = [](format::Header& h) {
+           h.data_offset -= 64;
+           h.data_length += 64;
+         };
+       },
+       "not page- and storage-aligned"},
+      {"MANIFEST_NOT_JSON", [](Parts& p) { p.manifest = json("not an object"); }, "manifest: expected a JSON object"},
+      {"MANIFEST_WRONG_VERSION", [](Parts& p) { p.manifest["version"] = 7; }, "manifest.version 7"},
+      {"MANIFEST_MISSING_FIELD", [](Parts& p) { p.manifest.erase("storages"); }, "missing field 'storages'"},
+      {"MANIFEST_ALIGN_DIFFERS", [](Parts& p) { p.manifest["alignment"] = 64; }, "differs from the header"},
+      {"NO_MODELS", [&](Parts& p) { models(p) = json::array(); }, "at least one model"},
+      {"DUPLICATE_MODEL",
+       [&](Parts& p) {
+         p.manifest["standalone"] = false;
+         models(p).push_back(models(p)[0]);
+       },
+       "duplicate model name"},
+      {"BAD_MODEL_NAME", [&](Parts& p) { models(p)[0]["name"] = "../x"; }, "invalid model name"},
+      {"STORAGE_PAST_END", [](Parts& p) { p.manifest["storages"][1]["nbytes"] = 4096; }, "lies outside the data section"},
+      {"STORAGE_OFFSET_OVERFLOW",
+       [](Parts& p) { p.manifest["storages"][1]["offset"] = UINT64_MAX - 4095; },
+       "lies outside the data section"},
+      {"STORAGES_OVERLAP",
+       [](Parts& p) {
+         p.manifest["storages"][1]["offset"] = 0;
+         p.manifest["storages"][1]["nbytes"] = 8;
+       },
+       "overlaps the previous storage"},
+      {"STORAGE_MISALIGNED", [](Parts& p) { p.manifest["storages"][1]["offset"] = 4100; }, "is not a multiple of 64"},
+      {"STORAGE_BAD_CHECKSUM_TEXT", [](Parts& p) { p.manifest["storages"][0]["xxh3"] = "xyz"; }, "hex digits"},
+      {"TENSOR_UNKNOWN_DTYPE", [&](Parts& p) { tensor(p, 0)["dtype"] = "float8"; }, "unknown dtype 'float8'"},
+      {"TENSOR_UNKNOWN_KIND", [&](Parts& p) { tensor(p, 0)["kind"] = "weights"; }, "unknown tensor kind"},
+      {"TENSOR_PAST_STORAGE", [&](Parts& p) { tensor(p, 0)["sizes"] = {32, 33}; }, "which holds 4096 bytes"},
+      {"TENSOR_VIEW_PAST_STORAGE", [&](Parts& p) { tensor(p, 1)["storage_offset"] = 100; },
+       "which holds 4096 bytes"},
+      {"TENSOR_BAD_STORAGE_INDEX", [&](Parts& p) { tensor(p, 0)["storage"] = 2; }, "storage 2 does not exist"},
+      {"TENSOR_NEGATIVE_SIZE", [&](Parts& p) { tensor(p, 0)["sizes"] = {-1, 32}; }, "expected non-negative integers"},
+      {"TENSOR_SIZE_OVERFLOW",
+       [&](Parts& p) {
+         tensor(p, 0)["sizes"] = {1ull << 40, 1ull << 40};
+         tensor(p, 0)["strides"] = {0, 0};
+       },
+       "element count overflows"},
+      {"TENSOR_STRIDE_OVERFLOW",
+       [&](Parts& p) { tensor(p, 0)["strides"] = {uint64_t(INT64_MAX), 1}; },
+       "extent overflows"},
+      {"TENSOR_TOO_MANY_DIMS",
+       [&](Parts& p) {
+         tensor(p, 0)["sizes"] = std::vector<int>(65, 1);
+         tensor(p, 0)["strides"] = std::vector<int>(65, 1);
+       },
+       "more than the limit of 64"},
+      {"TENSOR_RANK_MISMATCH", [&](Parts& p) { tensor(p, 0)["strides"] = {1}; }, "2 sizes but 1 strides"},
+      {"SKELETON_PAST_END", [&](Parts& p) { models(p)[0]["skeleton"]["length"] = 1000; },
+       "lies outside the skeletons section"},
+      {"SKELETON_UNKNOWN_COMPRESSION", [&](Parts& p) { models(p)[0]["skeleton"]["compression"] = "lz4"; },
+       "unknown compression"},
+  };
+  for (const Case& c : cases) {
+    const std::string case_name = c.name;
+    CAPTURE(case_name);
+    Parts p = valid_parts();
+    if (c.edit) c.edit(p);
+    std::string bytes = build(p);
+    const std::string name = c.name;
+    if (name == "HEADER_BAD_MAGIC") bytes[0] = 'X';
+    if (name == "HEADER_FUTURE_VERSION") bytes[7] = '2';
+    if (name == "HEADER_TRUNCATED") bytes.resize(50);
+    if (name == "FILE_TRUNCATED") bytes.pop_back();
+    if (name == "FILE_EXTRA_BYTES") bytes += "x";
+    if (name == "EMPTY_FILE") bytes.clear();
+    ErrorCode code = ErrorCode::kInternal;
+    const std::string error = open_error(bytes, &code);
+    CHECK_MESSAGE(error.find(c.expected) != std::string::npos, "got: " << error);
+    CHECK(code == ErrorCode::kBadBlob);
+  }
+}
+
+TEST_CASE("any flipped bit in header, manifest or skeletons is refused") {
+  const std::string good = build(valid_parts());
+  format::Header h = format::decode_header(reinterpret_cast<const uint8_t*>(good.data()), good.size(),
+                                           good.size(), "good");
+  const size_t covered_end = h.skeletons_offset + h.skeletons_length;
+  std::mt19937 rng(42);
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string bytes = good;
+    const size_t pos = rng() % covered_end;
+    bytes[pos] = static_cast<char>(bytes[pos] ^ (1u << (rng() % 8)));
+    CAPTURE(pos);
+    ErrorCode code = ErrorCode::kInternal;
+    CHECK(open_error(bytes, &code) != "");
+    CHECK(code == ErrorCode::kBadBlob);
+  }
+}
+
+TEST_CASE("truncation at every section boundary and at random points is refused") {
+  const std::string good = build(valid_parts());
+  format::Header h = format::decode_header(reinterpret_cast<const uint8_t*>(good.data()), good.size(),
+                                           good.size(), "good");
+  std::vector<size_t> cuts = {0, 1, 7, 8, 95, 96, h.manifest_offset + h.manifest_length, h.skeletons_offset + 1,
+                              h.data_offset, h.data_offset + 1, good.size() - 1};
+  std::mt19937 rng(7);
+  for (int i = 0; i < 40; ++i) cuts.push_back(rng() % good.size());
+  for (size_t cut : cuts) {
+    CAPTURE(cut);
+    ErrorCode code = ErrorCode::kInternal;
+    CHECK(open_error(good.substr(0, cut), &code) != "");
+    CHECK(code == ErrorCode::kBadBlob);
+  }
+}

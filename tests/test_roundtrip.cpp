@@ -1,0 +1,300 @@
+// The library API on real architectures: what comes out of a blob equals
+// torch::jit::load of the original bit for bit, and points into the mapping.
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "torch_support.hpp"
+
+using nlohmann::json;
+using zcwrap::Error;
+using zcwrap::ErrorCode;
+using zcwrap::ModelWrapper;
+using zcwrap::PackOptions;
+using zcwrap::Unwrapped;
+namespace test = zcwrap::test;
+
+namespace {
+
+ErrorCode error_code_of(const std::function<void()>& fn, std::string* message = nullptr) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    if (message != nullptr) *message = e.what();
+    return e.code();
+  }
+  FAIL("expected a zcwrap::Error");
+  return ErrorCode::kInternal;
+}
+
+// Every tensor the module holds (parameters, buffers, plain attributes),
+// recursively.
+void check_all_in_mapping(const torch::jit::Module& module, const Unwrapped& u, size_t* count) {
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) {
+    CAPTURE(p.name);
+    CHECK(test::points_into(p.value, u));
+    CHECK_FALSE(p.value.requires_grad());
+    ++*count;
+  }
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) {
+    if (!b.value.defined() || b.value.numel() == 0) continue;
+    CAPTURE(b.name);
+    CHECK(test::points_into(b.value, u));
+    ++*count;
+  }
+}
+
+at::Tensor attr_tensor(const torch::jit::Module& m, const std::string& dotted) {
+  torch::jit::Module cur = m;
+  std::string rest = dotted;
+  for (size_t dot; (dot = rest.find('.')) != std::string::npos; rest = rest.substr(dot + 1)) {
+    cur = cur.attr(rest.substr(0, dot)).toModule();
+  }
+  return cur.attr(rest).toTensor();
+}
+
+}  // namespace
+
+TEST_CASE("every fixture model comes back bit-equal to torch::jit::load, weights in the mapping") {
+  for (const json& fx : test::fixtures_index()["models"]) {
+    const std::string name = fx["name"];
+    const std::string model_path = test::fixture(fx["file"]);
+    const std::string input_path = test::fixture(fx["input"]);
+    const std::string method = fx["method"];
+    CAPTURE(name);
+    test::TempDir dir;
+    const std::string blob = dir / "m.zcb";
+    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, true, blob);
+    CHECK(w.is_standalone_module());
+    CHECK((w.model_names() == std::vector<std::string>{"model"}));
+
+    Unwrapped u = w.unwrap();
+    torch::jit::Module& module = u.module();
+    CHECK_FALSE(module.is_training());
+    size_t checked = 0;
+    check_all_in_mapping(module, u, &checked);
+    CHECK(checked > 0);
+
+    std::string why;
+    const c10::IValue expected = test::reference_output(model_path, method, input_path);
+    const c10::IValue got = test::call(module, method, test::load_inputs(input_path));
+    CHECK_MESSAGE(test::bit_equal(expected, got, &why), why);
+
+    const json info = zcwrap::describe(blob);
+    CHECK(info["models"][0]["unshared_bytes"] == 0);
+    CHECK(info["models"][0]["shared_fraction"] == 1.0);
+    CHECK(info["models"][0]["shared_bytes"].get<uint64_t>() > 0);
+  }
+}
+
+TEST_CASE("edge cases keep dtype, views, aliasing, 0-dim, empty and container tensors") {
+  test::TempDir dir;
+  ModelWrapper w = ModelWrapper::pack_files({{"edge", test::fixture("edge.pt")}}, true, dir / "edge.zcb");
+  Unwrapped u = w.unwrap();
+  torch::jit::Module& m = u.module();
+
+  SUBCASE("tied weights are one storage") {
+    const at::Tensor a = attr_tensor(m, "a.weight");
+    const at::Tensor b = attr_tensor(m, "b.weight");
+    CHECK(a.storage().unsafeGetStorageImpl() == b.storage().unsafeGetStorageImpl());
+    CHECK(a.data_ptr() == b.data_ptr());
+    CHECK(test::points_into(a, u));
+  }
+  SUBCASE("offset and non-contiguous views share their base storage") {
+    const at::Tensor big = attr_tensor(m, "big");
+    const at::Tensor mid = attr_tensor(m, "mid");
+    CHECK(mid.storage().unsafeGetStorageImpl() == big.storage().unsafeGetStorageImpl());
+    CHECK(mid.storage_offset() == 3);
+    const at::Tensor base = attr_tensor(m, "base");
+    const at::Tensor base_t = attr_tensor(m, "base_t");
+    CHECK_FALSE(base_t.is_contiguous());
+    CHECK((base_t.strides().vec() == std::vector<int64_t>{1, 4}));
+    CHECK(base_t.storage().unsafeGetStorageImpl() == base.storage().unsafeGetStorageImpl());
+    const at::Tensor alias = m.attr("tdict").toGenericDict().at("alias").toTensor();
+    CHECK(alias.storage().unsafeGetStorageImpl() == big.storage().unsafeGetStorageImpl());
+    CHECK(alias.storage_offset() == 10);
+  }
+  SUBCASE("0-dim and zero-element tensors") {
+    CHECK(attr_tensor(m, "scalar").dim() == 0);
+    CHECK((attr_tensor(m, "empty").sizes().vec() == std::vector<int64_t>{0, 3}));
+  }
+  SUBCASE("every dtype survives") {
+    const std::vector<std::pair<std::string, at::ScalarType>> dtypes = {
+        {"buf_bool", at::kBool},    {"buf_i8", at::kChar},      {"buf_i64", at::kLong},
+        {"buf_f16", at::kHalf},     {"buf_bf16", at::kBFloat16}, {"buf_f64", at::kDouble},
+        {"buf_c64", at::kComplexFloat}};
+    torch::jit::Module original = torch::jit::load(test::fixture("edge.pt"));
+    for (const auto& [name, dtype] : dtypes) {
+      CAPTURE(name);
+      const at::Tensor t = attr_tensor(m, name);
+      CHECK(t.scalar_type() == dtype);
+      CHECK(test::points_into(t, u));
+      std::string why;
+      CHECK_MESSAGE(test::bit_equal(attr_tensor(original, name), t, &why), why);
+    }
+  }
+  SUBCASE("plain attributes and list/dict attributes point into the mapping") {
+    CHECK(test::points_into(attr_tensor(m, "plain"), u));
+    for (const c10::IValue& t : m.attr("tlist").toList()) CHECK(test::points_into(t.toTensor(), u));
+    for (const auto& e : m.attr("tdict").toGenericDict()) CHECK(test::points_into(e.value().toTensor(), u));
+    const json info = zcwrap::describe(dir / "edge.zcb");
+    std::set<std::string> kinds;
+    for (const json& t : info["models"][0]["tensors"]) kinds.insert(t["kind"].get<std::string>());
+    CHECK((kinds == std::set<std::string>{"parameter", "buffer", "attribute", "container"}));
+  }
+  SUBCASE("methods besides forward") {
+    torch::jit::Module original = torch::jit::load(test::fixture("edge.pt"));
+    CHECK(test::call(m, "describe", {}) == test::call(original, "describe", {}));
+  }
+}
+
+TEST_CASE("a pipeline shares a tensor tied across its models, and names its models") {
+  test::TempDir dir;
+  ModelWrapper w = ModelWrapper::pack_files(
+      {{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, false, dir / "p.zcb");
+  CHECK_FALSE(w.is_standalone_module());
+  CHECK((w.model_names() == std::vector<std::string>{"a", "b"}));
+  Unwrapped u = w.unwrap();
+  CHECK(attr_tensor(u.at("a"), "emb.weight").data_ptr() == attr_tensor(u.at("b"), "proj.weight").data_ptr());
+  std::string message;
+  CHECK(error_code_of([&] { u.module(); }, &message) == ErrorCode::kUsage);
+  CHECK(message.find("a, b") != std::string::npos);
+  CHECK(error_code_of([&] { u.at("c"); }, &message) == ErrorCode::kUsage);
+  for (const char* name : {"a", "b"}) {
+    const std::string n = std::string("pipeline_") + name;
+    std::string why;
+    CHECK(test::bit_equal(test::reference_output(test::fixture(n + ".pt"), "forward", test::fixture(n + "_in.pt")),
+                          test::call(u.at(name), "forward", test::load_inputs(test::fixture(n + "_in.pt"))), &why));
+  }
+  CHECK(zcwrap::describe(dir / "p.zcb")["dedup_saved_bytes"].get<uint64_t>() >= 50 * 16 * 4);
+}
+
+TEST_CASE("from_model packs into the store by content and leaves the module alone") {
+  test::TempDir store;
+  PackOptions options;
+  options.store_dir = store.path();
+  torch::jit::Module original = torch::jit::load(test::fixture("edge.pt"));
+  const at::Tensor weight = attr_tensor(original, "a.weight");
+  const at::Tensor before = weight.clone();
+
+  ModelWrapper w1 = ModelWrapper::from_model(original, options);
+  ModelWrapper w2 = ModelWrapper::from_model(original, options);
+  CHECK(w1.blob_path() == w2.blob_path());
+  CHECK(test::list_dir(store.path()).size() == 1);
+  CHECK(attr_tensor(original, "a.weight").data_ptr() == weight.data_ptr());
+  CHECK(torch::equal(attr_tensor(original, "a.weight"), before));
+
+  Unwrapped u = ModelWrapper::from_actor(w1.to_actor()).unwrap();
+  std::string why;
+  const c10::IValue x = test::load_inputs(test::fixture("edge_in.pt"))[0];
+  CHECK_MESSAGE(test::bit_equal(test::call(original, "forward", {x}), test::call(u.module(), "forward", {x}), &why), why);
+
+  SUBCASE("ZCWRAP_STORE chooses the store") {
+    test::TempDir env_store;
+    ::setenv("ZCWRAP_STORE", env_store.path().c_str(), 1);
+    ModelWrapper w = ModelWrapper::from_model(original);
+    ::unsetenv("ZCWRAP_STORE");
+    CHECK(w.blob_path().rfind(env_store.path() + "/", 0) == 0);
+  }
+  SUBCASE("an unusable store is a clear error naming ZCWRAP_STORE") {
+    PackOptions bad;
+    bad.store_dir = "/proc/zcwrap-store";
+    std::string message;
+    CHECK(error_code_of([&] { ModelWrapper::from_model(original, bad); }, &message) == ErrorCode::kWrite);
+    CHECK(message.find("ZCWRAP_STORE") != std::string::npos);
+  }
+}
+
+TEST_CASE("from_pipeline and ActorWrapper round-trip through the actor config") {
+  test::TempDir store;
+  PackOptions options;
+  options.store_dir = store.path();
+  std::vector<std::pair<std::string, torch::jit::Module>> models = {
+      {"a", torch::jit::load(test::fixture("pipeline_a.pt"))}, {"b", torch::jit::load(test::fixture("pipeline_b.pt"))}};
+  zcwrap::ActorWrapper actor(models, "cpu", options);
+  const json config = actor.to_actor();
+  CHECK(config["device"] == "cpu");
+  CHECK(config["models"] == json({"a", "b"}));
+  Unwrapped u = zcwrap::ActorWrapper::from_actor(json::parse(config.dump())).load();
+  CHECK(attr_tensor(u.at("a"), "emb.weight").data_ptr() == attr_tensor(u.at("b"), "proj.weight").data_ptr());
+
+  std::string message;
+  CHECK(error_code_of([&] { ModelWrapper::from_pipeline({}, options); }) == ErrorCode::kUsage);
+  CHECK(error_code_of([&] { ModelWrapper::from_pipeline({models[0], models[0]}, options); }, &message) ==
+        ErrorCode::kUsage);
+  CHECK(message.find("given twice") != std::string::npos);
+  CHECK(error_code_of([&] { ModelWrapper::from_pipeline({{"a b", models[0].second}}, options); }) ==
+        ErrorCode::kUsage);
+}
+
+TEST_CASE("an actor config that no longer matches its blob is refused") {
+  test::TempDir dir;
+  const std::string blob = dir / "m.zcb";
+  const json config = ModelWrapper::pack_files({{"m", test::fixture("edge.pt")}}, true, blob).to_actor();
+  ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, blob);
+  std::string message;
+  CHECK(error_code_of([&] { ModelWrapper::from_actor(config); }, &message) == ErrorCode::kStale);
+  CHECK(message.find("re-packed or replaced") != std::string::npos);
+  ::unlink(blob.c_str());
+  CHECK(error_code_of([&] { ModelWrapper::from_actor(config); }) == ErrorCode::kStale);
+  json broken = config;
+  broken.erase("blob_size");
+  CHECK(error_code_of([&] { ModelWrapper::from_actor(broken); }) == ErrorCode::kBadBlob);
+  CHECK(error_code_of([&] { ModelWrapper::from_actor(json::array()); }) == ErrorCode::kBadBlob);
+}
+
+TEST_CASE("devices that do not exist are clear errors") {
+  test::TempDir dir;
+  ModelWrapper w = ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, dir / "m.zcb");
+  std::string message;
+  CHECK(error_code_of([&] { w.unwrap("banana"); }, &message) == ErrorCode::kDevice);
+  CHECK(message.find("banana") != std::string::npos);
+  if (!at::hasCUDA()) {
+    CHECK(error_code_of([&] { w.unwrap("cuda:0"); }) == ErrorCode::kDevice);
+  }
+}
+
+TEST_CASE("the mapping outlives Unwrapped and the blob file") {
+  test::TempDir dir;
+  const std::string blob = dir / "m.zcb";
+  torch::jit::Module kept;
+  {
+    Unwrapped u = ModelWrapper::pack_files({{"m", test::fixture("transformer.pt")}}, true, blob).unwrap();
+    kept = u.module();
+  }
+  ::unlink(blob.c_str());
+  std::string why;
+  const std::string input = test::fixture("transformer_in.pt");
+  CHECK_MESSAGE(test::bit_equal(test::reference_output(test::fixture("transformer.pt"), "forward", input),
+                                test::call(kept, "forward", test::load_inputs(input)), &why),
+                why);
+}
+
+TEST_CASE("packing is deterministic") {
+  test::TempDir dir;
+  ModelWrapper::pack_files({{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, false,
+                           dir / "1.zcb");
+  ModelWrapper::pack_files({{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, false,
+                           dir / "2.zcb");
+  CHECK(test::read_bytes(dir / "1.zcb") == test::read_bytes(dir / "2.zcb"));
+}
+
+TEST_CASE("bad alignment and bad model files are refused before anything is written") {
+  test::TempDir dir;
+  PackOptions options;
+  for (uint64_t align : {0ull, 32ull, 3000ull, 4ull << 20}) {
+    options.alignment = align;
+    CAPTURE(align);
+    CHECK(error_code_of([&] { ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, dir / "x.zcb", options); }) ==
+          ErrorCode::kUsage);
+  }
+  for (const json& bad : test::fixtures_index()["bad"]) {
+    CAPTURE(bad["file"].get<std::string>());
+    CHECK(error_code_of([&] { ModelWrapper::pack_files({{"m", test::fixture(bad["file"])}}, true, dir / "x.zcb"); }) ==
+          ErrorCode::kBadModel);
+  }
+  CHECK(test::list_dir(dir.path()).empty());
+}
