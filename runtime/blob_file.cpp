@@ -1,28 +1,39 @@
 #include "blob_file.hpp"
 
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
+#include <xxhash.h>
 #include <zstd.h>
 
 #include "zcwrap/error.hpp"
 
 namespace zcwrap::detail {
 
-std::shared_ptr<const BlobFile> BlobFile::open(const std::string& path) {
-  auto blob = std::make_shared<BlobFile>();
-  blob->path_ = path;
-  blob->region_ = MappedRegion::map_file(path);
-  const uint8_t* bytes = blob->region_.data();
-  const size_t size = blob->region_.size();
-  blob->header_ = format::decode_header(bytes, size, size, path);
-  const format::Header& h = blob->header_;
-  uint64_t actual = format::meta_checksum(bytes, h);
+BlobLayout parse_blob(const uint8_t* bytes, size_t size, const std::string& path) {
+  BlobLayout layout;
+  layout.header = format::decode_header(bytes, size, size, path);
+  const format::Header& h = layout.header;
+  const uint64_t actual = format::meta_checksum(bytes, h);
   if (actual != h.meta_checksum) {
     throw Error(ErrorCode::kBadBlob,
                 path + ": header/manifest/skeleton checksum mismatch (stored " +
                     format::hex64(h.meta_checksum) + ", computed " + format::hex64(actual) +
                     "): the blob is corrupt; re-pack it");
   }
-  blob->manifest_ = format::parse_manifest(reinterpret_cast<const char*>(bytes + h.manifest_offset),
+  layout.manifest = format::parse_manifest(reinterpret_cast<const char*>(bytes + h.manifest_offset),
                                            h.manifest_length, h, path);
+  return layout;
+}
+
+std::shared_ptr<const BlobFile> BlobFile::open(const std::string& path, bool copy_on_write) {
+  auto blob = std::make_shared<BlobFile>();
+  blob->path_ = path;
+  blob->region_ = MappedRegion::map_file(path, copy_on_write);
+  BlobLayout layout = parse_blob(blob->region_.data(), blob->region_.size(), path);
+  blob->header_ = layout.header;
+  blob->manifest_ = std::move(layout.manifest);
   return blob;
 }
 
@@ -40,6 +51,39 @@ std::string BlobFile::skeleton(size_t index) const {
                                      : " to its recorded " + std::to_string(sk.raw_length) + " bytes"));
   }
   return raw;
+}
+
+std::vector<size_t> BlobFile::bad_storages(unsigned threads) const {
+  const auto& storages = manifest_.storages;
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(std::min<size_t>(threads, std::max<size_t>(storages.size(), 1)));
+  // Workers take the next storage from a shared counter, so one large
+  // storage does not hold up a fixed share of small ones.
+  std::atomic<size_t> next{0};
+  std::vector<char> bad(storages.size(), 0);
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < storages.size();) {
+      bad[i] = XXH3_64bits(storage_data(i), storages[i].nbytes) != storages[i].xxh3;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (std::thread& t : pool) t.join();
+  std::vector<size_t> out;
+  for (size_t i = 0; i < bad.size(); ++i) {
+    if (bad[i]) out.push_back(i);
+  }
+  return out;
+}
+
+std::string BlobFile::storage_user(size_t index) const {
+  for (const format::ModelEntry& model : manifest_.models) {
+    for (const format::TensorEntry& t : model.tensors) {
+      if (t.storage == index) return "model '" + model.name + "' tensor '" + t.path + "'";
+    }
+  }
+  return "no tensor";
 }
 
 int BlobFile::find_model(const std::string& name) const {

@@ -1,4 +1,7 @@
+#include <chrono>
+
 #include <nlohmann/json.hpp>
+#include <xxhash.h>
 
 #include "blob_file.hpp"
 #include "zcwrap/inspect.hpp"
@@ -74,6 +77,26 @@ nlohmann::json describe(const std::string& path) {
           {"dedup_saved_bytes", tensor_bytes_total > storage_bytes ? tensor_bytes_total - storage_bytes : 0},
           {"unshared_bytes", unshared_total},
           {"models", std::move(models)}};
+}
+
+nlohmann::json verify(const std::string& path, unsigned threads) {
+  using nlohmann::json;
+  const auto start = std::chrono::steady_clock::now();
+  const ModelWrapper wrapper = ModelWrapper::open(path);
+  auto blob = detail::BlobFile::open(wrapper.blob_path());
+  const format::Manifest& m = blob->manifest();
+  json bad = json::array();
+  for (size_t i : blob->bad_storages(threads)) {
+    bad.push_back({{"storage", i},
+                   {"tensor", blob->storage_user(i)},
+                   {"expected", format::hex64(m.storages[i].xxh3)},
+                   {"actual", format::hex64(XXH3_64bits(blob->storage_data(i), m.storages[i].nbytes))}});
+  }
+  uint64_t bytes = 0;
+  for (const format::StorageEntry& s : m.storages) bytes += s.nbytes;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return {{"blob", wrapper.blob_path()}, {"ok", bad.empty()},     {"storages", m.storages.size()},
+          {"bytes", bytes},              {"seconds", seconds},     {"bad", std::move(bad)}};
 }
 
 }  // namespace zcwrap

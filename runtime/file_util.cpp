@@ -44,7 +44,7 @@ MappedRegion::~MappedRegion() {
   if (base_ != nullptr) ::munmap(base_, size_);
 }
 
-MappedRegion MappedRegion::map_file(const std::string& path) {
+MappedRegion MappedRegion::map_file(const std::string& path, bool copy_on_write) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
   struct stat st {};
@@ -54,7 +54,9 @@ MappedRegion MappedRegion::map_file(const std::string& path) {
   if (!S_ISREG(st.st_mode)) throw Error(ErrorCode::kInput, path + ": not a regular file");
   MappedRegion region;
   if (st.st_size == 0) return region;
-  void* base = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd.get(), 0);
+  void* base = copy_on_write ? ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ | PROT_WRITE,
+                                      MAP_PRIVATE, fd.get(), 0)
+                             : ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd.get(), 0);
   if (base == MAP_FAILED) throw Error(ErrorCode::kInput, path + ": cannot map: " + errno_text(errno));
   region.base_ = base;
   region.size_ = static_cast<size_t>(st.st_size);

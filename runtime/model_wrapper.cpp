@@ -1,6 +1,9 @@
 #include "zcwrap/model_wrapper.hpp"
 
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -24,6 +27,7 @@ struct Unwrapped::State {
   std::vector<torch::jit::Module> modules;
   bool standalone = false;
   std::string device;
+  std::vector<std::string> warnings;
 };
 
 namespace {
@@ -137,9 +141,9 @@ std::vector<c10::Storage> make_storages(const std::shared_ptr<const BlobFile>& b
   std::vector<c10::Storage> out;
   out.reserve(m.storages.size());
   for (size_t i = 0; i < m.storages.size(); ++i) {
-    // LibTorch's DataPtr wants a mutable pointer; the pages are PROT_READ, so
-    // a write through it faults instead of changing the shared weights.
-    void* data = const_cast<uint8_t*>(blob->storage_data(i));
+    // Unless mapped copy-on-write the pages are PROT_READ, so a write through
+    // this pointer faults instead of changing the weights other workers see.
+    void* data = blob->storage_data(i);
     auto* keep = new std::shared_ptr<const BlobFile>(blob);
     c10::DataPtr ptr(data, keep, [](void* ctx) { delete static_cast<std::shared_ptr<const BlobFile>*>(ctx); },
                      c10::Device(c10::kCPU));
@@ -152,6 +156,36 @@ std::vector<c10::Storage> make_storages(const std::shared_ptr<const BlobFile>& b
     out.push_back(std::move(storage));
   }
   return out;
+}
+
+// Warms the data section's pages as asked; returns warnings for what the
+// system refused.
+std::vector<std::string> prefetch(const BlobFile& blob, Prefetch mode) {
+  std::vector<std::string> warnings;
+  const format::Header& h = blob.header();
+  uint8_t* data = blob.data_section();
+  const size_t length = h.data_length;
+  if (length == 0 || mode == Prefetch::kNone) return warnings;
+  if (h.alignment >= (2u << 20) && ::madvise(data, length, MADV_HUGEPAGE) != 0) {
+    warnings.push_back(blob.path() + ": huge pages not available for this mapping (" +
+                       detail::errno_text(errno) + ")");
+  }
+  if (mode == Prefetch::kWillNeed) {
+    ::madvise(data, length, MADV_WILLNEED);
+    return warnings;
+  }
+  // Reading one byte a page faults each page in; volatile keeps the loop.
+  const long page = ::sysconf(_SC_PAGESIZE);
+  volatile uint8_t sink = 0;
+  for (size_t off = 0; off < length; off += static_cast<size_t>(page)) sink = sink ^ data[off];
+  if (mode == Prefetch::kLock && ::mlock(data, length) != 0) {
+    struct rlimit limit {};
+    ::getrlimit(RLIMIT_MEMLOCK, &limit);
+    warnings.push_back(blob.path() + ": cannot lock " + std::to_string(length) + " bytes in memory (" +
+                       detail::errno_text(errno) + "; RLIMIT_MEMLOCK is " + std::to_string(limit.rlim_cur) +
+                       " bytes): raise it with ulimit -l or LimitMEMLOCK=; pages were prefetched, not locked");
+  }
+  return warnings;
 }
 
 torch::jit::Module rebuild_model(const std::shared_ptr<const BlobFile>& blob, size_t index,
@@ -218,6 +252,7 @@ torch::jit::Module& Unwrapped::at(const std::string& name) {
 std::vector<std::string> Unwrapped::names() const { return state_->names; }
 bool Unwrapped::is_standalone_module() const { return state_->standalone; }
 const std::string& Unwrapped::device() const { return state_->device; }
+const std::vector<std::string>& Unwrapped::warnings() const { return state_->warnings; }
 const void* Unwrapped::mapping_data() const { return state_->blob->data(); }
 size_t Unwrapped::mapping_size() const { return state_->blob->size(); }
 
@@ -332,13 +367,29 @@ json ModelWrapper::to_actor() const {
 }
 
 Unwrapped ModelWrapper::unwrap(const std::string& device, bool use_fast_load) const {
-  (void)use_fast_load;  // the CUDA fast path is not built yet: same copy path
-  const c10::Device target = parse_device(device);
-  auto blob = BlobFile::open(blob_path_);
+  UnwrapOptions options;
+  options.device = device;
+  options.use_fast_load = use_fast_load;
+  return unwrap(options);
+}
+
+Unwrapped ModelWrapper::unwrap(const UnwrapOptions& options) const {
+  const c10::Device target = parse_device(options.device);
+  auto blob = BlobFile::open(blob_path_, options.copy_on_write);
   if (blob->size() != blob_size_ || blob->header().meta_checksum != meta_checksum_) {
     throw Error(ErrorCode::kStale, blob_path_ + ": changed since this wrapper was made (re-packed or replaced)");
   }
+  const char* verify_env = std::getenv("ZCWRAP_VERIFY");
+  if (options.verify || (verify_env != nullptr && std::string(verify_env) == "1")) {
+    const std::vector<size_t> bad = blob->bad_storages();
+    if (!bad.empty()) {
+      throw Error(ErrorCode::kBadBlob, blob_path_ + ": storage " + std::to_string(bad.front()) + " (" +
+                                           blob->storage_user(bad.front()) +
+                                           ") fails its checksum: the blob is corrupt; re-pack it");
+    }
+  }
   auto state = std::make_shared<Unwrapped::State>();
+  state->warnings = prefetch(*blob, options.prefetch);
   state->blob = blob;
   state->names = names_;
   state->standalone = standalone_;

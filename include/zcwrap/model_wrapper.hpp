@@ -32,6 +32,30 @@ struct PackOptions {
   std::string standalone_name = "model";
 };
 
+/// How to warm the weights' pages at unwrap (cold start).
+enum class Prefetch {
+  kNone,      ///< pages fault in on first use (the default)
+  kWillNeed,  ///< madvise(MADV_WILLNEED): the kernel starts reading ahead; unwrap does not wait
+  kPopulate,  ///< read every page of the data section before unwrap returns
+  kLock,      ///< kPopulate, then mlock() the data section; if RLIMIT_MEMLOCK is too low this is a
+              ///< warning (Unwrapped::warnings()), not an error
+};
+
+/// How to unwrap. unwrap(device, use_fast_load) is unwrap({device, use_fast_load}).
+struct UnwrapOptions {
+  std::string device = "cpu";
+  bool use_fast_load = false;
+  /// Check every storage's XXH3 checksum before building the modules (all
+  /// cores). Also on when the environment has ZCWRAP_VERIFY=1.
+  bool verify = false;
+  /// Map the blob MAP_PRIVATE and writable: a tensor written in place gets a
+  /// private copy of that page in this process only. Off by default, when a
+  /// write to a weight faults (SIGSEGV). Either way the blob and other
+  /// workers keep the original values.
+  bool copy_on_write = false;
+  Prefetch prefetch = Prefetch::kNone;
+};
+
 /// One model file of a pipeline to pack.
 struct ModelFile {
   std::string name;  ///< [A-Za-z0-9_.-]+, unique within the blob
@@ -67,6 +91,9 @@ class Unwrapped {
   /// from it point inside [mapping_data(), mapping_data() + mapping_size()).
   const void* mapping_data() const;
   size_t mapping_size() const;
+  /// Things that did not go as asked but did not stop the unwrap (mlock
+  /// refused, huge pages unavailable), one line each.
+  const std::vector<std::string>& warnings() const;
 
   struct State;  ///< implementation detail
 
@@ -125,6 +152,10 @@ class ModelWrapper {
   /// for a device that does not exist, Error(kBadBlob) / Error(kStale) for a
   /// blob that fails its checks. Thread-safe.
   Unwrapped unwrap(const std::string& device = "cpu", bool use_fast_load = false) const;
+  /// As above, with the cold-start, verification and copy-on-write choices.
+  /// Throws Error(kBadBlob) naming the first tensor whose bytes fail their
+  /// checksum when verifying.
+  Unwrapped unwrap(const UnwrapOptions& options) const;
 
   bool is_standalone_module() const { return standalone_; }
   std::vector<std::string> model_names() const { return names_; }

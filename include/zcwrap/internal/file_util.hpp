@@ -41,11 +41,14 @@ class MappedRegion {
   MappedRegion& operator=(const MappedRegion&) = delete;
   ~MappedRegion();
 
-  // Maps `path` PROT_READ, MAP_SHARED. Throws Error(kInput) when the file
-  // cannot be opened or mapped. An empty file gives an empty region.
-  static MappedRegion map_file(const std::string& path);
+  // Maps `path` PROT_READ, MAP_SHARED; with `copy_on_write`, PROT_READ |
+  // PROT_WRITE, MAP_PRIVATE (writes stay in this process). Throws
+  // Error(kInput) when the file cannot be opened or mapped. An empty file
+  // gives an empty region.
+  static MappedRegion map_file(const std::string& path, bool copy_on_write = false);
 
   const uint8_t* data() const { return static_cast<const uint8_t*>(base_); }
+  uint8_t* mutable_data() const { return static_cast<uint8_t*>(base_); }
   size_t size() const { return size_; }
 
  private:
