@@ -7,6 +7,7 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include "fault_guard.hpp"
 #include "zcwrap/error.hpp"
 
 namespace zcwrap::detail {
@@ -34,8 +35,14 @@ std::shared_ptr<const BlobFile> BlobFile::open(const std::string& path, bool cop
   BlobLayout layout = parse_blob(blob->region_.data(), blob->region_.size(), path);
   blob->header_ = layout.header;
   blob->manifest_ = std::move(layout.manifest);
+  if (!copy_on_write) {
+    blob->fault_handle_ =
+        register_readonly_mapping(blob->region_.data(), blob->region_.size(), absolute_path(path));
+  }
   return blob;
 }
+
+BlobFile::~BlobFile() { unregister_readonly_mapping(fault_handle_); }
 
 std::string BlobFile::skeleton(size_t index) const {
   const format::ModelEntry& model = manifest_.models.at(index);

@@ -60,7 +60,13 @@ class BlobFile {
   // Index of the model called `name`, or -1.
   int find_model(const std::string& name) const;
 
+  BlobFile() = default;
+  BlobFile(const BlobFile&) = delete;
+  BlobFile& operator=(const BlobFile&) = delete;
+  ~BlobFile();
+
  private:
+  int fault_handle_ = -1;
   std::string path_;
   MappedRegion region_;
   format::Header header_;

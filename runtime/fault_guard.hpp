@@ -1,0 +1,20 @@
+// A clear last word for a worker that writes to a read-only weight. Internal.
+//
+// Shared weights are mapped PROT_READ, so an in-place write faults. Without
+// help the worker dies with a bare "Segmentation fault"; with a mapping
+// registered here, a SIGSEGV inside it first prints one line saying what
+// happened and what to do, then the process dies as it would have.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace zcwrap::detail {
+
+// Registers [base, base + size) as the read-only mapping of `path`. Returns a
+// handle for unregister_readonly_mapping(), or -1 when all slots are taken
+// (the mapping then just faults without the message).
+int register_readonly_mapping(const void* base, size_t size, const std::string& path);
+void unregister_readonly_mapping(int handle);
+
+}  // namespace zcwrap::detail
