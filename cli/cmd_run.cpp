@@ -1,4 +1,5 @@
 // zcwrap run: one call of a model's method, straight from the blob.
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,8 @@ struct RunArgs {
   std::string model;
   std::string method = "forward";
   std::string device = "cpu";
+  bool fast_load = false;
+  Prefetch prefetch = Prefetch::kNone;
 };
 
 // LibTorch's messages carry a C++ backtrace and, from the interpreter, a
@@ -86,7 +89,12 @@ int run_run(const RunArgs& args) {
     }
     name = wrapper.model_names().front();
   }
-  Unwrapped unwrapped = wrapper.unwrap(args.device);
+  UnwrapOptions options;
+  options.device = args.device;
+  options.use_fast_load = args.fast_load;
+  options.prefetch = args.prefetch;
+  Unwrapped unwrapped = wrapper.unwrap(options);
+  for (const std::string& warning : unwrapped.warnings()) std::fprintf(stderr, "zcwrap: warning: %s\n", warning.c_str());
   torch::jit::Module& module = unwrapped.at(name);
   std::vector<c10::IValue> inputs = read_inputs(args.input, c10::Device(unwrapped.device()));
 
@@ -125,6 +133,9 @@ void setup_run(CLI::App& app, int& status) {
   cmd->add_option("--model", args->model, "Which model of a pipeline to run")->type_name("NAME");
   cmd->add_option("--method", args->method, "Method to call")->capture_default_str();
   cmd->add_option("--device", args->device, "Device to unwrap onto (cpu, cuda:N)")->capture_default_str();
+  add_prefetch_option(cmd, &args->prefetch);
+  cmd->add_flag("--fast-load", args->fast_load,
+                "On cuda:N, stream the weights into one device buffer through pinned memory (needs -Dcuda)");
   cmd->callback([args, &status] { status = run_run(*args); });
 }
 

@@ -12,6 +12,8 @@ namespace zcwrap::cli {
 void setup_pack(CLI::App& app, int& status);
 void setup_inspect(CLI::App& app, int& status);
 void setup_run(CLI::App& app, int& status);
+void setup_bench(CLI::App& app, int& status);
 void setup_verify(CLI::App& app, int& status);
+void setup_unpack(CLI::App& app, int& status);
 
 }  // namespace zcwrap::cli

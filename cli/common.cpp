@@ -2,7 +2,9 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <map>
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "zcwrap/internal/file_util.hpp"
@@ -58,6 +60,32 @@ void write_actor_config(nlohmann::json config, const std::string& blob_path,
     config["blob"] = blob_abs.substr(config_dir.size() + (config_dir == "/" ? 0 : 1));
   }
   write_file_atomically(config_path, config.dump(2) + "\n");
+}
+
+namespace {
+
+const std::map<std::string, Prefetch> kPrefetchNames = {
+    {"none", Prefetch::kNone}, {"willneed", Prefetch::kWillNeed}, {"populate", Prefetch::kPopulate},
+    {"lock", Prefetch::kLock}};
+
+}  // namespace
+
+void add_prefetch_option(CLI::App* cmd, Prefetch* prefetch) {
+  cmd->add_option("--prefetch", *prefetch,
+                  "Warm the weights' pages at unwrap: none (fault in on use), willneed (kernel reads ahead),\n"
+                  "populate (read all before unwrap returns), lock (populate, then mlock; a warning if the\n"
+                  "memlock limit is too low). Any but none also asks for huge pages (MADV_HUGEPAGE) when the\n"
+                  "blob was packed with --align 2M")
+      ->transform(CLI::CheckedTransformer(kPrefetchNames, CLI::ignore_case).description(""))
+      ->type_name("MODE")
+      ->default_str("none");
+}
+
+const char* prefetch_name(Prefetch prefetch) {
+  for (const auto& [name, value] : kPrefetchNames) {
+    if (value == prefetch) return name.c_str();
+  }
+  return "?";
 }
 
 }  // namespace zcwrap::cli

@@ -6,6 +6,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "zcwrap/model_wrapper.hpp"
+
 namespace CLI {
 class App;
 }  // namespace CLI
@@ -26,5 +28,11 @@ void write_file_atomically(const std::string& path, const std::string& text);
 // pair can be moved together.
 void write_actor_config(nlohmann::json config, const std::string& blob_path,
                         const std::string& config_path);
+
+// Adds --prefetch none|willneed|populate|lock (UnwrapOptions::prefetch).
+void add_prefetch_option(CLI::App* cmd, Prefetch* prefetch);
+
+// The --prefetch name of a mode ("willneed").
+const char* prefetch_name(Prefetch prefetch);
 
 }  // namespace zcwrap::cli

@@ -22,7 +22,9 @@ int main(int argc, char** argv) {
   zcwrap::cli::setup_pack(app, status);
   zcwrap::cli::setup_inspect(app, status);
   zcwrap::cli::setup_run(app, status);
+  zcwrap::cli::setup_bench(app, status);
   zcwrap::cli::setup_verify(app, status);
+  zcwrap::cli::setup_unpack(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

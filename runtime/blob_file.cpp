@@ -49,6 +49,14 @@ std::string BlobFile::skeleton(size_t index) const {
   const format::SkeletonEntry& sk = model.skeleton;
   const uint8_t* src = region_.data() + header_.skeletons_offset + sk.offset;
   if (sk.compression == "none") return std::string(reinterpret_cast<const char*>(src), sk.length);
+  // The frame must say it holds raw_length bytes before that much is
+  // allocated: a small blob must not be able to make a worker allocate GiBs.
+  const unsigned long long content = ZSTD_getFrameContentSize(src, sk.length);
+  if (content != sk.raw_length) {
+    throw Error(ErrorCode::kBadBlob, path_ + ": skeleton of model '" + model.name +
+                                         "' is not a zstd frame of its recorded " +
+                                         std::to_string(sk.raw_length) + " bytes");
+  }
   std::string raw(sk.raw_length, '\0');
   size_t n = ZSTD_decompress(raw.data(), raw.size(), src, sk.length);
   if (ZSTD_isError(n) || n != sk.raw_length) {

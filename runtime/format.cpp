@@ -88,7 +88,7 @@ const std::map<std::string, size_t>& dtype_table() {
   return table;
 }
 
-const char* const kKindNames[] = {"parameter", "buffer", "attribute", "container"};
+const char* const kKindNames[] = {"parameter", "buffer", "attribute", "container", "constant"};
 
 // JSON field access that reports what is missing or of the wrong type.
 class Fields {
@@ -155,7 +155,7 @@ uint64_t checked_hex64(const std::string& s, const std::string& path, const std:
 }
 
 TensorKind parse_kind(const std::string& s, const std::string& path, const std::string& where) {
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 5; ++i) {
     if (s == kKindNames[i]) return static_cast<TensorKind>(i);
   }
   bad(path, where + ".kind: unknown tensor kind '" + s + "'");
@@ -218,12 +218,13 @@ Header decode_header(const uint8_t* bytes, size_t size, uint64_t file_size,
   }
   ByteReader r(bytes, size);
   Header h;
+  uint64_t reserved = 0;
   r.skip(sizeof(kMagic));
   if (!r.read_u32(&h.header_length) || !r.read_u32(&h.flags) || !r.read_u64(&h.file_size) ||
       !r.read_u64(&h.alignment) || !r.read_u64(&h.manifest_offset) ||
       !r.read_u64(&h.manifest_length) || !r.read_u64(&h.skeletons_offset) ||
       !r.read_u64(&h.skeletons_length) || !r.read_u64(&h.data_offset) ||
-      !r.read_u64(&h.data_length) || !r.read_u64(&h.meta_checksum)) {
+      !r.read_u64(&h.data_length) || !r.read_u64(&h.meta_checksum) || !r.read_u64(&reserved)) {
     bad(path, "truncated header: file has " + u64s(file_size) + " bytes, a header needs " +
                   u64s(kHeaderLengthV1));
   }
@@ -236,6 +237,7 @@ Header decode_header(const uint8_t* bytes, size_t size, uint64_t file_size,
                   u64s(file_size) + " bytes");
   }
   if (h.flags != 0) bad(path, "header: unknown flags " + u64s(h.flags) + " (v1 blobs have 0)");
+  if (reserved != 0) bad(path, "header: reserved field at offset 88 is " + u64s(reserved) + ", not 0");
   if (h.file_size != file_size) {
     bad(path, "header says the blob is " + u64s(h.file_size) + " bytes but the file has " +
                   u64s(file_size) + (file_size < h.file_size ? " (truncated)" : " (extra bytes)"));
@@ -321,6 +323,7 @@ json manifest_to_json(const Manifest& m) {
                          {"strides", t.strides},
                          {"storage", t.storage},
                          {"storage_offset", t.storage_offset}});
+      if (t.requires_grad) tensors.back()["requires_grad"] = true;
     }
     const SkeletonEntry& sk = model.skeleton;
     models.push_back({{"name", model.name},
@@ -434,6 +437,11 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
       t.strides = tf.dims("strides");
       t.storage = tf.u64("storage");
       t.storage_offset = tf.u64("storage_offset");
+      if (tensors[j].contains("requires_grad")) {
+        const json& rg = tensors[j]["requires_grad"];
+        if (!rg.is_boolean()) bad(path, tf.where() + ".requires_grad: expected true or false");
+        t.requires_grad = rg.get<bool>();
+      }
       if (t.storage >= m.storages.size()) {
         bad(path, tf.where() + " (" + t.path + "): storage " + u64s(t.storage) + " does not exist (" +
                       u64s(m.storages.size()) + " storages)");

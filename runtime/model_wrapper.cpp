@@ -11,7 +11,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <caffe2/serialize/inline_container.h>
+
 #include "blob_file.hpp"
+#include "constants.hpp"
+#include "device_load.hpp"
 #include "pack.hpp"
 #include "torch_util.hpp"
 #include "zcwrap/error.hpp"
@@ -134,9 +138,13 @@ c10::Device parse_device(const std::string& device) {
 }
 
 // One c10::Storage per blob storage: on the CPU a view of the mapping whose
-// deleter keeps the mapping alive; elsewhere one copy per storage.
+// deleter keeps the mapping alive; elsewhere one copy per storage, or with
+// `use_fast_load` on CUDA views of one device buffer (runtime/cuda_loader.cpp).
 std::vector<c10::Storage> make_storages(const std::shared_ptr<const BlobFile>& blob,
-                                        const c10::Device& device) {
+                                        const c10::Device& device, bool use_fast_load = false) {
+  if (use_fast_load && device.is_cuda() && detail::fast_load_built()) {
+    return detail::fast_load_storages(*blob, device);
+  }
   const format::Manifest& m = blob->manifest();
   std::vector<c10::Storage> out;
   out.reserve(m.storages.size());
@@ -188,8 +196,12 @@ std::vector<std::string> prefetch(const BlobFile& blob, Prefetch mode) {
   return warnings;
 }
 
+// Loads model `index`'s skeleton and binds its tensors to `storages`. For
+// unwrap: eval mode, no gradients. `as_saved` (for unpack) keeps the training
+// flag and requires_grad as they were packed.
 torch::jit::Module rebuild_model(const std::shared_ptr<const BlobFile>& blob, size_t index,
-                                 const std::vector<c10::Storage>& storages, const c10::Device& device) {
+                                 const std::vector<c10::Storage>& storages, const c10::Device& device,
+                                 bool as_saved = false) {
   const format::ModelEntry& entry = blob->manifest().models[index];
   const std::string where = blob->path() + ": model '" + entry.name + "'";
   if (entry.skeleton.kind != "torchscript") {
@@ -219,14 +231,16 @@ torch::jit::Module rebuild_model(const std::shared_ptr<const BlobFile>& blob, si
       throw Error(ErrorCode::kBadBlob, where + ": tensor '" + path + "' is " + t.dtype +
                                            " in the manifest but not in the skeleton");
     }
-    return at::empty({0}, at::TensorOptions().dtype(dtype).device(device))
-        .set_(storages[t.storage], static_cast<int64_t>(t.storage_offset), t.sizes, t.strides);
+    at::Tensor bound = at::empty({0}, at::TensorOptions().dtype(dtype).device(device))
+                           .set_(storages[t.storage], static_cast<int64_t>(t.storage_offset), t.sizes, t.strides);
+    if (as_saved && t.requires_grad) bound.requires_grad_(true);
+    return bound;
   });
   if (next != entry.tensors.size()) {
     throw Error(ErrorCode::kBadBlob, where + ": manifest lists " + std::to_string(entry.tensors.size()) +
                                          " tensors, the skeleton holds " + std::to_string(next));
   }
-  module.eval();
+  if (!as_saved) module.eval();
   return module;
 }
 
@@ -395,7 +409,7 @@ Unwrapped ModelWrapper::unwrap(const UnwrapOptions& options) const {
   state->standalone = standalone_;
   state->device = target.str();
   try {
-    const std::vector<c10::Storage> storages = make_storages(blob, target);
+    const std::vector<c10::Storage> storages = make_storages(blob, target, options.use_fast_load);
     for (size_t i = 0; i < blob->manifest().models.size(); ++i) {
       state->modules.push_back(rebuild_model(blob, i, storages, target));
     }
@@ -406,6 +420,49 @@ Unwrapped ModelWrapper::unwrap(const UnwrapOptions& options) const {
                                         detail::first_line(e));
   }
   return Unwrapped(std::move(state));
+}
+
+void ModelWrapper::unpack(const std::string& output_path, const std::string& model) const {
+  auto blob = BlobFile::open(blob_path_);
+  if (blob->size() != blob_size_ || blob->header().meta_checksum != meta_checksum_) {
+    throw Error(ErrorCode::kStale, blob_path_ + ": changed since this wrapper was made (re-packed or replaced)");
+  }
+  if (model.empty() && !standalone_) {
+    throw Error(ErrorCode::kUsage, blob_path_ + ": holds a pipeline; name the model to unpack (one of: " +
+                                       join_names(names_) + ")");
+  }
+  const int index = model.empty() ? 0 : blob->find_model(model);
+  if (index < 0) {
+    throw Error(ErrorCode::kUsage, "no model named '" + model + "'; the blob holds: " + join_names(names_));
+  }
+  const std::string skeleton = blob->skeleton(static_cast<size_t>(index));
+  torch::jit::ExtraFilesMap extra_files;
+  try {
+    std::istringstream in(skeleton);
+    caffe2::serialize::PyTorchStreamReader reader(&in);
+    for (const std::string& record : reader.getAllRecords()) {
+      if (record.rfind("extra/", 0) != 0) continue;
+      auto [data, size] = reader.getRecord(record);
+      extra_files[record.substr(6)] = std::string(static_cast<const char*>(data.get()), size);
+    }
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kBadBlob, blob_path_ + ": skeleton does not read: " + detail::first_line(e));
+  }
+  torch::jit::Module module =
+      rebuild_model(blob, static_cast<size_t>(index), make_storages(blob, c10::Device(c10::kCPU)),
+                    c10::Device(c10::kCPU), /*as_saved=*/true);
+  std::ostringstream out;
+  try {
+    detail::sink_tensor_constants(module);
+    module.save(out, extra_files);
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kBadModel, blob_path_ + ": cannot save model '" + names_[index] + "': " +
+                                          detail::first_line(e));
+  }
+  detail::AtomicFile file(output_path);
+  const std::string bytes = out.str();
+  file.write(bytes.data(), bytes.size());
+  file.commit();
 }
 
 // --- ActorWrapper ---

@@ -14,8 +14,9 @@
 #include <xxhash.h>
 #include <zstd.h>
 
-#include "zcwrap/internal/file_util.hpp"
+#include "constants.hpp"
 #include "torch_util.hpp"
+#include "zcwrap/internal/file_util.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/version.hpp"
 
@@ -179,6 +180,11 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
   for (PackInput& input : models) {
     format::ModelEntry entry;
     entry.name = input.name;
+    try {
+      hoist_tensor_constants(input.module);
+    } catch (const std::exception& e) {
+      throw Error(ErrorCode::kBadModel, input.origin + ": cannot move graph constants to attributes: " + first_line(e));
+    }
     rewrite_tensors(input.module, [&](const std::string& path, format::TensorKind kind,
                                       const at::Tensor& t) {
       format::TensorEntry te;
@@ -189,6 +195,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
       te.strides = t.strides().vec();
       te.storage = plan.add(t.storage(), manifest.models.size());
       te.storage_offset = static_cast<uint64_t>(t.storage_offset());
+      te.requires_grad = t.requires_grad();
       entry.tensors.push_back(std::move(te));
       return at::empty({0}, at::TensorOptions().dtype(t.scalar_type()));
     });

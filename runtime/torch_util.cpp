@@ -7,6 +7,9 @@ namespace {
 
 using format::TensorKind;
 
+// Names of buffers that hold a frozen graph's constants (constants.hpp).
+constexpr const char* kHoistedMarker = "_zcwrap_const_";
+
 struct DtypeName {
   at::ScalarType type;
   const char* name;
@@ -34,10 +37,11 @@ class Walker {
       const std::string path = prefix + type->getAttributeName(i);
       const c10::IValue value = obj->getSlot(i);
       if (value.isTensor()) {
-        TensorKind kind = !is_module              ? TensorKind::kContainer
-                          : type->is_parameter(i) ? TensorKind::kParameter
-                          : type->is_buffer(i)    ? TensorKind::kBuffer
-                                                  : TensorKind::kAttribute;
+        TensorKind kind = !is_module                                   ? TensorKind::kContainer
+                          : type->is_parameter(i)                      ? TensorKind::kParameter
+                          : path.find(kHoistedMarker) != std::string::npos ? TensorKind::kConstant
+                          : type->is_buffer(i)                         ? TensorKind::kBuffer
+                                                                       : TensorKind::kAttribute;
         const at::Tensor& t = value.toTensor();
         if (is_shareable(t)) obj->setSlot(i, fn_(path, kind, t));
       } else if (value.isObject()) {

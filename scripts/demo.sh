@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # zcwrap demo: build, pack the sample models, inspect and run the blobs,
-# check the results against torch.jit.load of the originals, then serve each
-# blob from several worker processes that share one copy of the weights.
+# check the results against torch.jit.load of the originals, then measure
+# several worker processes sharing one copy of the weights (zcwrap bench)
+# and run the sample driver/worker program.
 #
 # Safe to run again and from any folder. On a fresh Debian 12 machine run it
 # as root: it installs the packages that are missing, and only those.
@@ -70,13 +71,16 @@ for name in ("classifier", "encoder", "head"):
 sys.exit(1 if failed else 0)
 EOF
 
-section "Serve the classifier from $WORKERS workers, then from $WORKERS that torch::jit::load it"
-show "$SAMPLE" drive --config "$OUT/classifier.actor.json" --workers "$WORKERS" \
+section "Measure: $WORKERS workers unwrap the classifier, then $WORKERS that torch::jit::load it"
+show "$ZCWRAP" bench "$OUT/classifier.actor.json" --workers "$WORKERS" \
   --input "$OUT/classifier_in.pt" --baseline "$OUT/classifier.pt"
 
-section "Serve the pipeline (encoder, then head on its output) the same way"
-show "$SAMPLE" drive --config "$OUT/pipeline.actor.json" --workers "$WORKERS" \
+section "The same for the pipeline (encoder, then head on its output)"
+show "$ZCWRAP" bench "$OUT/pipeline.actor.json" --workers "$WORKERS" \
   --input "$OUT/encoder_in.pt" --baseline "encoder=$OUT/encoder.pt" --baseline "head=$OUT/head.pt"
 
+section "The actor pattern in a program of your own: samples/sample_driver.cpp, sample_worker.cpp"
+show "$SAMPLE" drive --config "$OUT/pipeline.actor.json" --workers 2 --batches 5 --input "$OUT/encoder_in.pt"
+
 section "Done"
-echo "blobs and actor configs are in $OUT/; try: $SAMPLE --help"
+echo "blobs and actor configs are in $OUT/; try: $ZCWRAP bench --help, $SAMPLE --help"

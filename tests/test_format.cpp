@@ -6,6 +6,8 @@
 #include <functional>
 #include <random>
 
+#include <zstd.h>
+
 #include "blob_file.hpp"
 #include "support.hpp"
 #include "zcwrap/error.hpp"
@@ -289,6 +291,32 @@ TEST_CASE("bad blobs are refused with a specific error") {
     const std::string error = open_error(bytes, &code);
     CHECK_MESSAGE(error.find(c.expected) != std::string::npos, "got: " << error);
     CHECK(code == ErrorCode::kBadBlob);
+  }
+}
+
+TEST_CASE("a skeleton that claims more bytes than its zstd frame holds is refused before allocating") {
+  Parts p = valid_parts();
+  const std::string raw = "a skeleton";
+  std::string packed(ZSTD_compressBound(raw.size()), '\0');
+  packed.resize(ZSTD_compress(packed.data(), packed.size(), raw.data(), raw.size(), 1));
+  p.skeletons = packed;
+  auto& sk = p.manifest["models"][0]["skeleton"];
+  sk["compression"] = "zstd";
+  sk["length"] = packed.size();
+  sk["raw_length"] = raw.size();
+  test::TempDir dir;
+  test::write_bytes(dir / "ok.zcb", build(p));
+  CHECK(zcwrap::detail::BlobFile::open(dir / "ok.zcb")->skeleton(0) == raw);
+
+  sk["raw_length"] = 1ull << 32;  // 4 GiB: must not be allocated
+  test::write_bytes(dir / "bomb.zcb", build(p));
+  auto blob = zcwrap::detail::BlobFile::open(dir / "bomb.zcb");
+  try {
+    blob->skeleton(0);
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::kBadBlob);
+    CHECK(std::string(e.what()).find("not a zstd frame of its recorded 4294967296 bytes") != std::string::npos);
   }
 }
 

@@ -1,6 +1,6 @@
 // Integrity under stress: kill -9 during pack, re-pack while workers run,
 // writes to weights, corrupt data caught by verify and by unwrap.
-#include <doctest/doctest.h>
+#include "torch_support.hpp"  // first: see there
 
 #include <fcntl.h>
 #include <signal.h>
@@ -14,8 +14,6 @@
 #include <thread>
 
 #include <nlohmann/json.hpp>
-
-#include "torch_support.hpp"
 
 extern char** environ;
 

@@ -1,6 +1,6 @@
 // Two worker processes that unwrap the same blob share its pages: the
 // weights are in memory once, not once per process.
-#include <doctest/doctest.h>
+#include "torch_support.hpp"  // first: see there
 
 #include <fcntl.h>
 #include <signal.h>
@@ -11,8 +11,6 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
-
-#include "torch_support.hpp"
 
 extern char** environ;
 

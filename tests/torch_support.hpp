@@ -1,12 +1,26 @@
 // Test helpers that need LibTorch: reference outputs and bit-for-bit checks.
 #pragma once
 
+// c10 logs through glog, whose CHECK* macros would replace doctest's (a
+// failed CHECK would then abort the run instead of being reported). So this
+// header comes first: LibTorch, then glog's names dropped, then doctest.
+#ifdef DOCTEST_LIBRARY_INCLUDED
+#error "include torch_support.hpp before doctest.h"
+#endif
+#include <torch/script.h>
+#undef CHECK
+#undef CHECK_EQ
+#undef CHECK_NE
+#undef CHECK_LT
+#undef CHECK_LE
+#undef CHECK_GT
+#undef CHECK_GE
+#include <doctest/doctest.h>
+
 #include <cstring>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <torch/script.h>
 
 #include "support.hpp"
 #include "zcwrap/zcwrap.hpp"

@@ -44,6 +44,8 @@ enum class Prefetch {
 /// How to unwrap. unwrap(device, use_fast_load) is unwrap({device, use_fast_load}).
 struct UnwrapOptions {
   std::string device = "cpu";
+  /// CUDA only: one device allocation streamed through pinned buffers (see
+  /// ModelWrapper::unwrap). Ignored on "cpu", already zero-copy.
   bool use_fast_load = false;
   /// Check every storage's XXH3 checksum before building the modules (all
   /// cores). Also on when the environment has ZCWRAP_VERIFY=1.
@@ -147,15 +149,29 @@ class ModelWrapper {
 
   /// Maps the blob and rebuilds the modules. "cpu": zero-copy (see
   /// Unwrapped). Another device ("cuda:0"): each storage is copied once, so
-  /// aliasing survives. `use_fast_load` is accepted for API compatibility and
-  /// currently takes the same per-storage copy path. Throws Error(kDevice)
-  /// for a device that does not exist, Error(kBadBlob) / Error(kStale) for a
-  /// blob that fails its checks. Thread-safe.
+  /// aliasing survives. With `use_fast_load` on a CUDA device the whole data
+  /// section goes to one device allocation instead, streamed in large chunks
+  /// through pinned buffers filled on several threads, and every tensor is a
+  /// view of it (same dtype, sizes, strides, offset and aliasing); the
+  /// allocation lives as long as any of its tensors. It needs a zcwrap built
+  /// with meson -Dcuda; without that it takes the per-storage path, and on
+  /// "cpu" it changes nothing. Throws Error(kDevice)
+  /// for a device that does not exist or has no room, Error(kBadBlob) /
+  /// Error(kStale) for a blob that fails its checks. Thread-safe.
   Unwrapped unwrap(const std::string& device = "cpu", bool use_fast_load = false) const;
   /// As above, with the cold-start, verification and copy-on-write choices.
   /// Throws Error(kBadBlob) naming the first tensor whose bytes fail their
   /// checksum when verifying.
   Unwrapped unwrap(const UnwrapOptions& options) const;
+
+  /// Writes one model back as a standard TorchScript file (what
+  /// torch.jit.save writes) that torch.jit.load and torch::jit::load open:
+  /// same methods, attributes, extra files, training flag and requires_grad
+  /// as packed; a frozen model's constants become constants again. `model`
+  /// may be empty for a standalone blob. Written beside `output_path` and
+  /// renamed into place. Throws Error(kUsage) for an unknown or missing
+  /// model name, Error(kWrite) when the file cannot be written.
+  void unpack(const std::string& output_path, const std::string& model = "") const;
 
   bool is_standalone_module() const { return standalone_; }
   std::vector<std::string> model_names() const { return names_; }

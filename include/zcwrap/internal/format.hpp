@@ -89,7 +89,9 @@ Header decode_header(const uint8_t* bytes, size_t size, uint64_t file_size,
 // data_offset bytes of the file.
 uint64_t meta_checksum(const uint8_t* blob, const Header& h);
 
-enum class TensorKind { kParameter, kBuffer, kAttribute, kContainer };
+// kConstant: a tensor constant of a frozen module's graph, moved to a buffer
+// named "_zcwrap_const_N" at pack time.
+enum class TensorKind { kParameter, kBuffer, kAttribute, kContainer, kConstant };
 const char* tensor_kind_name(TensorKind kind);
 
 struct StorageEntry {
@@ -106,6 +108,7 @@ struct TensorEntry {
   std::vector<int64_t> strides;
   uint64_t storage = 0;         // index into Manifest::storages
   uint64_t storage_offset = 0;  // in elements, as in torch
+  bool requires_grad = false;   // as saved; unwrap ignores it, unpack restores it
 };
 
 struct SkeletonEntry {

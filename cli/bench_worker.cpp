@@ -1,0 +1,274 @@
+// zcwrap bench-worker (hidden): one worker of `zcwrap bench`. The protocol
+// is described in bench.hpp.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <torch/script.h>
+
+#include "bench.hpp"
+#include "common.hpp"
+#include "torch_io.hpp"
+#include "worker_process.hpp"
+#include "zcwrap/zcwrap.hpp"
+
+namespace zcwrap::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct WorkerArgs {
+  std::string actor;               // zcwrap mode: the actor config, as JSON text
+  std::vector<std::string> loads;  // baseline mode: NAME=PATH, in order
+  std::string input;
+  std::string model;
+  std::string device = "cpu";
+  Prefetch prefetch = Prefetch::kNone;
+  int threads = 1;
+  int calls = 1;
+  bool warm_up = false;
+};
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// FNV-1a over dtype, shape and bytes: equal digests mean bit-equal outputs
+// (up to a 64-bit collision), so the driver compares workers without the
+// tensors crossing the socket.
+class Digest {
+ public:
+  void add(const void* data, size_t size) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < size; ++i) hash_ = (hash_ ^ p[i]) * 0x100000001b3ULL;
+  }
+
+  void add(const c10::IValue& value) {
+    if (value.isTensor()) {
+      const at::Tensor t = value.toTensor().contiguous().cpu();
+      const std::string dtype = c10::toString(t.scalar_type());
+      add(dtype.data(), dtype.size());
+      for (const int64_t size : t.sizes()) add(&size, sizeof(size));
+      add(t.data_ptr(), t.nbytes());
+    } else if (value.isTuple() || value.isList()) {
+      for (const c10::IValue& e : value.isTuple() ? as_arguments(value) : value.toList().vec()) add(e);
+    } else {
+      const std::string text = value.tagKind();
+      add(text.data(), text.size());
+    }
+  }
+
+  std::string hex() const {
+    char buf[17];
+    std::snprintf(buf, sizeof(buf), "%016" PRIx64, hash_);
+    return buf;
+  }
+
+ private:
+  uint64_t hash_ = 0xcbf29ce484222325ULL;
+};
+
+// "Float[1, 1000]"; for a tuple or list, its kind.
+std::string describe_output(const c10::IValue& value) {
+  if (!value.isTensor()) return value.tagKind();
+  const at::Tensor& t = value.toTensor();
+  std::string text = std::string(c10::toString(t.scalar_type())) + "[";
+  for (int64_t d = 0; d < t.dim(); ++d) text += (d ? ", " : "") + std::to_string(t.size(d));
+  return text + "]";
+}
+
+// Reads one byte of every page in [data, data + size); volatile keeps the
+// reads.
+void touch_pages(const void* data, size_t size) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const volatile unsigned char* bytes = static_cast<const unsigned char*>(data);
+  for (size_t offset = 0; offset < size; offset += page) static_cast<void>(bytes[offset]);
+}
+
+struct WeightBytes {
+  uint64_t total = 0;       // the distinct storages behind the modules' tensors
+  uint64_t in_mapping = 0;  // of which inside the blob's mapping
+};
+
+// A call need not read every weight (an embedding reads only the rows of
+// its tokens), so the worker reads one byte of every page of every storage:
+// the memory figures then compare whole models. Frozen modules loaded with
+// torch::jit::load keep weights as graph constants, not attributes; those
+// are neither counted nor touched here, only by the call.
+WeightBytes touch_weights(const std::vector<torch::jit::Module>& modules, const Unwrapped* unwrapped,
+                          bool touch) {
+  const auto* map_begin = static_cast<const unsigned char*>(unwrapped ? unwrapped->mapping_data() : nullptr);
+  const size_t map_size = unwrapped ? unwrapped->mapping_size() : 0;
+  std::set<const void*> seen;  // tied weights share a storage: count it once
+  WeightBytes bytes;
+  for (const torch::jit::Module& module : modules) {
+    for (const auto& attribute : module.named_attributes(/*recurse=*/true)) {
+      if (!attribute.value.isTensor()) continue;
+      const c10::Storage& storage = attribute.value.toTensor().storage();
+      const auto* data = static_cast<const unsigned char*>(storage.data_ptr().get());
+      if (data == nullptr || !seen.insert(data).second) continue;
+      const size_t size = storage.nbytes();
+      bytes.total += size;
+      const bool inside = map_begin != nullptr && data >= map_begin && size <= map_size &&
+                          static_cast<size_t>(data - map_begin) <= map_size - size;
+      if (inside) bytes.in_mapping += size;
+      if (touch && storage.device().is_cpu()) touch_pages(data, size);
+    }
+  }
+  return bytes;
+}
+
+// The first torch::jit::load in a process pays for LibTorch's one-time
+// set-up (about 15-20 ms with 1.13 on a 2-core x86 VM), whatever it loads:
+// loading a tiny module first takes it out of the timed load, for both kinds
+// of worker alike.
+void warm_up() {
+  torch::jit::Module tiny("zcwrap_bench_warm_up");
+  tiny.register_buffer("w", torch::ones({4}));
+  tiny.define("def forward(self, x):\n    return x * self.w\n");
+  std::stringstream archive;
+  tiny.save(archive);
+  torch::jit::load(archive);
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+// Loads, calls, touches, reports, then waits for the driver while the
+// modules stay alive and resident.
+void serve(const WorkerArgs& args) {
+  // N workers each with a pool as wide as the machine would oversubscribe
+  // the cores and make every latency a measure of contention.
+  at::set_num_threads(args.threads);
+  const c10::Device device(args.device);
+  std::vector<c10::IValue> inputs;
+  if (!args.input.empty()) inputs = read_inputs(args.input, device);
+  if (args.warm_up) warm_up();
+
+  std::optional<Unwrapped> unwrapped;
+  std::vector<torch::jit::Module> chain;  // called in order, each fed the last one's output
+  std::vector<std::string> warnings;
+  double load_ms = 0;
+  if (!args.actor.empty()) {
+    const nlohmann::json config = nlohmann::json::parse(args.actor);
+    UnwrapOptions options;
+    options.device = args.device;
+    options.prefetch = args.prefetch;
+    const auto start = Clock::now();
+    unwrapped = ModelWrapper::from_actor(config).unwrap(options);
+    load_ms = ms_since(start);
+    warnings = unwrapped->warnings();
+    if (!args.model.empty()) {
+      chain.push_back(unwrapped->at(args.model));
+    } else {
+      for (const std::string& name : unwrapped->names()) chain.push_back(unwrapped->at(name));
+    }
+  } else {
+    const auto start = Clock::now();
+    for (const std::string& spec : args.loads) {
+      const std::string path = spec.substr(spec.find('=') + 1);
+      try {
+        chain.push_back(torch::jit::load(path, device));
+      } catch (const std::exception& e) {
+        throw Error(ErrorCode::kBadModel, path + ": torch::jit::load failed: " + torch_message(e));
+      }
+      chain.back().eval();  // as unwrap hands modules back
+    }
+    load_ms = ms_since(start);
+    if (!args.model.empty()) {
+      for (size_t i = 0; i < args.loads.size(); ++i) {
+        if (args.loads[i].substr(0, args.loads[i].find('=')) == args.model) chain = {chain[i]};
+      }
+    }
+  }
+
+  nlohmann::json report = {{"ok", true},      {"load_ms", load_ms},       {"first_call_ms", nullptr},
+                           {"call_ms", nullptr}, {"output", nullptr},      {"output_digest", nullptr},
+                           {"warnings", warnings}};
+  if (!args.input.empty()) {
+    torch::NoGradGuard no_grad;
+    std::vector<double> call_ms;
+    c10::IValue result;
+    for (int call = 0; call < args.calls; ++call) {
+      std::vector<c10::IValue> arguments = inputs;
+      const auto start = Clock::now();
+      try {
+        for (torch::jit::Module& module : chain) {
+          result = module.forward(arguments);
+          arguments = as_arguments(result);
+        }
+      } catch (const std::exception& e) {  // the interpreter's errors are not all c10::Error
+        throw Error(ErrorCode::kBadModel, args.input + ": the model failed on this input: " + torch_message(e));
+      }
+      call_ms.push_back(ms_since(start));
+    }
+    Digest digest;
+    digest.add(result);
+    report["first_call_ms"] = call_ms.front();
+    if (call_ms.size() > 1) report["call_ms"] = median(std::vector<double>(call_ms.begin() + 1, call_ms.end()));
+    report["output"] = describe_output(result);
+    report["output_digest"] = digest.hex();
+  }
+  const bool on_cpu = device.is_cpu();
+  const WeightBytes weights = touch_weights(chain, unwrapped ? &*unwrapped : nullptr, on_cpu);
+  // The whole mapping too: weights of graph constants (frozen modules) are
+  // in it as well, but not among the attributes.
+  if (unwrapped && on_cpu) touch_pages(unwrapped->mapping_data(), unwrapped->mapping_size());
+  report["weight_bytes"] = weights.total;
+  report["weight_bytes_in_mapping"] = weights.in_mapping;
+  if (!send_report(report)) throw Error(ErrorCode::kInternal, "the bench driver is gone");
+  wait_for_driver();
+}
+
+int run_bench_worker(const WorkerArgs& args) {
+  nlohmann::json failure;
+  try {
+    if (args.actor.empty() == args.loads.empty()) {
+      throw Error(ErrorCode::kUsage, "bench-worker needs either --actor or --load (it is started by zcwrap bench)");
+    }
+    serve(args);
+    return 0;
+  } catch (const Error& e) {
+    failure = {{"ok", false}, {"code", static_cast<int>(e.code())}, {"error", e.what()}};
+  } catch (const std::exception& e) {
+    failure = {{"ok", false}, {"code", static_cast<int>(ErrorCode::kInternal)}, {"error", torch_message(e)}};
+  }
+  if (!send_report(failure)) std::fprintf(stderr, "zcwrap: error: %s\n", failure["error"].get<std::string>().c_str());
+  return 1;
+}
+
+}  // namespace
+
+void setup_bench_worker(CLI::App& app, int& status) {
+  auto args = std::make_shared<WorkerArgs>();
+  CLI::App* cmd = app.add_subcommand(kBenchWorkerCommand, "One worker of zcwrap bench (started by it)");
+  cmd->group("");  // hidden from --help
+  cmd->add_option("--actor", args->actor);
+  cmd->add_option("--load", args->loads);
+  cmd->add_option("--input", args->input);
+  cmd->add_option("--model", args->model);
+  cmd->add_option("--device", args->device);
+  add_prefetch_option(cmd, &args->prefetch);
+  cmd->add_option("--threads", args->threads)->check(CLI::Range(1, 1024));
+  cmd->add_option("--calls", args->calls)->check(CLI::Range(1, 1000000));
+  cmd->add_flag("--warm-up", args->warm_up);
+  cmd->callback([args, &status] { status = run_bench_worker(*args); });
+}
+
+}  // namespace zcwrap::cli

@@ -1,0 +1,45 @@
+// zcwrap unpack: a model from a blob back to a standard TorchScript file.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "commands.hpp"
+#include "zcwrap/zcwrap.hpp"
+
+namespace zcwrap::cli {
+namespace {
+
+struct UnpackArgs {
+  std::string path;
+  std::string output;
+  std::string model;
+  bool quiet = false;
+};
+
+int run_unpack(const UnpackArgs& args) {
+  const ModelWrapper wrapper = ModelWrapper::open(args.path);
+  wrapper.unpack(args.output, args.model);
+  if (!args.quiet) {
+    const std::string name = args.model.empty() ? wrapper.model_names().front() : args.model;
+    std::printf("unpacked model '%s' to %s (opens with torch.jit.load)\n", name.c_str(), args.output.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+void setup_unpack(CLI::App& app, int& status) {
+  auto args = std::make_shared<UnpackArgs>();
+  CLI::App* cmd = app.add_subcommand("unpack", "Write a model of a blob back as a standard TorchScript file");
+  cmd->add_option("BLOB", args->path, "A blob, or the actor config naming one")->required()->type_name("BLOB|CONFIG");
+  cmd->add_option("-o,--output", args->output, "The TorchScript file to write (torch.jit.load opens it)")
+      ->required()
+      ->type_name("MODEL.pt");
+  cmd->add_option("--model", args->model, "Which model of a pipeline")->type_name("NAME");
+  cmd->add_flag("-q,--quiet", args->quiet, "Print nothing on success");
+  cmd->callback([args, &status] { status = run_unpack(*args); });
+}
+
+}  // namespace zcwrap::cli

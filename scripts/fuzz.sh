@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Fuzzes the blob container parser: installs clang and libFuzzer if missing,
+# builds tests/fuzz/fuzz_blob (ASan + UBSan) in build-fuzz/, and runs it for
+# RUNS executions (default 1000000) from a scratch copy of the seed corpus.
+# Usage: scripts/fuzz.sh [RUNS] [-- LIBFUZZER_FLAGS...]
+# Exits 0 when the run ends with no finding, 1 on a finding (the reproducer
+# is kept as build-fuzz/findings/crash-*, leak-*, timeout-* or oom-*).
+set -euo pipefail
+
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
+# shellcheck source=scripts/common.sh
+source scripts/common.sh
+
+RUNS=${1:-1000000}
+[[ $RUNS =~ ^[0-9]+$ ]] || die "RUNS must be a number of executions, not '$RUNS'"
+shift $(($# > 0 ? 1 : 0))
+[[ ${1:-} == -- ]] && shift
+EXTRA_FLAGS=("$@")
+
+# The root meson.build finds LibTorch and CLI11 even when only the fuzz
+# target is built; Debian 12's libFuzzer runtime (-fsanitize=fuzzer) is
+# libclang-rt-14-dev, only a Recommends of clang.
+PACKAGES=(libtorch-dev libcli11-dev nlohmann-json3-dev libzstd-dev libxxhash-dev
+          meson ninja-build pkg-config clang libclang-rt-14-dev)
+BUILD=build-fuzz
+CORPUS=tests/fuzz/corpus
+
+section "Packages"
+ensure_packages
+
+section "Build"
+if [[ -f $BUILD/meson-private/coredata.dat ]]; then
+  echo "reusing $BUILD/ (configured before)"
+else
+  show env CXX=clang++ meson setup "$BUILD" -Dfuzz=enabled -Dtests=disabled -Dsamples=disabled
+fi
+show ninja -C "$BUILD" tests/fuzz/fuzz_blob
+
+section "Fuzz"
+# libFuzzer adds what it finds interesting to the first corpus folder: give
+# it a scratch copy so the committed seeds stay as they are.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+cp "$CORPUS"/*.zcb "$scratch/"
+# Room to grow a little past the largest seed.
+largest=$(stat -c %s "$CORPUS"/*.zcb | sort -n | tail -1)
+max_len=$((largest + 4096))
+findings=$BUILD/findings
+mkdir -p "$findings"
+log=$BUILD/fuzz.log
+status=0
+show "$BUILD/tests/fuzz/fuzz_blob" "$scratch" -runs="$RUNS" -max_len="$max_len" \
+  -dict=tests/fuzz/blob.dict -artifact_prefix="$findings/" -print_final_stats=1 \
+  ${EXTRA_FLAGS[@]+"${EXTRA_FLAGS[@]}"} 2>&1 | tee "$log" || status=$?
+
+# libFuzzer's last status line ("#N DONE cov: ... exec/s: ...") and its
+# final stats give the figures; a finding ends the run early instead.
+done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true)
+executed=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+per_second=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+echo
+if ((status == 0)) && [[ -n $done_line ]]; then
+  echo "fuzz_blob: ${executed:-?} executions (${per_second:-?} exec/s), no finding"
+  echo "fuzz_blob: $done_line"
+  exit 0
+fi
+echo "fuzz_blob: FINDING after ${executed:-?} executions (libFuzzer exit status $status); see $log" >&2
+ls -1 "$findings" >&2 || true
+exit 1

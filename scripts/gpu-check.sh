@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# zcwrap on a GPU machine: builds against this machine's pip torch (CUDA),
+# runs the fast-load GPU tests, checks `zcwrap run --device cuda:0 --fast-load`
+# against the CPU, and runs the fast-load benchmark (~1 GiB and ~8 GiB blobs:
+# fast path vs pinned cudaMemcpy vs the per-storage path). A few minutes on
+# 16 cores.
+#
+# Needs .deps/ from scripts/fetch-gpu-deps.sh (run on the Debian machine),
+# python3 with a CUDA torch, meson, ninja and a C++ compiler. Writes
+# everything it prints, the test log and the benchmark tables (Markdown and
+# JSON) to $OUT (default: ./gpu-check-out).
+#
+# Usage: bash scripts/gpu-check.sh [--quick]     --quick: the 1 GiB blob only
+# Environment: PYTHON (python3), ZCWRAP_GPU_BUILD (build-gpu), and for a dry
+# run without a pip torch: ZCWRAP_TORCH_DIR, ZCWRAP_CUDART,
+# ZCWRAP_PKG_CONFIG_LITE=1 (use scripts/pkg-config-lite.py even if there is a
+# pkg-config).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-$ROOT/gpu-check-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu-check.log") 2>&1
+
+PY=${PYTHON:-python3}
+DEPS=$ROOT/.deps
+LOCAL=$DEPS/local  # made here on each run: .pc files, library links, CUDA prefix
+BUILD=${ZCWRAP_GPU_BUILD:-build-gpu}
+SIZES=1,8
+if [[ ${1:-} == --quick ]]; then SIZES=1; fi
+STARTED=$SECONDS
+
+section() { printf '\n== %s (%ds) ==\n' "$*" $((SECONDS - STARTED)); }
+show() {
+  printf '$ %s\n' "$*"
+  "$@"
+}
+die() {
+  printf 'gpu-check: error: %s\n' "$*" >&2
+  exit 1
+}
+
+[[ -d $DEPS/usr/include ]] || die ".deps/ is missing: run scripts/fetch-gpu-deps.sh on the Debian machine and carry .deps"
+for tool in meson ninja c++ "$PY"; do
+  command -v "$tool" >/dev/null || die "$tool not found"
+done
+
+section "Machine"
+nvidia-smi --query-gpu=index,name,driver_version,memory.total,pcie.link.gen.max,pcie.link.width.max \
+  --format=csv 2>&1 | tee "$OUT/gpu.csv" || echo "nvidia-smi failed"
+uname -a
+echo "cores: $(nproc), memory: $(free -g | awk '/Mem:/ {print $2}') GiB, /dev/shm free: $(df -h /dev/shm | awk 'NR==2 {print $4}')"
+c++ --version | head -1
+meson --version
+# What the build needs to know about this torch, as shell assignments.
+"$PY" - >"$OUT/torch.env" <<'EOF'
+import os, shlex, torch
+def out(k, v): print(f"{k}={shlex.quote(str(v))}")
+out("TORCH_DIR", os.path.dirname(torch.__file__))
+out("TORCH_VERSION", torch.__version__)
+out("TORCH_CUDA", torch.version.cuda)
+out("TORCH_ABI", int(torch._C._GLIBCXX_USE_CXX11_ABI))
+out("CUDA_OK", int(torch.cuda.is_available()))
+if torch.cuda.is_available():
+    torch.zeros(1, device="cuda")
+# The libraries this process loaded: libcudart is the one zcwrap must link
+# (one CUDA runtime per process), the others' folders go to -rpath-link.
+libs = set()
+with open("/proc/self/maps") as maps:
+    for line in maps:
+        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        if ".so" in os.path.basename(path):
+            libs.add(path)
+cudart = sorted(p for p in libs if os.path.basename(p).startswith("libcudart.so"))
+out("CUDART", cudart[0] if cudart else "")
+out("LIB_DIRS", " ".join(sorted({os.path.dirname(p) for p in libs if "/nvidia/" in p or "/torch/" in p})))
+EOF
+# shellcheck disable=SC1091
+source "$OUT/torch.env"
+TORCH_DIR=${ZCWRAP_TORCH_DIR:-$TORCH_DIR}
+CUDART=${ZCWRAP_CUDART:-$CUDART}
+cat "$OUT/torch.env"
+[[ -f $TORCH_DIR/lib/libtorch_cuda.so ]] || die "$TORCH_DIR/lib has no libtorch_cuda.so: this torch has no CUDA"
+# When torch does not load libcudart itself (statically linked), the toolkit's.
+if [[ -z $CUDART ]]; then
+  for f in /usr/local/cuda/lib64/libcudart.so.[0-9]*; do
+    if [[ -f $f ]]; then
+      CUDART=$f
+      break
+    fi
+  done
+fi
+[[ -n $CUDART ]] || die "cannot tell which libcudart torch uses; set ZCWRAP_CUDART=/path/to/libcudart.so.N"
+
+section "Local prefix ($LOCAL)"
+rm -rf "$LOCAL"
+mkdir -p "$LOCAL/lib" "$LOCAL/pkgconfig" "$LOCAL/bin" "$LOCAL/cuda/lib"
+# CUDA: the runtime torch loaded, and headers of the same major version:
+# beside it (nvidia pip packages), the toolkit's, or the ones carried.
+ln -s "$CUDART" "$LOCAL/cuda/lib/libcudart.so"
+ln -s "$CUDART" "$LOCAL/cuda/lib/$(basename "$CUDART")"
+cuda_include=""
+for dir in "$(dirname "$CUDART")/../include" /usr/local/cuda/include "$DEPS/cuda/include"; do
+  if [[ -f $dir/cuda_runtime_api.h ]]; then
+    cuda_include=$(cd "$dir" && pwd)
+    break
+  fi
+done
+[[ -n $cuda_include ]] || die "no cuda_runtime_api.h beside $CUDART, in /usr/local/cuda or in .deps/cuda"
+ln -s "$cuda_include" "$LOCAL/cuda/include"
+echo "libcudart: $CUDART"
+echo "CUDA headers: $cuda_include ($(grep -m1 -o 'CUDART_VERSION *[0-9]*' "$cuda_include/cuda_runtime_api.h" || true))"
+# zstd and xxhash: the system's shared libraries when it has them, else the
+# carried Debian ones (they need glibc >= 2.34).
+debian_lib=$DEPS/usr/lib/x86_64-linux-gnu
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
+for soname in libzstd.so.1 libxxhash.so.0; do
+  lib=$("$ldconfig" -p 2>/dev/null | awk -v n="$soname" '$1 == n && /x86-64/ {print $NF; exit}' || true)
+  [[ -n $lib ]] || lib=$(readlink -f "$debian_lib/$soname")
+  ln -s "$lib" "$LOCAL/lib/$soname"
+  ln -s "$lib" "$LOCAL/lib/${soname%.*}"
+  echo "$soname: $lib"
+done
+inc=$DEPS/usr/include
+cat >"$LOCAL/pkgconfig/libzstd.pc" <<EOF
+Name: zstd
+Description: carried for zcwrap
+Version: 1.5.4
+Cflags: -isystem $inc
+Libs: -L$LOCAL/lib -lzstd -Wl,-rpath,$LOCAL/lib
+EOF
+cat >"$LOCAL/pkgconfig/libxxhash.pc" <<EOF
+Name: xxhash
+Description: carried for zcwrap
+Version: 0.8.1
+Cflags: -isystem $inc
+Libs: -L$LOCAL/lib -lxxhash -Wl,-rpath,$LOCAL/lib
+EOF
+cat >"$LOCAL/pkgconfig/CLI11.pc" <<EOF
+Name: CLI11
+Description: carried for zcwrap
+Version: 2.1.2
+Cflags: -isystem $inc
+EOF
+cat >"$LOCAL/pkgconfig/nlohmann_json.pc" <<EOF
+Name: nlohmann_json
+Description: carried for zcwrap
+Version: 3.11.2
+Cflags: -isystem $inc
+EOF
+export PKG_CONFIG_PATH=$LOCAL/pkgconfig
+if [[ -n ${ZCWRAP_PKG_CONFIG_LITE:-} ]] || { ! command -v pkg-config >/dev/null && ! command -v pkgconf >/dev/null; }; then
+  ln -s "$ROOT/scripts/pkg-config-lite.py" "$LOCAL/bin/pkg-config"
+  export PATH=$LOCAL/bin:$PATH
+  echo "no pkg-config here: using scripts/pkg-config-lite.py"
+fi
+
+section "Configure and build ($BUILD)"
+cpp_args="-isystem $inc -D_GLIBCXX_USE_CXX11_ABI=$TORCH_ABI"
+link_args="-Wl,-rpath,$LOCAL/lib"
+for dir in $LIB_DIRS; do link_args+=" -Wl,-rpath-link,$dir"; done
+std=c++17
+if grep -qs "C++20 or later" "$TORCH_DIR/include/c10/macros/Macros.h" "$TORCH_DIR/include/ATen/ATen.h" \
+  "$TORCH_DIR/include/torch/csrc/api/include/torch/all.h"; then
+  std=c++20
+fi
+setup=(setup "$BUILD" -Dtorch_prefix="$TORCH_DIR" -Dcuda=enabled -Dcuda_prefix="$LOCAL/cuda"
+       -Dsamples=disabled -Dcpp_std="$std" -Dcpp_args="$cpp_args" -Dcpp_link_args="$link_args")
+if [[ -f $BUILD/meson-private/coredata.dat ]]; then
+  show meson "${setup[@]}" --reconfigure
+else
+  show meson "${setup[@]}"
+fi
+show ninja -C "$BUILD" tests/test_fast_load benchmarks/fast_load_bench cli/zcwrap
+
+status=0
+section "GPU tests"
+export ZCWRAP_FIXTURES=$DEPS/fixtures ZCWRAP_BIN=$ROOT/$BUILD/cli/zcwrap
+timeout 300 "$BUILD/tests/test_fast_load" --no-intro 2>&1 | tee "$OUT/test_fast_load.log" || status=1
+
+section "CLI: zcwrap run --device cuda:0 --fast-load"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+zcwrap=$BUILD/cli/zcwrap
+fixture=$DEPS/fixtures/mobilenet_traced
+if show "$zcwrap" pack "$fixture.pt" -o "$tmp/m.zcb" &&
+  show "$zcwrap" run "$tmp/m.zcb" -i "${fixture}_in.pt" -o "$tmp/cpu.pt" &&
+  show "$zcwrap" run "$tmp/m.zcb" -i "${fixture}_in.pt" -o "$tmp/fast.pt" --device cuda:0 --fast-load &&
+  show "$zcwrap" run "$tmp/m.zcb" -i "${fixture}_in.pt" -o "$tmp/plain.pt" --device cuda:0; then
+  "$PY" - "$tmp" <<'EOF' || status=1
+import sys, torch
+d = sys.argv[1]
+load = lambda n: torch.load(f"{d}/{n}.pt", weights_only=False)
+cpu, fast, plain = load("cpu"), load("fast"), load("plain")
+print("fast == plain (bitwise):", torch.equal(fast, plain))
+print("fast vs cpu: max abs diff %.3g, allclose(rtol=1e-3, atol=1e-4): %s"
+      % ((fast - cpu).abs().max().item(), torch.allclose(fast, cpu, rtol=1e-3, atol=1e-4)))
+sys.exit(0 if torch.equal(fast, plain) and torch.allclose(fast, cpu, rtol=1e-3, atol=1e-4) else 1)
+EOF
+else
+  status=1
+fi
+
+section "Benchmark: fast load, ${SIZES//,/ and } GiB"
+bench_status=0
+timeout 420 "$BUILD/benchmarks/fast_load_bench" --sizes-gib "$SIZES" --sweep --json "$OUT/fast_load_bench.json" \
+  | tee "$OUT/fast_load_bench.md" || bench_status=$?
+if ((bench_status == 77)); then
+  echo "no CUDA device: benchmark skipped"
+elif ((bench_status != 0)); then
+  status=1
+fi
+
+section "Summary"
+{
+  echo "GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+  echo "torch $TORCH_VERSION (CUDA $TORCH_CUDA), cxx11 ABI $TORCH_ABI, $(c++ --version | head -1)"
+  echo "command: bash scripts/gpu-check.sh${1:+ $1}"
+  grep -E '^\[doctest\] (test cases|assertions)' "$OUT/test_fast_load.log" || true
+  echo
+  cat "$OUT/fast_load_bench.md" 2>/dev/null || true
+} | tee "$OUT/summary.md"
+echo "gpu-check: $( ((status == 0)) && echo passed || echo FAILED ) in $((SECONDS - STARTED)) s; results in $OUT"
+exit "$status"

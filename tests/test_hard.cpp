@@ -1,0 +1,183 @@
+// Hard TorchScript models: frozen (weights as graph constants), quantized
+// (weights in packed objects), extra files, several methods, a training flag;
+// and unpack, the lossless way back to a .pt file.
+#include "torch_support.hpp"  // first: see there
+
+#include <caffe2/serialize/inline_container.h>
+#include <nlohmann/json.hpp>
+
+using nlohmann::json;
+using zcwrap::ModelWrapper;
+namespace test = zcwrap::test;
+
+namespace {
+
+std::vector<json> hard_fixtures() {
+  std::vector<json> out;
+  for (const json& fx : test::fixtures_index()["models"]) {
+    if (fx.value("group", "") == "hard") out.push_back(fx);
+  }
+  return out;
+}
+
+// Bytes of tensor data a TorchScript archive holds: its storage records
+// (data/) and graph constants (constants/).
+uint64_t archive_tensor_bytes(const std::string& path) {
+  caffe2::serialize::PyTorchStreamReader reader(path);
+  uint64_t total = 0;
+  for (const std::string& record : reader.getAllRecords()) {
+    if (record.rfind("data/", 0) == 0 || record.rfind("constants/", 0) == 0) {
+      total += std::get<1>(reader.getRecord(record));
+    }
+  }
+  return total;
+}
+
+torch::jit::ExtraFilesMap read_extra_files(const std::string& path, const json& names) {
+  torch::jit::ExtraFilesMap files;
+  for (const json& n : names) files[n.get<std::string>()] = "";
+  torch::jit::load(path, c10::nullopt, files);
+  return files;
+}
+
+// Parameters and buffers by name, with values, dtypes and requires_grad.
+void check_same_tensors(const torch::jit::Module& a, const torch::jit::Module& b) {
+  auto collect = [](const torch::jit::Module& m) {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto& p : m.named_parameters()) out.emplace_back("param " + p.name, p.value);
+    for (const auto& p : m.named_buffers()) out.emplace_back("buffer " + p.name, p.value);
+    return out;
+  };
+  const auto ta = collect(a), tb = collect(b);
+  REQUIRE(ta.size() == tb.size());
+  for (size_t i = 0; i < ta.size(); ++i) {
+    CAPTURE(ta[i].first);
+    CHECK(ta[i].first == tb[i].first);
+    CHECK(ta[i].second.requires_grad() == tb[i].second.requires_grad());
+    std::string why;
+    CHECK_MESSAGE(test::bit_equal(ta[i].second.detach(), tb[i].second.detach(), &why), why);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("hard models unwrap bit-equal to torch::jit::load, sharing what LibTorch allows") {
+  for (const json& fx : hard_fixtures()) {
+    const std::string name = fx["name"];
+    CAPTURE(name);
+    const std::string model_path = test::fixture(fx["file"]);
+    const std::string input = test::fixture(fx["input"]);
+    test::TempDir dir;
+    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, true, dir / "m.zcb");
+    zcwrap::Unwrapped u = w.unwrap();
+    // Eval even when saved in training mode (frozen modules have no flag).
+    if (u.module().hasattr("training")) CHECK_FALSE(u.module().is_training());
+
+    std::string why;
+    CHECK_MESSAGE(test::bit_equal(test::reference_output(model_path, fx["method"], input),
+                                  test::call(u.module(), fx["method"], test::load_inputs(input)), &why),
+                  why);
+
+    const json info = zcwrap::describe(dir / "m.zcb");
+    const json& model = info["models"][0];
+    const uint64_t shared = info["storages"]["bytes"];
+    const uint64_t unshared = model["unshared_bytes"];
+    MESSAGE(name << ": " << shared << " bytes shared, " << unshared << " left in the skeleton");
+    // Every byte of tensor data in the original archive is accounted for:
+    // moved to the data section, or reported as left in the skeleton.
+    CHECK(shared + unshared == archive_tensor_bytes(model_path));
+    if (fx["sharing"] == "all") {
+      CHECK(unshared == 0);
+      CHECK(model["shared_fraction"] == 1.0);
+      for (const auto& p : u.module().named_parameters()) CHECK(test::points_into(p.value, u));
+    } else {
+      // Quantized weights live in packed-parameter objects that LibTorch
+      // re-packs at load: they stay in the skeleton, and inspect says so.
+      CHECK(unshared > 0);
+      CHECK(model["shared_fraction"].get<double>() < 0.1);
+    }
+    if (fx["kind"].get<std::string>().rfind("frozen", 0) == 0) {
+      size_t constants = 0;
+      for (const json& t : model["tensors"]) constants += t["kind"] == "constant";
+      CHECK(constants > 0);
+      CHECK(constants == model["tensor_count"].get<size_t>());
+    }
+  }
+}
+
+TEST_CASE("unpack gives back an equal TorchScript file: outputs, tensors, methods, extra files, training flag") {
+  for (const json& fx : hard_fixtures()) {
+    const std::string name = fx["name"];
+    CAPTURE(name);
+    const std::string model_path = test::fixture(fx["file"]);
+    const std::string input = test::fixture(fx["input"]);
+    test::TempDir dir;
+    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, true, dir / "m.zcb");
+    w.unpack(dir / "back.pt");
+
+    torch::jit::Module original = torch::jit::load(model_path);
+    torch::jit::Module back = torch::jit::load(dir / "back.pt");
+    CHECK(back.is_training() == original.is_training());
+    if (fx.contains("training")) CHECK(back.is_training() == fx["training"].get<bool>());
+    check_same_tensors(original, back);
+    std::vector<std::string> methods_a, methods_b;
+    for (const auto& m : original.get_methods()) methods_a.push_back(m.name());
+    for (const auto& m : back.get_methods()) methods_b.push_back(m.name());
+    CHECK(methods_a == methods_b);
+
+    original.eval();
+    back.eval();
+    std::string why;
+    CHECK_MESSAGE(test::bit_equal(test::call(original, fx["method"], test::load_inputs(input)),
+                                  test::call(back, fx["method"], test::load_inputs(input)), &why),
+                  why);
+    if (fx.contains("extra_file_names")) {
+      CHECK(read_extra_files(dir / "back.pt", fx["extra_file_names"]) ==
+            read_extra_files(model_path, fx["extra_file_names"]));
+      CHECK(read_extra_files(dir / "back.pt", fx["extra_file_names"])["config.json"].find("labels") !=
+            std::string::npos);
+    }
+    CHECK(archive_tensor_bytes(dir / "back.pt") == archive_tensor_bytes(model_path));
+  }
+}
+
+TEST_CASE("unpacked files open in Python's torch.jit.load with outputs equal to the original") {
+  test::TempDir dir;
+  for (const char* name : {"resnet18_frozen", "three_methods", "lstm_dynamic_quant"}) {
+    CAPTURE(name);
+    const std::string out = dir / (std::string(name) + ".pt");
+    auto r = test::run_process({test::zcwrap_bin(), "pack", "-q", test::fixture(std::string(name) + ".pt"), "-o",
+                                dir / "b.zcb"});
+    REQUIRE(r.status == 0);
+    r = test::run_process({test::zcwrap_bin(), "unpack", dir / "b.actor.json", "-o", out});
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    auto py = test::run_process(
+        {"/usr/bin/python3", "-c",
+         "import sys, torch\n"
+         "a = torch.jit.load(sys.argv[1]).eval(); b = torch.jit.load(sys.argv[2]).eval()\n"
+         "x = torch.load(sys.argv[3])\n"
+         "with torch.no_grad(): ya, yb = a(x), b(x)\n"
+         "print(ya.numpy().tobytes() == yb.numpy().tobytes())\n",
+         test::fixture(std::string(name) + ".pt"), out, test::fixture(std::string(name) + "_in.pt")});
+    CHECK_MESSAGE(py.status == 0, py.err);
+    CHECK(py.out == "True\n");
+  }
+}
+
+TEST_CASE("unpack of a pipeline needs --model; unknown names are refused") {
+  test::TempDir dir;
+  ModelWrapper w = ModelWrapper::pack_files(
+      {{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, false, dir / "p.zcb");
+  CHECK_THROWS_AS(w.unpack(dir / "x.pt"), zcwrap::Error);
+  CHECK_THROWS_AS(w.unpack(dir / "x.pt", "c"), zcwrap::Error);
+  auto r = test::run_process({test::zcwrap_bin(), "unpack", dir / "p.zcb", "-o", dir / "x.pt"});
+  CHECK(r.status == 2);
+  CHECK(r.err.find("one of: a, b") != std::string::npos);
+  CHECK_FALSE(test::file_exists(dir / "x.pt"));
+  w.unpack(dir / "b.pt", "b");
+  std::string why;
+  torch::jit::Module back = torch::jit::load(dir / "b.pt");
+  back.eval();
+  CHECK(test::bit_equal(test::reference_output(test::fixture("pipeline_b.pt"), "forward", test::fixture("pipeline_b_in.pt")),
+                        test::call(back, "forward", test::load_inputs(test::fixture("pipeline_b_in.pt"))), &why));
+}
