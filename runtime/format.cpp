@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -83,7 +84,7 @@ const std::map<std::string, size_t>& dtype_table() {
       {"bool", 1},      {"uint8", 1},     {"int8", 1},       {"int16", 2},
       {"int32", 4},     {"int64", 8},     {"float16", 2},    {"bfloat16", 2},
       {"float32", 4},   {"float64", 8},   {"complex32", 4},  {"complex64", 8},
-      {"complex128", 16},
+      {"complex128", 16}, {"qint8", 1},      {"quint8", 1},     {"qint32", 4},
   };
   return table;
 }
@@ -186,6 +187,49 @@ void check_extent(const TensorEntry& t, const StorageEntry& s, size_t item,
   }
 }
 
+// The "quantization" object of a tensor entry: present exactly for the
+// quantized dtypes, with one finite scale (and zero point) per channel.
+void parse_quantization(const json& entry, TensorEntry* t, const std::string& path, const std::string& where) {
+  const bool quantized = is_quantized_dtype(t->dtype);
+  auto it = entry.find("quantization");
+  if (it == entry.end()) {
+    if (quantized) bad(path, where + ": dtype " + t->dtype + " needs a quantization object");
+    return;
+  }
+  if (!quantized) bad(path, where + ": quantization given for dtype " + t->dtype);
+  Fields f(*it, where + ".quantization", path);
+  Quantization& q = t->quantization;
+  q.scheme = f.str("scheme");
+  auto number = [&](const json& v, const char* what) {
+    if (!v.is_number() || !std::isfinite(v.get<double>())) bad(path, f.where() + "." + what + ": expected a finite number");
+    return v.get<double>();
+  };
+  auto integer = [&](const json& v, const char* what) {
+    if (!v.is_number_integer()) bad(path, f.where() + "." + what + ": expected an integer");
+    return v.get<int64_t>();
+  };
+  if (q.scheme == "per_tensor_affine") {
+    q.scale = number(f.get("scale"), "scale");
+    q.zero_point = integer(f.get("zero_point"), "zero_point");
+  } else if (q.scheme == "per_channel_affine") {
+    q.axis = integer(f.get("axis"), "axis");
+    if (q.axis < 0 || static_cast<size_t>(q.axis) >= t->sizes.size()) {
+      bad(path, f.where() + ".axis: " + std::to_string(q.axis) + " is not a dimension of the tensor");
+    }
+    const uint64_t channels = static_cast<uint64_t>(t->sizes[static_cast<size_t>(q.axis)]);
+    const json& scales = f.array("scales", kMaxTensors);
+    const json& zero_points = f.array("zero_points", kMaxTensors);
+    if (scales.size() != channels || zero_points.size() != channels) {
+      bad(path, f.where() + ": " + u64s(scales.size()) + " scales and " + u64s(zero_points.size()) +
+                    " zero points for " + u64s(channels) + " channels");
+    }
+    for (const json& s : scales) q.scales.push_back(number(s, "scales"));
+    for (const json& z : zero_points) q.zero_points.push_back(integer(z, "zero_points"));
+  } else {
+    bad(path, f.where() + ".scheme: unknown quantization scheme '" + q.scheme + "'");
+  }
+}
+
 }  // namespace
 
 std::vector<uint8_t> encode_header(const Header& h) {
@@ -280,6 +324,10 @@ uint64_t meta_checksum(const uint8_t* blob, const Header& h) {
 
 const char* tensor_kind_name(TensorKind kind) { return kKindNames[static_cast<int>(kind)]; }
 
+bool is_quantized_dtype(const std::string& dtype) {
+  return dtype == "qint8" || dtype == "quint8" || dtype == "qint32";
+}
+
 size_t dtype_size(const std::string& dtype) {
   auto it = dtype_table().find(dtype);
   return it == dtype_table().end() ? 0 : it->second;
@@ -324,6 +372,13 @@ json manifest_to_json(const Manifest& m) {
                          {"storage", t.storage},
                          {"storage_offset", t.storage_offset}});
       if (t.requires_grad) tensors.back()["requires_grad"] = true;
+      const Quantization& q = t.quantization;
+      if (q.scheme == "per_tensor_affine") {
+        tensors.back()["quantization"] = {{"scheme", q.scheme}, {"scale", q.scale}, {"zero_point", q.zero_point}};
+      } else if (q.scheme == "per_channel_affine") {
+        tensors.back()["quantization"] = {
+            {"scheme", q.scheme}, {"axis", q.axis}, {"scales", q.scales}, {"zero_points", q.zero_points}};
+      }
     }
     const SkeletonEntry& sk = model.skeleton;
     models.push_back({{"name", model.name},
@@ -447,6 +502,7 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
                       u64s(m.storages.size()) + " storages)");
       }
       check_extent(t, m.storages[t.storage], item, path, tf.where() + " (" + t.path + ")");
+      parse_quantization(tensors[j], &t, path, tf.where() + " (" + t.path + ")");
       model.tensors.push_back(std::move(t));
     }
     m.models.push_back(std::move(model));

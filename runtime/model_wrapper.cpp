@@ -196,6 +196,19 @@ std::vector<std::string> prefetch(const BlobFile& blob, Prefetch mode) {
   return warnings;
 }
 
+// An empty tensor of the entry's dtype (and quantizer) to bind a storage to.
+at::Tensor empty_like_entry(const format::TensorEntry& t, at::ScalarType dtype, const c10::Device& device) {
+  const auto options = at::TensorOptions().dtype(dtype).device(device);
+  const format::Quantization& q = t.quantization;
+  if (q.scheme == "per_tensor_affine") return at::_empty_affine_quantized({0}, options, q.scale, q.zero_point);
+  if (q.scheme == "per_channel_affine") {
+    const at::Tensor scales = at::tensor(q.scales, at::kDouble).to(device);
+    const at::Tensor zero_points = at::tensor(q.zero_points, at::kLong).to(device);
+    return at::_empty_per_channel_affine_quantized({0}, scales, zero_points, q.axis, options);
+  }
+  return at::empty({0}, options);
+}
+
 // Loads model `index`'s skeleton and binds its tensors to `storages`. For
 // unwrap: eval mode, no gradients. `as_saved` (for unpack) keeps the training
 // flag and requires_grad as they were packed.
@@ -231,7 +244,7 @@ torch::jit::Module rebuild_model(const std::shared_ptr<const BlobFile>& blob, si
       throw Error(ErrorCode::kBadBlob, where + ": tensor '" + path + "' is " + t.dtype +
                                            " in the manifest but not in the skeleton");
     }
-    at::Tensor bound = at::empty({0}, at::TensorOptions().dtype(dtype).device(device))
+    at::Tensor bound = empty_like_entry(t, dtype, device)
                            .set_(storages[t.storage], static_cast<int64_t>(t.storage_offset), t.sizes, t.strides);
     if (as_saved && t.requires_grad) bound.requires_grad_(true);
     return bound;

@@ -100,6 +100,23 @@ uint64_t unshared_bytes(const std::string& skeleton) {
   return total;
 }
 
+format::Quantization quantization_of(const at::Tensor& t) {
+  format::Quantization q;
+  if (t.qscheme() == at::kPerTensorAffine) {
+    q.scheme = "per_tensor_affine";
+    q.scale = t.q_scale();
+    q.zero_point = t.q_zero_point();
+  } else {
+    q.scheme = "per_channel_affine";
+    q.axis = t.q_per_channel_axis();
+    const at::Tensor scales = t.q_per_channel_scales().to(at::kDouble).contiguous();
+    const at::Tensor zero_points = t.q_per_channel_zero_points().to(at::kLong).contiguous();
+    q.scales.assign(scales.data_ptr<double>(), scales.data_ptr<double>() + scales.numel());
+    q.zero_points.assign(zero_points.data_ptr<int64_t>(), zero_points.data_ptr<int64_t>() + zero_points.numel());
+  }
+  return q;
+}
+
 std::string compress(const std::string& raw, const std::string& origin) {
   std::string out(ZSTD_compressBound(raw.size()), '\0');
   size_t n = ZSTD_compress(out.data(), out.size(), raw.data(), raw.size(), kZstdLevel);
@@ -196,8 +213,12 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
       te.storage = plan.add(t.storage(), manifest.models.size());
       te.storage_offset = static_cast<uint64_t>(t.storage_offset());
       te.requires_grad = t.requires_grad();
+      if (t.is_quantized()) te.quantization = quantization_of(t);
       entry.tensors.push_back(std::move(te));
-      return at::empty({0}, at::TensorOptions().dtype(t.scalar_type()));
+      // A quantized placeholder keeps the tensor quantized in the skeleton, so
+      // that unwrap's walk (is_shareable) sees the same tensors as this one.
+      return t.is_quantized() ? at::_empty_affine_quantized({0}, at::TensorOptions().dtype(t.scalar_type()), 1.0, 0)
+                              : at::empty({0}, at::TensorOptions().dtype(t.scalar_type()));
     });
 
     std::ostringstream out;

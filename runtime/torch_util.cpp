@@ -23,6 +23,8 @@ constexpr DtypeName kDtypes[] = {
     {at::kFloat, "float32"},      {at::kDouble, "float64"},
     {at::kComplexHalf, "complex32"}, {at::kComplexFloat, "complex64"},
     {at::kComplexDouble, "complex128"},
+    {at::kQInt8, "qint8"},           {at::kQUInt8, "quint8"},
+    {at::kQInt32, "qint32"},
 };
 
 class Walker {
@@ -124,9 +126,12 @@ at::ScalarType dtype_from_name(const std::string& name) {
 }
 
 bool is_shareable(const at::Tensor& t) {
-  return t.defined() && t.layout() == at::kStrided && t.device().is_cpu() && !t.is_quantized() &&
-         !t.is_mkldnn() && !t.is_conj() && !t.is_neg() && t.has_storage() &&
-         !dtype_name(t.scalar_type()).empty();
+  if (!t.defined() || t.layout() != at::kStrided || !t.device().is_cpu() || t.is_mkldnn() || t.is_conj() ||
+      t.is_neg() || !t.has_storage() || dtype_name(t.scalar_type()).empty()) {
+    return false;
+  }
+  // Quantized: the affine schemes, whose parameters the manifest records.
+  return !t.is_quantized() || t.qscheme() == at::kPerTensorAffine || t.qscheme() == at::kPerChannelAffine;
 }
 
 void rewrite_tensors(const torch::jit::Module& module, const TensorRewrite& fn) {

@@ -271,6 +271,30 @@ TEST_CASE("bad blobs are refused with a specific error") {
       {"TENSOR_RANK_MISMATCH", [&](Parts& p) { tensor(p, 0)["strides"] = {1}; }, "2 sizes but 1 strides"},
       {"SKELETON_PAST_END", [&](Parts& p) { models(p)[0]["skeleton"]["length"] = 1000; },
        "lies outside the skeletons section"},
+      {"QUANT_MISSING_PARAMS", [&](Parts& p) { tensor(p, 0)["dtype"] = "qint8"; }, "needs a quantization object"},
+      {"QUANT_ON_FLOAT",
+       [&](Parts& p) { tensor(p, 0)["quantization"] = {{"scheme", "per_tensor_affine"}, {"scale", 0.1}, {"zero_point", 0}}; },
+       "quantization given for dtype float32"},
+      {"QUANT_UNKNOWN_SCHEME",
+       [&](Parts& p) {
+         tensor(p, 0)["dtype"] = "qint8";
+         tensor(p, 0)["quantization"] = {{"scheme", "per_tensor_symmetric"}};
+       },
+       "unknown quantization scheme"},
+      {"QUANT_CHANNEL_COUNT",
+       [&](Parts& p) {
+         tensor(p, 0)["dtype"] = "quint8";
+         tensor(p, 0)["quantization"] = {
+             {"scheme", "per_channel_affine"}, {"axis", 0}, {"scales", {0.1, 0.2}}, {"zero_points", {0, 1}}};
+       },
+       "2 scales and 2 zero points for 32 channels"},
+      {"QUANT_BAD_AXIS",
+       [&](Parts& p) {
+         tensor(p, 0)["dtype"] = "qint8";
+         tensor(p, 0)["quantization"] = {
+             {"scheme", "per_channel_affine"}, {"axis", 2}, {"scales", json::array()}, {"zero_points", json::array()}};
+       },
+       "is not a dimension"},
       {"SKELETON_UNKNOWN_COMPRESSION", [&](Parts& p) { models(p)[0]["skeleton"]["compression"] = "lz4"; },
        "unknown compression"},
   };

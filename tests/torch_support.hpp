@@ -30,6 +30,23 @@ namespace zcwrap::test {
 // Every byte of two values equal, recursively through tuples and lists;
 // `why` says where they first differ.
 inline bool bit_equal(const c10::IValue& a, const c10::IValue& b, std::string* why, const std::string& at = "result") {
+  if (a.isTensor() && b.isTensor() && (a.toTensor().is_quantized() || b.toTensor().is_quantized())) {
+    const at::Tensor x = a.toTensor().cpu(), y = b.toTensor().cpu();
+    if (!x.is_quantized() || !y.is_quantized() || x.scalar_type() != y.scalar_type() || x.qscheme() != y.qscheme()) {
+      *why = at + ": quantization differs";
+      return false;
+    }
+    const bool same_params = x.qscheme() == at::kPerTensorAffine
+                                 ? x.q_scale() == y.q_scale() && x.q_zero_point() == y.q_zero_point()
+                                 : x.q_per_channel_axis() == y.q_per_channel_axis() &&
+                                       at::equal(x.q_per_channel_scales(), y.q_per_channel_scales()) &&
+                                       at::equal(x.q_per_channel_zero_points(), y.q_per_channel_zero_points());
+    if (!same_params) {
+      *why = at + ": quantization parameters differ";
+      return false;
+    }
+    return bit_equal(x.int_repr(), y.int_repr(), why, at + ".int_repr()");
+  }
   if (a.isTensor() && b.isTensor()) {
     const at::Tensor x = a.toTensor().contiguous().cpu();
     const at::Tensor y = b.toTensor().contiguous().cpu();

@@ -100,6 +100,17 @@ struct StorageEntry {
   uint64_t xxh3 = 0;    // XXH3-64 of the storage bytes
 };
 
+// How a quantized tensor's integers map to real values; `scheme` is empty for
+// tensors that are not quantized.
+struct Quantization {
+  std::string scheme;  // "per_tensor_affine" or "per_channel_affine"
+  double scale = 1.0;  // per_tensor_affine
+  int64_t zero_point = 0;
+  int64_t axis = 0;  // per_channel_affine: one scale and zero point per index of sizes[axis]
+  std::vector<double> scales;
+  std::vector<int64_t> zero_points;
+};
+
 struct TensorEntry {
   std::string path;  // attribute path, e.g. "layer1.0.conv1.weight", "cache[2]"
   TensorKind kind = TensorKind::kParameter;
@@ -109,6 +120,7 @@ struct TensorEntry {
   uint64_t storage = 0;         // index into Manifest::storages
   uint64_t storage_offset = 0;  // in elements, as in torch
   bool requires_grad = false;   // as saved; unwrap ignores it, unpack restores it
+  Quantization quantization;    // for the quantized dtypes (qint8, quint8, qint32)
 };
 
 struct SkeletonEntry {
@@ -138,6 +150,7 @@ struct Manifest {
 // Bytes per element of a dtype name ("float32", "bfloat16", ...); 0 when the
 // name is unknown.
 size_t dtype_size(const std::string& dtype);
+bool is_quantized_dtype(const std::string& dtype);
 
 nlohmann::json manifest_to_json(const Manifest& m);
 
