@@ -1,4 +1,6 @@
 // zcwrap pack: TorchScript files -> blob + actor config.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -14,6 +16,33 @@
 
 namespace zcwrap::cli {
 namespace {
+
+// "writing  512.0 MiB / 1.0 GiB  812.3 MiB/s" on stderr, redrawn in place at
+// most ten times a second; only when stderr is a terminal.
+class ProgressBar {
+ public:
+  void update(uint64_t done, uint64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (first_done_ == kNone) {  // the rate counts from the first report, not from loading
+      first_done_ = done;
+      start_ = now;
+    }
+    if (done < total && now - last_ < std::chrono::milliseconds(100)) return;
+    last_ = now;
+    const double seconds = std::chrono::duration<double>(now - start_).count();
+    const double rate = seconds > 0 ? static_cast<double>(done - first_done_) / seconds : 0;
+    std::fprintf(stderr, "\rwriting  %s / %s  %s/s   ", human_bytes(done).c_str(), human_bytes(total).c_str(),
+                 human_bytes(static_cast<uint64_t>(rate)).c_str());
+    if (done >= total) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  static constexpr uint64_t kNone = UINT64_MAX;
+  uint64_t first_done_ = kNone;
+  std::chrono::steady_clock::time_point start_{};
+  std::chrono::steady_clock::time_point last_{};
+};
 
 struct PackArgs {
   std::string model_path;           // standalone MODEL.pt
@@ -65,6 +94,10 @@ int run_pack(const PackArgs& args) {
     }
   }
   const std::string config_path = args.config.empty() ? default_config_path(args.output) : args.config;
+  ProgressBar bar;
+  if (!args.quiet && !args.json && ::isatty(STDERR_FILENO)) {
+    options.progress = [&bar](uint64_t done, uint64_t total) { bar.update(done, total); };
+  }
   const ModelWrapper wrapper = ModelWrapper::pack_files(files, standalone, args.output, options);
   write_actor_config(wrapper.to_actor(), args.output, config_path);
 

@@ -93,7 +93,7 @@ ModelWrapper store(const detail::PreparedBlob& blob, const PackOptions& options)
     }
   }
   try {
-    detail::write_blob(blob, path);
+    detail::write_blob(blob, path, options.progress);
   } catch (const Error& e) {
     throw Error(e.code(), std::string(e.what()) +
                               "; set ZCWRAP_STORE to a folder with room for the blob if this one is full");
@@ -305,7 +305,7 @@ ModelWrapper ModelWrapper::pack_files(const std::vector<ModelFile>& models, bool
     inputs.push_back(detail::load_model_file(standalone ? options.standalone_name : file.name, file.path));
   }
   detail::PreparedBlob blob = detail::prepare_blob(inputs, standalone, options);
-  detail::write_blob(blob, blob_path);
+  detail::write_blob(blob, blob_path, options.progress);
   return wrapper_for(blob_path, blob);
 }
 

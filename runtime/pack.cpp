@@ -268,7 +268,9 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
   return blob;
 }
 
-void write_blob(const PreparedBlob& blob, const std::string& path) {
+void write_blob(const PreparedBlob& blob, const std::string& path,
+                const std::function<void(uint64_t, uint64_t)>& progress) {
+  constexpr uint64_t kChunk = 64ull << 20;  // progress granularity
   const format::Header& h = blob.header;
   AtomicFile file(path);
   const std::vector<uint8_t> header = format::encode_header(h);
@@ -281,10 +283,15 @@ void write_blob(const PreparedBlob& blob, const std::string& path) {
   for (size_t i = 0; i < blob.entries.size(); ++i) {
     const format::StorageEntry& e = blob.entries[i];
     file.write_zeros(e.offset - pos);
-    file.write(blob.storages[i].data_ptr().get(), e.nbytes);
+    const auto* bytes = static_cast<const uint8_t*>(blob.storages[i].data_ptr().get());
+    for (uint64_t done = 0; done < e.nbytes; done += kChunk) {
+      file.write(bytes + done, std::min(kChunk, e.nbytes - done));
+      if (progress) progress(e.offset + std::min(e.nbytes, done + kChunk), h.data_length);
+    }
     pos = e.offset + e.nbytes;
   }
   file.commit();
+  if (progress) progress(h.data_length, h.data_length);
 }
 
 }  // namespace zcwrap::detail

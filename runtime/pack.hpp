@@ -41,7 +41,9 @@ PackInput load_model_file(const std::string& name, const std::string& path);
 PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
                           const PackOptions& options);
 
-// Writes the blob atomically to `path`. Throws Error(kWrite).
-void write_blob(const PreparedBlob& blob, const std::string& path);
+// Writes the blob atomically to `path`, reporting the data section's bytes
+// to `progress` when set. Throws Error(kWrite).
+void write_blob(const PreparedBlob& blob, const std::string& path,
+                const std::function<void(uint64_t, uint64_t)>& progress = {});
 
 }  // namespace zcwrap::detail

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -30,6 +31,9 @@ struct PackOptions {
   std::string store_dir;
   /// Name of a standalone model (pack_files with standalone = true, from_model).
   std::string standalone_name = "model";
+  /// Called from the packing thread as the data section is written: bytes
+  /// written so far and in all (at least once, at the end). Empty: no calls.
+  std::function<void(uint64_t done, uint64_t total)> progress;
 };
 
 /// How to warm the weights' pages at unwrap (cold start).
