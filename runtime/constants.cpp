@@ -59,7 +59,10 @@ size_t hoist_tensor_constants(const torch::jit::Module& root) {
         }
         const c10::IValue value = *torch::jit::toIValue(node->output());
         if (!value.isTensor() || !is_shareable(value.toTensor())) return;
-        const std::string name = kHoistedPrefix + std::to_string(count++);
+        std::string name;
+        do {  // a user attribute could, in theory, have taken the name
+          name = kHoistedPrefix + std::to_string(count++);
+        } while (type->hasAttribute(name));
         instances.front().register_buffer(name, value.toTensor());
         for (size_t i = 1; i < instances.size(); ++i) instances[i]._ivalue()->setAttr(name, value);
         torch::jit::WithInsertPoint guard(node);

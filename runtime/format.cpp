@@ -252,6 +252,10 @@ std::vector<uint8_t> encode_header(const Header& h) {
 
 Header decode_header(const uint8_t* bytes, size_t size, uint64_t file_size,
                      const std::string& path) {
+  if (size >= kMagicFamilyLength && size < sizeof(kMagic) &&
+      std::memcmp(bytes, kMagic, kMagicFamilyLength) == 0) {
+    bad(path, "truncated header: file has " + u64s(size) + " bytes");
+  }
   if (size < sizeof(kMagic) || std::memcmp(bytes, kMagic, kMagicFamilyLength) != 0) {
     bad(path, "not a zcwrap blob (no ZCWRAP magic at offset 0)");
   }

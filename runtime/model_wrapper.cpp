@@ -323,6 +323,10 @@ ModelWrapper ModelWrapper::from_actor(const json& config) {
   ModelWrapper w;
   try {
     w.blob_path_ = detail::absolute_path(field("blob").get<std::string>());
+    const json& size = field("blob_size");
+    if (!size.is_number_integer() || (!size.is_number_unsigned() && size.get<int64_t>() < 0)) {
+      bad_config("blob_size is not a non-negative integer");
+    }
     w.blob_size_ = field("blob_size").get<uint64_t>();
     if (!format::parse_hex64(field("meta_checksum").get<std::string>(), &w.meta_checksum_)) {
       bad_config("meta_checksum is not 16 lower-case hex digits");
