@@ -300,11 +300,21 @@ ModelWrapper ModelWrapper::from_pipeline(
 
 ModelWrapper ModelWrapper::pack_files(const std::vector<ModelFile>& models, bool standalone,
                                       const std::string& blob_path, const PackOptions& options) {
-  std::vector<detail::PackInput> inputs;
-  for (const ModelFile& file : models) {
-    inputs.push_back(detail::load_model_file(standalone ? options.standalone_name : file.name, file.path));
-  }
+  auto load_all = [&](bool mapped) {
+    std::vector<detail::PackInput> inputs;
+    for (const ModelFile& file : models) {
+      inputs.push_back(detail::load_model_file(standalone ? options.standalone_name : file.name, file.path, mapped));
+    }
+    return inputs;
+  };
+  std::vector<detail::PackInput> inputs = load_all(/*mapped=*/true);
   detail::PreparedBlob blob = detail::prepare_blob(inputs, standalone, options);
+  if (blob.unshared_bytes > 0) {
+    // Something stayed in a skeleton: it must hold real bytes, not the tags
+    // the mapped load leaves in storages it does not reach. Load normally.
+    inputs = load_all(/*mapped=*/false);
+    blob = detail::prepare_blob(inputs, standalone, options);
+  }
   detail::write_blob(blob, blob_path, options.progress);
   return wrapper_for(blob_path, blob);
 }

@@ -15,6 +15,7 @@
 #include <zstd.h>
 
 #include "constants.hpp"
+#include "mapped_load.hpp"
 #include "torch_util.hpp"
 #include "zcwrap/internal/file_util.hpp"
 #include "zcwrap/error.hpp"
@@ -129,7 +130,7 @@ std::string compress(const std::string& raw, const std::string& origin) {
 
 }  // namespace
 
-PackInput load_model_file(const std::string& name, const std::string& path) {
+PackInput load_model_file(const std::string& name, const std::string& path, bool mapped) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
@@ -158,7 +159,9 @@ PackInput load_model_file(const std::string& name, const std::string& path) {
                 path + ": not a TorchScript archive (" + first_line(e) + ")");
   }
   try {
-    input.module = torch::jit::load(path, at::kCPU, input.extra_files);
+    std::optional<torch::jit::Module> module;
+    if (mapped) module = load_mapped(path, input.extra_files);
+    input.module = module ? *module : torch::jit::load(path, at::kCPU, input.extra_files);
   } catch (const std::exception& e) {
     throw Error(ErrorCode::kBadModel, path + ": cannot load the TorchScript module: " + first_line(e));
   }
@@ -188,6 +191,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
     }
   }
 
+  PreparedBlob blob;
   StoragePlan plan;
   format::Manifest manifest;
   manifest.producer = producer();
@@ -233,11 +237,11 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
     entry.skeleton.length = packed.size();
     entry.skeleton.raw_length = raw.size();
     entry.skeleton.unshared_bytes = unshared_bytes(raw);
+    blob.unshared_bytes += entry.skeleton.unshared_bytes;
     skeletons += packed;
     manifest.models.push_back(std::move(entry));
   }
 
-  PreparedBlob blob;
   const uint64_t data_length = plan.layout(alignment);
   manifest.storages = plan.entries();
   blob.manifest = format::manifest_to_json(manifest).dump();

@@ -28,12 +28,15 @@ struct PreparedBlob {
   std::vector<format::StorageEntry> entries;
   std::vector<std::string> names;
   bool standalone = false;
+  uint64_t unshared_bytes = 0;  // tensor bytes left in the skeletons, all models
 };
 
 // Loads a TorchScript file for packing, with its extra files. Throws
 // Error(kInput) when unreadable, Error(kBadModel) with a hint for an eager
 // torch.save pickle or anything else that is not TorchScript.
-PackInput load_model_file(const std::string& name, const std::string& path);
+// With `mapped`, tensors point into a read-only mapping of the file where
+// possible (mapped_load.hpp) instead of being read into memory.
+PackInput load_model_file(const std::string& name, const std::string& path, bool mapped = false);
 
 // Moves every shareable tensor of `models` into the data-section plan and
 // replaces it with an empty placeholder: the modules are changed, so pass

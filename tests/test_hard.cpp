@@ -3,8 +3,12 @@
 // and unpack, the lossless way back to a .pt file.
 #include "torch_support.hpp"  // first: see there
 
+#include <optional>
+
 #include <caffe2/serialize/inline_container.h>
 #include <nlohmann/json.hpp>
+
+#include "mapped_load.hpp"
 
 using nlohmann::json;
 using zcwrap::ModelWrapper;
@@ -188,4 +192,25 @@ TEST_CASE("unpack of a pipeline needs --model; unknown names are refused") {
   back.eval();
   CHECK(test::bit_equal(test::reference_output(test::fixture("pipeline_b.pt"), "forward", test::fixture("pipeline_b_in.pt")),
                         test::call(back, "forward", test::load_inputs(test::fixture("pipeline_b_in.pt"))), &why));
+}
+
+TEST_CASE("pack's mapped load gives the same outputs as torch::jit::load, or declines the archive") {
+  for (const json& fx : test::fixtures_index()["models"]) {
+    const std::string name = fx["name"];
+    CAPTURE(name);
+    const std::string model_path = test::fixture(fx["file"]);
+    torch::jit::ExtraFilesMap extra;
+    std::optional<torch::jit::Module> mapped = zcwrap::detail::load_mapped(model_path, extra);
+    if (fx["kind"].get<std::string>().rfind("quantized", 0) == 0) {
+      CHECK_FALSE(mapped.has_value());  // loading them reads tensor values
+      continue;
+    }
+    REQUIRE(mapped.has_value());
+    mapped->eval();
+    const std::string input = test::fixture(fx["input"]);
+    std::string why;
+    CHECK_MESSAGE(test::bit_equal(test::reference_output(model_path, fx["method"], input),
+                                  test::call(*mapped, fx["method"], test::load_inputs(input)), &why),
+                  why);
+  }
 }

@@ -1,0 +1,177 @@
+// Loading a TorchScript file for packing without copying its tensors.
+//
+// torch::jit::load reads every tensor record into fresh memory and checks
+// its zip CRC on the way (on LibTorch 1.13 most of the load time of a large
+// model). The packer only needs the bytes once, to hash and write them. So:
+// LibTorch loads a copy of the archive whose tensor records are replaced by
+// 8-byte tags, and each storage is then pointed at its record's bytes in a
+// read-only mapping of the original file. Records are stored uncompressed by
+// every TorchScript writer; each one's zip local header is checked anyway.
+#include "mapped_load.hpp"
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include <caffe2/serialize/inline_container.h>
+
+#include "constants.hpp"
+#include "torch_util.hpp"
+#include "zcwrap/internal/file_util.hpp"
+
+namespace zcwrap::detail {
+namespace {
+
+constexpr size_t kTagSize = 8;
+
+uint32_t le32(const uint8_t* p) { return p[0] | p[1] << 8 | p[2] << 16 | uint32_t(p[3]) << 24; }
+uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
+
+uint64_t le64(const uint8_t* p) { return le32(p) | uint64_t(le32(p + 4)) << 32; }
+
+struct ZipEntry {
+  uint16_t method = 0;
+  uint64_t compressed = 0;
+  uint64_t size = 0;
+};
+
+// The zip central directory: name -> method and sizes. (TorchScript writers
+// set the data-descriptor flag, so local headers hold no sizes.) Every read
+// is bounds-checked; an archive it cannot read gives an empty map.
+std::map<std::string, ZipEntry> central_directory(const MappedRegion& file) {
+  std::map<std::string, ZipEntry> out;
+  const uint8_t* base = file.data();
+  const uint64_t n = file.size();
+  if (n < 22) return out;
+  uint64_t eocd = n - 22;
+  const uint64_t lowest = n > 22 + 65535 ? n - 22 - 65535 : 0;
+  while (le32(base + eocd) != 0x06054b50) {
+    if (eocd == lowest) return out;
+    --eocd;
+  }
+  uint64_t entries = le16(base + eocd + 10);
+  uint64_t cd = le32(base + eocd + 16);
+  if ((cd == 0xffffffffu || entries == 0xffff) && eocd >= 20 && le32(base + eocd - 20) == 0x07064b50) {
+    const uint64_t eocd64 = le64(base + eocd - 20 + 8);
+    if (eocd64 > n - 56 || le32(base + eocd64) != 0x06064b50) return out;
+    entries = le64(base + eocd64 + 32);
+    cd = le64(base + eocd64 + 48);
+  }
+  uint64_t pos = cd;
+  for (uint64_t i = 0; i < entries; ++i) {
+    if (pos > n - 46 || le32(base + pos) != 0x02014b50) return {};
+    ZipEntry e;
+    e.method = le16(base + pos + 10);
+    e.compressed = le32(base + pos + 20);
+    e.size = le32(base + pos + 24);
+    const uint16_t name_len = le16(base + pos + 28), extra_len = le16(base + pos + 30), comment_len = le16(base + pos + 32);
+    if (pos + 46 + name_len + extra_len > n) return {};
+    std::string name(reinterpret_cast<const char*>(base + pos + 46), name_len);
+    // Zip64: sizes that do not fit 32 bits are in extra field 0x0001, in order.
+    for (uint64_t x = pos + 46 + name_len; x + 4 <= pos + 46 + name_len + extra_len;) {
+      const uint16_t id = le16(base + x), len = le16(base + x + 2);
+      if (x + 4 + len > pos + 46 + name_len + extra_len) break;
+      if (id == 0x0001) {
+        uint64_t at = x + 4;
+        if (e.size == 0xffffffffu && at + 8 <= x + 4 + len) e.size = le64(base + at), at += 8;
+        if (e.compressed == 0xffffffffu && at + 8 <= x + 4 + len) e.compressed = le64(base + at);
+      }
+      x += 4 + len;
+    }
+    // Keyed by record name: the reader strips the "<archive>/" prefix too.
+    const size_t slash = name.find('/');
+    if (slash != std::string::npos) out.emplace(name.substr(slash + 1), e);
+    pos += 46 + name_len + extra_len + comment_len;
+  }
+  return out;
+}
+
+bool contains(const std::string& haystack, const char* needle) { return haystack.find(needle) != std::string::npos; }
+
+}  // namespace
+
+std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::jit::ExtraFilesMap& extra_files) {
+  auto file = std::make_shared<MappedRegion>(MappedRegion::map_file(path));
+  caffe2::serialize::PyTorchStreamReader reader(path);
+  const std::vector<std::string> records = reader.getAllRecords();
+
+  const std::map<std::string, ZipEntry> entries = central_directory(*file);
+  // The record's size if it is stored uncompressed inside the file, else 0.
+  auto stored_size = [&](const std::string& record, uint64_t offset) -> uint64_t {
+    auto it = entries.find(record);
+    if (it == entries.end() || offset > file->size()) return 0;
+    const ZipEntry& e = it->second;
+    return e.method == 0 && e.compressed == e.size && e.size <= file->size() - offset ? e.size : 0;
+  };
+
+  struct Record {
+    uint64_t offset;
+    uint64_t size;
+  };
+  std::vector<Record> tagged;
+  std::ostringstream copy;
+  caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t size) {
+    copy.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
+    return size;
+  });
+  writer.setMinVersion(reader.version());
+  for (const std::string& name : records) {
+    // The writer adds these itself.
+    if (name == "version" || name == ".data/version" || name == ".data/serialization_id") continue;
+    const bool tensor_record = name.rfind("data/", 0) == 0 || name.rfind("constants/", 0) == 0;
+    if (tensor_record) {
+      const uint64_t offset = reader.getRecordOffset(name);
+      const uint64_t size = stored_size(name, offset);
+      if (size >= kTagSize) {
+        uint64_t tag = tagged.size();
+        tagged.push_back({offset, size});
+        writer.writeRecord(name, &tag, sizeof(tag));
+        continue;
+      }
+    }
+    auto [data, size] = reader.getRecord(name);
+    const std::string bytes(static_cast<const char*>(data.get()), size);
+    // Archives whose loading reads tensor values (quantized tensors, custom
+    // classes such as packed parameters, __setstate__) would read tags.
+    if ((name == "data.pkl" || name == "constants.pkl") &&
+        (contains(bytes, "_rebuild_qtensor") || contains(bytes, "torch.classes") || contains(bytes, "_rebuild_sparse") ||
+         contains(bytes, "_rebuild_mkldnn"))) {
+      return std::nullopt;
+    }
+    if (name.rfind("code/", 0) == 0 && (contains(bytes, "__setstate__") || contains(bytes, "torch.classes"))) {
+      return std::nullopt;
+    }
+    writer.writeRecord(name, bytes.data(), bytes.size());
+  }
+  writer.writeEndOfFile();
+
+  std::istringstream in(copy.str());
+  torch::jit::Module module = torch::jit::load(in, at::kCPU, extra_files);
+  hoist_tensor_constants(module);
+
+  // Point every tagged storage at its record; any storage that does not hold
+  // a valid tag means the model is not what this path expects.
+  bool ok = true;
+  std::set<const void*> done;
+  rewrite_tensors(module, [&](const std::string&, format::TensorKind, const at::Tensor& t) {
+    c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
+    if (!done.insert(storage).second || storage->nbytes() < kTagSize) return t;
+    uint64_t tag = 0;
+    std::memcpy(&tag, storage->data(), sizeof(tag));
+    if (tag >= tagged.size() || tagged[tag].size != storage->nbytes()) {
+      ok = false;
+      return t;
+    }
+    auto* keep = new std::shared_ptr<MappedRegion>(file);
+    void* data = file->mutable_data() + tagged[tag].offset;
+    storage->set_data_ptr_noswap(c10::DataPtr(
+        data, keep, [](void* ctx) { delete static_cast<std::shared_ptr<MappedRegion>*>(ctx); }, c10::Device(c10::kCPU)));
+    return t;
+  });
+  if (!ok) return std::nullopt;
+  return module;
+}
+
+}  // namespace zcwrap::detail
