@@ -2,6 +2,8 @@
 // the zcwrap binary. See torch_support.hpp for the LibTorch ones.
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 #include <vector>
 
@@ -43,6 +45,23 @@ struct ProcessResult {
 
 // Runs argv[0] with the arguments and waits; captures stdout and stderr.
 ProcessResult run_process(const std::vector<std::string>& argv);
+
+// A child process whose stdin and stdout are pipes held here.
+struct Child {
+  pid_t pid = -1;
+  int in = -1;   // write end of its stdin
+  int out = -1;  // read end of its stdout
+};
+
+// Starts argv[0] with the arguments (stderr is inherited). Throws
+// std::runtime_error when it cannot be started.
+Child spawn_child(const std::vector<std::string>& argv);
+
+// One line from `fd`, without its newline ("" at end of file).
+std::string read_line(int fd);
+
+// Waits for `pid`: its exit status, or 128 + the signal that ended it.
+int wait_child(pid_t pid);
 
 std::string read_bytes(const std::string& path);
 void write_bytes(const std::string& path, const std::string& bytes);

@@ -4,7 +4,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,7 +14,6 @@
 
 #include <nlohmann/json.hpp>
 
-extern char** environ;
 
 using nlohmann::json;
 using zcwrap::Error;
@@ -73,46 +71,6 @@ int integrity_child(int argc, char** argv) {
 
 const bool registered = (test::child_main = &integrity_child, true);
 
-struct Child {
-  pid_t pid = -1;
-  int in = -1;   // its stdin
-  int out = -1;  // its stdout
-};
-
-Child spawn(const std::vector<std::string>& argv) {
-  int in[2], out[2];
-  REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
-  REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, in[0], 0);
-  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-  std::vector<char*> args;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  Child c;
-  REQUIRE(::posix_spawn(&c.pid, args[0], &actions, nullptr, args.data(), environ) == 0);
-  posix_spawn_file_actions_destroy(&actions);
-  ::close(in[0]);
-  ::close(out[1]);
-  c.in = in[1];
-  c.out = out[0];
-  return c;
-}
-
-std::string read_line(int fd) {
-  std::string line;
-  char ch;
-  while (::read(fd, &ch, 1) == 1 && ch != '\n') line += ch;
-  return line;
-}
-
-int wait_status(pid_t pid) {
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 // What a reader finds at `path`: "absent", "old" (byte-identical to `old`),
 // "new" (a complete blob that verifies), or "broken".
 std::string state_of(const std::string& path, const std::string& old) {
@@ -146,10 +104,11 @@ TEST_CASE("kill -9 at random points of zcwrap pack never leaves a partial blob t
   for (int trial = 0; trial < trials; ++trial) {
     test::write_bytes(dest, old);
     const long delay_us = static_cast<long>(rng() % static_cast<uint32_t>(full_us * 11 / 10));
-    Child c = spawn({test::zcwrap_bin(), "pack", "-q", test::fixture("resnet18_scripted.pt"), "-o", dest});
+    test::Child c =
+        test::spawn_child({test::zcwrap_bin(), "pack", "-q", test::fixture("resnet18_scripted.pt"), "-o", dest});
     std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
     ::kill(c.pid, SIGKILL);
-    wait_status(c.pid);
+    test::wait_child(c.pid);
     ::close(c.in);
     ::close(c.out);
     const std::string state = state_of(dest, old);
@@ -175,20 +134,20 @@ TEST_CASE("re-packing under 4 live workers: they keep the old weights, new worke
   const std::string blob = dir / "live.zcb";
   const std::string self = "/proc/self/exe";
   REQUIRE(test::run_process({test::zcwrap_bin(), "pack", "-q", test::fixture("transformer.pt"), "-o", blob}).status == 0);
-  std::vector<Child> workers;
+  std::vector<test::Child> workers;
   for (int i = 0; i < 4; ++i) {
-    workers.push_back(spawn({self, "--child", "infer", blob, test::fixture("transformer_in.pt")}));
+    workers.push_back(test::spawn_child({self, "--child", "infer", blob, test::fixture("transformer_in.pt")}));
   }
-  for (Child& w : workers) REQUIRE(read_line(w.out) == "ready");
+  for (test::Child& w : workers) REQUIRE(test::read_line(w.out) == "ready");
   for (int round = 0; round < 3; ++round) {
     const char* model = round % 2 == 0 ? "lstm.pt" : "many_params.pt";
     REQUIRE(test::run_process({test::zcwrap_bin(), "pack", "-q", test::fixture(model), "-o", blob}).status == 0);
   }
-  for (Child& w : workers) {
+  for (test::Child& w : workers) {
     ::close(w.in);
-    const std::string verdict = read_line(w.out);
+    const std::string verdict = test::read_line(w.out);
     CHECK_MESSAGE(verdict.rfind("ok ", 0) == 0, verdict);
-    CHECK(wait_status(w.pid) == 0);  // no SIGBUS
+    CHECK(test::wait_child(w.pid) == 0);  // no SIGBUS
     ::close(w.out);
   }
   // A worker started now sees the last blob packed (lstm).

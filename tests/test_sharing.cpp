@@ -4,7 +4,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,7 +11,6 @@
 #include <iostream>
 #include <sstream>
 
-extern char** environ;
 
 namespace test = zcwrap::test;
 
@@ -38,41 +36,6 @@ int sharing_child(int argc, char** argv) {
 }
 
 const bool registered = (test::child_main = &sharing_child, true);
-
-struct Child {
-  pid_t pid = -1;
-  int to_child = -1;
-  int from_child = -1;
-};
-
-Child start_child(const std::string& blob) {
-  int in[2], out[2];
-  REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
-  REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, in[0], 0);
-  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-  posix_spawn_file_actions_addclose(&actions, in[1]);
-  posix_spawn_file_actions_addclose(&actions, out[0]);
-  std::string self = "/proc/self/exe";
-  std::vector<char*> args = {self.data(), const_cast<char*>("--child"), const_cast<char*>(blob.c_str()), nullptr};
-  Child c;
-  REQUIRE(::posix_spawn(&c.pid, "/proc/self/exe", &actions, nullptr, args.data(), environ) == 0);
-  posix_spawn_file_actions_destroy(&actions);
-  ::close(in[0]);
-  ::close(out[1]);
-  c.to_child = in[1];
-  c.from_child = out[0];
-  return c;
-}
-
-std::string read_line(int fd) {
-  std::string line;
-  char ch;
-  while (::read(fd, &ch, 1) == 1 && ch != '\n') line += ch;
-  return line;
-}
 
 // Rss and Pss (kB) of the child's mapping of `blob`, from /proc/PID/smaps.
 std::pair<long, long> mapping_memory(pid_t pid, const std::string& blob) {
@@ -105,10 +68,11 @@ TEST_CASE("two processes that unwrap one blob share its pages") {
   zcwrap::ModelWrapper::pack_files({{"m", test::fixture("resnet18_scripted.pt")}}, true, blob);
   const long weights_kb = static_cast<long>(zcwrap::describe(blob)["storages"]["bytes"].get<uint64_t>() / 1024);
 
-  Child a = start_child(blob);
-  Child b = start_child(blob);
-  CHECK(read_line(a.from_child) == "ready ok");
-  CHECK(read_line(b.from_child) == "ready ok");
+  const std::vector<std::string> child = {"/proc/self/exe", "--child", blob};
+  test::Child a = test::spawn_child(child);
+  test::Child b = test::spawn_child(child);
+  CHECK(test::read_line(a.out) == "ready ok");
+  CHECK(test::read_line(b.out) == "ready ok");
   const auto [rss_a, pss_a] = mapping_memory(a.pid, blob);
   const auto [rss_b, pss_b] = mapping_memory(b.pid, blob);
   MESSAGE("weights " << weights_kb << " kB; child A maps Rss " << rss_a << " kB Pss " << pss_a << " kB; child B Rss "
@@ -121,12 +85,9 @@ TEST_CASE("two processes that unwrap one blob share its pages") {
   CHECK(pss_a + pss_b <= rss_a * 11 / 10);
   CHECK(pss_a <= rss_a * 6 / 10);
 
-  for (Child* c : {&a, &b}) {
-    ::close(c->to_child);
-    int status = 0;
-    ::waitpid(c->pid, &status, 0);
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
-    ::close(c->from_child);
+  for (test::Child* c : {&a, &b}) {
+    ::close(c->in);
+    CHECK(test::wait_child(c->pid) == 0);
+    ::close(c->out);
   }
 }
