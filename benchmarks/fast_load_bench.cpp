@@ -377,7 +377,9 @@ int main(int argc, char** argv) {
   CLI::App app("fast_load_bench: GB/s of zcwrap's fast load to CUDA vs pinned cudaMemcpy and the per-storage path",
                "fast_load_bench");
   app.add_option("--sizes-gib", args.sizes_gib, "Blob sizes to measure, in GiB")->delimiter(',')->capture_default_str();
-  app.add_option("--reps", args.reps, "Timed repetitions after the first")->check(CLI::Range(1, 100))->capture_default_str();
+  app.add_option("--reps", args.reps, "Timed repetitions after the first")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
   app.add_option("--device", args.device, "CUDA device")->capture_default_str();
   app.add_option("--dir", args.dir, "Folder for the blobs (default /dev/shm when it has room, else /tmp)");
   app.add_option("--json", args.json_path, "Also write the results as JSON here");

@@ -6,8 +6,8 @@ Usage: make_models.py OUTDIR [--only NAME ...]
 Writes, each with a NAME_in.pt input (torch.save'd tensor), skipping files
 that already exist:
   stack_1g.pt     16 x Linear(4096, 4096), scripted: 1.00 GiB of float32
-  stack_1m.pt     16 x Linear(128, 128), the same code: 1.03 MiB
-  resnet50.pt     torchvision resnet50, scripted: 97.8 MiB
+  stack_1m.pt     16 x Linear(128, 128), the same code: 1.0 MiB
+  resnet50.pt     torchvision resnet50, scripted: 97.9 MiB
   transformer.pt  6-layer nn.TransformerEncoder (d_model 512, 8 heads, FF
                   2048), scripted: 72 MiB
 

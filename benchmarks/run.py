@@ -80,6 +80,13 @@ def machine(zcwrap, out):
     return info
 
 
+def read_whole(path):
+    """Reads a file once, so the page cache holds all of it."""
+    with open(path, "rb", buffering=0) as f:
+        while f.read(16 * MIB):
+            pass
+
+
 def drop_all_caches():
     subprocess.run(["sync"], check=True)
     with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -167,10 +174,13 @@ def p2(b, runs, workers):
             "zc_over_budget": big["median"]["zc_pss_sum"] / budget}
 
 
+ARCHITECTURES = ("resnet50", "transformer")
+
+
 def architectures(b, runs, workers):
     log(f"Real architectures, {workers} workers")
     return {name: sharing(b, f"{name}.actor.json", f"{name}.pt", f"{name}_in.pt", runs, workers)
-            for name in ("resnet50", "transformer")}
+            for name in ARCHITECTURES}
 
 
 # --- Cold start ------------------------------------------------------------
@@ -181,33 +191,52 @@ def cold_start(b, runs, drop_caches):
     for blob in ("stack_1g", "stack_1g_2m"):
         modes = ("none", "willneed", "populate", "lock") if blob == "stack_1g" else ("none", "populate")
         for mode in modes:
-            for cache in ("warm", "cold", "dropped") if drop_caches and mode in ("none", "populate") and \
-                    blob == "stack_1g" else ("warm", "cold"):
-                cases.append((blob, mode, cache))
+            # "cold" follows "warm", "cold-again" follows "cold": on a VM that
+            # returns freed guest memory to its host (virtio-balloon free
+            # page reporting), the first cold read after evicting a warm
+            # file also pays for the host backing that memory again.
+            caches = ["warm", "cold", "cold-again"]
+            if drop_caches and mode in ("none", "populate") and blob == "stack_1g":
+                caches.append("dropped")
+            cases += [(blob, mode, cache) for cache in caches]
     results = {}
     for run in range(runs):
-        for blob, mode, cache in cases:
+        # Each run starts at another case, so whatever one case leaves
+        # behind (freed memory, fragmentation) does not always precede the
+        # same next case.
+        shift = run * len(cases) // runs
+        for blob, mode, cache in cases[shift:] + cases[:shift]:
             args = ["--workers", "1", "--input", b.path("stack_1g_in.pt"), "--calls", "2", "--prefetch", mode]
+            files = [b.path(f"{blob}.zcb")]
             if mode == "none" and blob == "stack_1g":
                 args += ["--baseline", b.path("stack_1g.pt")]
-            if cache != "warm":
+                files.append(b.path("stack_1g.pt"))
+            if cache == "warm":
+                # The "dropped" cases empty the whole page cache: warm means
+                # read just before.
+                for f in files:
+                    read_whole(f)
+            else:
                 args.append("--cold")
             if cache == "dropped":
                 drop_all_caches()
             r = b.run(f"{blob}.actor.json", *args)
             w = r["zcwrap"]["workers"][0]
-            row = {"load_ms": w["load_ms"], "first_call_ms": w["first_call_ms"], "call_ms": w["call_ms"],
+            row = {"run": run, "load_ms": w["load_ms"], "first_call_ms": w["first_call_ms"], "call_ms": w["call_ms"],
                    "first_result_ms": w["load_ms"] + w["first_call_ms"],
                    "cached_before": r["zcwrap"]["page_cache_before"],
                    "file_pmd_mapped": w["blob_mapping"]["file_pmd_mapped"], "warnings": r["warnings"]}
             if r["baseline"]:
                 bw = r["baseline"]["workers"][0]
                 row.update({"jit_load_ms": bw["load_ms"], "jit_first_call_ms": bw["first_call_ms"],
-                            "jit_first_result_ms": bw["load_ms"] + bw["first_call_ms"]})
+                            "jit_first_result_ms": bw["load_ms"] + bw["first_call_ms"],
+                            "jit_cached_before": r["baseline"]["page_cache_before"]})
             results.setdefault(f"{blob}/{mode}/{cache}", []).append(row)
     summary = {}
     for key, rows in results.items():
-        summary[key] = {k: median([r[k] for r in rows]) for k in rows[0] if k != "warnings"}
+        summary[key] = {k: median([r[k] for r in rows]) for k in rows[0] if k not in ("warnings", "run")}
+        summary[key]["first_result_min_ms"] = min(r["first_result_ms"] for r in rows)
+        summary[key]["first_result_max_ms"] = max(r["first_result_ms"] for r in rows)
         summary[key]["warnings"] = sorted({w for r in rows for w in r["warnings"]})
     return {"runs": results, "median": summary}
 
@@ -226,11 +255,16 @@ def markdown(res):
     m = res["machine"]
     out = []
     out.append(f"Machine: {m['nproc']} cores ({m['cpu']}), {m['mem_gib']} GiB, Linux {m['kernel']}, "
-               f"{m['filesystem']} for the models; {m['zcwrap']}; {'; '.join(m['packages'])}. "
-               f"Load average {res['loadavg_start']:.1f} at the start, {res['loadavg_end']:.1f} at the end; "
-               f"{res['minutes']:.1f} minutes in all.\n")
+               f"{m['filesystem']} for the models; {m['zcwrap']}; {'; '.join(m['packages'])}.\n")
+    out.append("| part | when | minutes | load average at start, end |")
+    out.append("| --- | --- | ---: | --- |")
+    for name in PARTS:
+        part = res[name]
+        out.append(f"| {name} | {part['date']} | {part['minutes']:.1f} | {part['loadavg'][0]:.1f}, "
+                   f"{part['loadavg'][1]:.1f} |")
+    out.append("")
     p1_ = res["p1"]
-    out.append("### P1 unwrap latency\n")
+    out.append("### P1 unwrap latency (6 workers per group)\n")
     out.append("| | torch::jit::load 1 GiB | unwrap 1 GiB | unwrap 1 MiB | load / unwrap (goal >= 150) "
                "| unwrap 1 GiB / 1 MiB (goal <= 1.1) |")
     out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -250,7 +284,7 @@ def markdown(res):
                "| summed PSS torch::jit::load | zcwrap / jit::load |")
     out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = [("16 x Linear(4096) (1 GiB)", big), ("16 x Linear(128) (1 MiB)", p2_["stack_1m"]["median"])]
-    rows += [(name, a["median"]) for name, a in res["architectures"].items()]
+    rows += [(name, res["arch"][name]["median"]) for name in ARCHITECTURES]
     for name, r in rows:
         out.append(f"| {name} | {fmt_b(r['weight_bytes'])} | {fmt_b(r['zc_pss_sum'])} | {fmt_b(r['blob_pss_sum'])} "
                    f"| {fmt_b(r['other_pss_per_worker'])} | {fmt_b(r['base_pss_sum'])} | {r['pss_ratio']:.3f} |")
@@ -276,20 +310,24 @@ def markdown(res):
                f"| **{p3_['pack_over_cp']:.1f}** | {p3_['pack_over_cp_sync']:.1f} |")
     out.append("")
     out.append("### Cold start (1 GiB model, one worker, 1 thread)\n")
-    out.append("| blob | prefetch | page cache | unwrap | first call | first result | second call "
+    out.append("| blob | prefetch | page cache | unwrap | first call | first result (min-max) | second call "
                "| FilePmdMapped | torch::jit::load + first call |")
     out.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for key, r in res["cold_start"]["median"].items():
+    for key, r in res["cold"]["median"].items():
         blob, mode, cache = key.split("/")
         blob_text = "4 KiB aligned" if blob == "stack_1g" else "2 MiB aligned"
         jit = f"{fmt_ms(r['jit_first_result_ms'])} ms" if "jit_first_result_ms" in r else ""
         out.append(f"| {blob_text} | {mode} | {cache} | {fmt_ms(r['load_ms'])} ms | {fmt_ms(r['first_call_ms'])} ms "
-                   f"| **{fmt_ms(r['first_result_ms'])} ms** | {fmt_ms(r['call_ms'])} ms "
+                   f"| **{fmt_ms(r['first_result_ms'])} ms** ({fmt_ms(r['first_result_min_ms'])}-"
+                   f"{fmt_ms(r['first_result_max_ms'])}) | {fmt_ms(r['call_ms'])} ms "
                    f"| {fmt_b(r['file_pmd_mapped'])} | {jit} |")
-    warnings = sorted({w for r in res["cold_start"]["median"].values() for w in r["warnings"]})
+    warnings = sorted({w for r in res["cold"]["median"].values() for w in r["warnings"]})
     if warnings:
         out.append("\nWarnings: " + "; ".join(warnings))
     return "\n".join(out) + "\n"
+
+
+PARTS = ("p3", "p1", "p2", "arch", "cold")
 
 
 def main():
@@ -298,34 +336,48 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", type=int, default=5, help="runs of P1 and P3 [5]")
     ap.add_argument("--slow-runs", type=int, default=3, help="runs of P2, architectures and cold start [3]")
-    ap.add_argument("--only", nargs="*", default=["p3", "p1", "p2", "arch", "cold"],
-                    help="parts to run (p3 first: it packs the 1 GiB blob)")
+    ap.add_argument("--only", nargs="*", choices=PARTS, default=list(PARTS),
+                    help="parts to run; the others are kept from an earlier results.json")
+    ap.add_argument("--report-only", action="store_true", help="rewrite results.md from results.json")
     args = ap.parse_args()
     b = Bench(os.path.abspath(args.zcwrap), os.path.abspath(args.out))
-    start = time.time()
-    res = {"machine": machine(b.zcwrap, b.out), "loadavg_start": loadavg(), "workers_p2": 8}
+    results_path = b.path("results.json")
+    if args.report_only:
+        args.only = []
+    res = {}
+    if set(args.only) != set(PARTS) and os.path.exists(results_path):
+        with open(results_path) as f:
+            res = json.load(f)
+    res["machine"] = machine(b.zcwrap, b.out)
+    res["workers_p2"] = 8
     log("machine:", json.dumps(res["machine"]))
-    if "p3" in args.only or not os.path.exists(b.path("stack_1g.zcb")):
-        res["p3"] = p3(b, args.runs)
-    pack_others(b)
-    if "p1" in args.only:
-        res["p1"] = p1(b, args.runs, 4)
-    if "p2" in args.only:
-        res["p2"] = p2(b, args.slow_runs, res["workers_p2"])
-    if "arch" in args.only:
-        res["architectures"] = architectures(b, args.slow_runs, res["workers_p2"])
-    if "cold" in args.only:
-        res["cold_start"] = cold_start(b, args.slow_runs, res["machine"]["drop_caches_permitted"])
-    res["loadavg_end"] = loadavg()
-    res["minutes"] = (time.time() - start) / 60
-    with open(b.path("results.json"), "w") as f:
+    if not os.path.exists(b.path("stack_1g.zcb")) and "p3" not in args.only:
+        args.only.insert(0, "p3")  # it packs the 1 GiB blob
+    parts = {"p3": lambda: p3(b, args.runs),
+             "p1": lambda: p1(b, args.runs, 6),
+             "p2": lambda: p2(b, args.slow_runs, res["workers_p2"]),
+             "arch": lambda: architectures(b, args.slow_runs, res["workers_p2"]),
+             "cold": lambda: cold_start(b, args.slow_runs, res["machine"]["drop_caches_permitted"])}
+    packed = False
+    for name in PARTS:
+        if name not in args.only:
+            continue
+        if name != "p3" and not packed:
+            pack_others(b)
+            packed = True
+        start, load = time.time(), loadavg()
+        res[name] = parts[name]()
+        res[name]["loadavg"] = [load, loadavg()]
+        res[name]["minutes"] = (time.time() - start) / 60
+        res[name]["date"] = time.strftime("%Y-%m-%d %H:%M")
+    with open(results_path, "w") as f:
         json.dump(res, f, indent=1)
-    if all(k in res for k in ("p1", "p2", "p3", "architectures", "cold_start")):
+    if all(name in res for name in PARTS):
         text = markdown(res)
         with open(b.path("results.md"), "w") as f:
             f.write(text)
         print(text)
-    log(f"wrote {b.path('results.json')} ({res['minutes']:.1f} min)")
+    log(f"wrote {results_path}")
     return 0
 
 

@@ -6,7 +6,7 @@
 // arguments:
 //   --actor JSON                 zcwrap: ModelWrapper::from_actor(JSON).unwrap(options)
 //   --load NAME=PATH ...         baseline: torch::jit::load of each file, in order
-//   --device DEV --prefetch P --threads T --calls K [--warm-up]
+//   --device DEV --prefetch P --threads T --calls K [--warm-up] [--fast-load]
 //   [--input IN.pt [--model NAME]]
 // The worker loads, runs K calls when given an input (each model in order,
 // fed the previous one's output, or only --model), reads one byte of every

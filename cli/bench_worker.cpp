@@ -37,6 +37,7 @@ struct WorkerArgs {
   std::string model;
   std::string device = "cpu";
   Prefetch prefetch = Prefetch::kNone;
+  bool fast_load = false;
   int threads = 1;
   int calls = 1;
   bool warm_up = false;
@@ -170,6 +171,7 @@ void serve(const WorkerArgs& args) {
     UnwrapOptions options;
     options.device = args.device;
     options.prefetch = args.prefetch;
+    options.use_fast_load = args.fast_load;
     const auto start = Clock::now();
     unwrapped = ModelWrapper::from_actor(config).unwrap(options);
     load_ms = ms_since(start);
@@ -265,6 +267,7 @@ void setup_bench_worker(CLI::App& app, int& status) {
   cmd->add_option("--model", args->model);
   cmd->add_option("--device", args->device);
   add_prefetch_option(cmd, &args->prefetch);
+  cmd->add_flag("--fast-load", args->fast_load);
   cmd->add_option("--threads", args->threads)->check(CLI::Range(1, 1024));
   cmd->add_option("--calls", args->calls)->check(CLI::Range(1, 1000000));
   cmd->add_flag("--warm-up", args->warm_up);

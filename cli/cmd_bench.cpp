@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -22,6 +24,7 @@
 #include "common.hpp"
 #include "proc_memory.hpp"
 #include "worker_process.hpp"
+#include "zcwrap/internal/file_util.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {
@@ -38,6 +41,7 @@ struct BenchArgs {
   std::string model;
   std::string device = "cpu";
   Prefetch prefetch = Prefetch::kNone;
+  bool fast_load = false;
   int threads = 1;
   int calls = 1;
   bool cold = false;
@@ -346,6 +350,7 @@ int run_bench(const BenchArgs& args) {
   // open() names the blob by its absolute path: workers may run anywhere.
   std::vector<std::string> zc_args = {kBenchWorkerCommand, "--actor", wrapper.to_actor().dump(), "--prefetch",
                                       prefetch_name(args.prefetch)};
+  if (args.fast_load) zc_args.push_back("--fast-load");
   zc_args.insert(zc_args.end(), common.begin(), common.end());
   std::vector<std::string> base_args, base_files;
   if (!args.baseline.empty()) {
@@ -386,6 +391,7 @@ int run_bench(const BenchArgs& args) {
                 {"calls", args.calls},
                 {"prefetch", prefetch_name(args.prefetch)},
                 {"device", args.device},
+                {"fast_load", args.fast_load},
                 {"input", args.input.empty() ? json(nullptr) : json(args.input)},
                 {"model", args.model.empty() ? json(nullptr) : json(args.model)},
                 {"cold", args.cold},
@@ -416,7 +422,7 @@ int run_bench(const BenchArgs& args) {
                 args.threads == 1 ? "" : "s", args.device.c_str(), prefetch_name(args.prefetch),
                 args.cold ? ", page cache emptied of the model files first (--cold)" : "",
                 args.warm_up ? ", LibTorch warmed up before the timed load" : "");
-    std::printf("load      zcwrap: from_actor(config).unwrap()%s\n",
+    std::printf("load      zcwrap: from_actor(config).unwrap()%s%s\n", args.fast_load ? " with fast load" : "",
                 base ? ("; torch::jit::load: " + join(base_files)).c_str() : "");
     std::printf("call      %s\n", args.input.empty()
                                       ? "none (no --input)"
@@ -485,6 +491,8 @@ void setup_bench(CLI::App& app, int& status) {
       ->type_name("DEV")
       ->capture_default_str();
   add_prefetch_option(cmd, &args->prefetch);
+  cmd->add_flag("--fast-load", args->fast_load,
+                "zcwrap workers on cuda:N: one device buffer streamed through pinned memory (needs -Dcuda)");
   cmd->add_option("--threads", args->threads, "LibTorch intra-op threads per worker")
       ->check(CLI::Range(1, 1024).description(""))
       ->type_name("N")

@@ -223,8 +223,9 @@ int drive(const DriveOptions& options) {
                                                                    : "all " + std::to_string(reports.size()) + " workers";
   std::printf("\noutputs: bit-equal in %s (FNV-1a %s)\n", all.c_str(), checksum.c_str());
   std::printf("memory, and a comparison with torch::jit::load: zcwrap bench %s --workers %d --input %s "
-              "--baseline ORIGINAL.pt\n",
-              options.config.c_str(), options.workers, options.input.c_str());
+              "--baseline %s\n",
+              options.config.c_str(), options.workers, options.input.c_str(),
+              names.size() == 1 ? "ORIGINAL.pt" : "NAME=ORIGINAL.pt (once per model)");
   return 0;
 }
 

@@ -12,7 +12,7 @@
 #
 # Usage: bash scripts/gpu-check.sh [--quick]     --quick: the 1 GiB blob only
 # Environment: PYTHON (python3), ZCWRAP_GPU_BUILD (build-gpu), and for a dry
-# run without a pip torch: ZCWRAP_TORCH_DIR, ZCWRAP_CUDART,
+# run without a pip torch: ZCWRAP_TORCH_DIR, ZCWRAP_CUDART, ZCWRAP_CUDA_INCLUDE,
 # ZCWRAP_PKG_CONFIG_LITE=1 (use scripts/pkg-config-lite.py even if there is a
 # pkg-config).
 set -euo pipefail
@@ -25,7 +25,9 @@ exec > >(tee -a "$OUT/gpu-check.log") 2>&1
 
 PY=${PYTHON:-python3}
 DEPS=$ROOT/.deps
-LOCAL=$DEPS/local  # made here on each run: .pc files, library links, CUDA prefix
+# Made on each run: .pc files, library links, the CUDA prefix. Outside the
+# source tree, where Meson refuses include folders given by absolute path.
+LOCAL=${ZCWRAP_GPU_LOCAL:-${TMPDIR:-/tmp}/zcwrap-gpu-check}
 BUILD=${ZCWRAP_GPU_BUILD:-build-gpu}
 SIZES=1,8
 if [[ ${1:-} == --quick ]]; then SIZES=1; fi
@@ -42,16 +44,19 @@ die() {
 }
 
 [[ -d $DEPS/usr/include ]] || die ".deps/ is missing: run scripts/fetch-gpu-deps.sh on the Debian machine and carry .deps"
-for tool in meson ninja c++ "$PY"; do
+if [[ -z ${CXX:-} ]] && ! command -v c++ >/dev/null && command -v g++ >/dev/null; then export CXX=g++; fi
+for tool in meson ninja "${CXX:-c++}" "$PY"; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
+# tests/meson.build names it (to make fixtures, not needed here: they are carried).
+[[ -x /usr/bin/python3 ]] || die "/usr/bin/python3 is missing, and tests/meson.build looks for it"
 
 section "Machine"
 nvidia-smi --query-gpu=index,name,driver_version,memory.total,pcie.link.gen.max,pcie.link.width.max \
   --format=csv 2>&1 | tee "$OUT/gpu.csv" || echo "nvidia-smi failed"
 uname -a
 echo "cores: $(nproc), memory: $(free -g | awk '/Mem:/ {print $2}') GiB, /dev/shm free: $(df -h /dev/shm | awk 'NR==2 {print $4}')"
-c++ --version | head -1
+"${CXX:-c++}" --version | head -1
 meson --version
 # What the build needs to know about this torch, as shell assignments.
 "$PY" - >"$OUT/torch.env" <<'EOF'
@@ -99,16 +104,23 @@ mkdir -p "$LOCAL/lib" "$LOCAL/pkgconfig" "$LOCAL/bin" "$LOCAL/cuda/lib"
 # CUDA: the runtime torch loaded, and headers of the same major version:
 # beside it (nvidia pip packages), the toolkit's, or the ones carried.
 ln -s "$CUDART" "$LOCAL/cuda/lib/libcudart.so"
-ln -s "$CUDART" "$LOCAL/cuda/lib/$(basename "$CUDART")"
-cuda_include=""
-for dir in "$(dirname "$CUDART")/../include" /usr/local/cuda/include "$DEPS/cuda/include"; do
-  if [[ -f $dir/cuda_runtime_api.h ]]; then
-    cuda_include=$(cd "$dir" && pwd)
-    break
-  fi
-done
-[[ -n $cuda_include ]] || die "no cuda_runtime_api.h beside $CUDART, in /usr/local/cuda or in .deps/cuda"
-ln -s "$cuda_include" "$LOCAL/cuda/include"
+if [[ $(basename "$CUDART") != libcudart.so ]]; then ln -s "$CUDART" "$LOCAL/cuda/lib/$(basename "$CUDART")"; fi
+cudart_major=$(basename "$CUDART" | sed -n 's/^libcudart\.so\.\([0-9]*\).*/\1/p')
+cuda_include=${ZCWRAP_CUDA_INCLUDE:-}
+if [[ -z $cuda_include ]]; then
+  for dir in "$(dirname "$CUDART")/../include" /usr/local/cuda/include "$DEPS/cuda/include"; do
+    [[ -f $dir/cuda_runtime_api.h && -f $dir/cuda.h ]] || continue
+    version=$(sed -n 's/^#define CUDART_VERSION *\([0-9]*\).*/\1/p' "$dir/cuda_runtime_api.h")
+    # Headers of the runtime's major version; else the first complete set.
+    if [[ -z $cuda_include ]]; then cuda_include=$(cd "$dir" && pwd); fi
+    if ((${version:-0} / 1000 == ${cudart_major:-0})); then
+      cuda_include=$(cd "$dir" && pwd)
+      break
+    fi
+  done
+fi
+[[ -n $cuda_include ]] || die "no cuda_runtime_api.h and cuda.h beside $CUDART, in /usr/local/cuda or in .deps/cuda"
+cp -rL "$cuda_include" "$LOCAL/cuda/include"
 echo "libcudart: $CUDART"
 echo "CUDA headers: $cuda_include ($(grep -m1 -o 'CUDART_VERSION *[0-9]*' "$cuda_include/cuda_runtime_api.h" || true))"
 # zstd and xxhash: the system's shared libraries when it has them, else the
@@ -165,9 +177,11 @@ if grep -qs "C++20 or later" "$TORCH_DIR/include/c10/macros/Macros.h" "$TORCH_DI
   "$TORCH_DIR/include/torch/csrc/api/include/torch/all.h"; then
   std=c++20
 fi
-setup=(setup "$BUILD" -Dtorch_prefix="$TORCH_DIR" -Dcuda=enabled -Dcuda_prefix="$LOCAL/cuda"
-       -Dsamples=disabled -Dcpp_std="$std" -Dcpp_args="$cpp_args" -Dcpp_link_args="$link_args")
+setup=(setup "$BUILD" -Dtorch_prefix="$TORCH_DIR" -Dcuda=enabled -Dcudart_prefix="$LOCAL/cuda"
+       -Dpkg_config_path="$LOCAL/pkgconfig" -Dsamples=disabled -Dcpp_std="$std" -Dcpp_args="$cpp_args" -Dcpp_link_args="$link_args")
 if [[ -f $BUILD/meson-private/coredata.dat ]]; then
+  # Dependencies found before may point into an older $LOCAL.
+  show meson configure "$BUILD" --clearcache
   show meson "${setup[@]}" --reconfigure
 else
   show meson "${setup[@]}"
@@ -215,7 +229,7 @@ fi
 section "Summary"
 {
   echo "GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
-  echo "torch $TORCH_VERSION (CUDA $TORCH_CUDA), cxx11 ABI $TORCH_ABI, $(c++ --version | head -1)"
+  echo "torch $TORCH_VERSION (CUDA $TORCH_CUDA), cxx11 ABI $TORCH_ABI, $("${CXX:-c++}" --version | head -1)"
   echo "command: bash scripts/gpu-check.sh${1:+ $1}"
   grep -E '^\[doctest\] (test cases|assertions)' "$OUT/test_fast_load.log" || true
   echo
