@@ -9,6 +9,7 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "torch_io.hpp"
 #include "zcwrap/internal/file_util.hpp"
 #include "zcwrap/zcwrap.hpp"
 
@@ -25,40 +26,6 @@ struct RunArgs {
   bool fast_load = false;
   Prefetch prefetch = Prefetch::kNone;
 };
-
-// LibTorch's messages carry a C++ backtrace and, from the interpreter, a
-// TorchScript traceback; the user needs the last line, which says what failed.
-std::string torch_message(const std::exception& e) {
-  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
-  std::string text = c10_error ? c10_error->what_without_backtrace() : e.what();
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  const size_t nl = text.rfind('\n');
-  return nl == std::string::npos ? text : text.substr(nl + 1);
-}
-
-std::vector<c10::IValue> read_inputs(const std::string& path, const c10::Device& device) {
-  const std::string bytes = detail::read_file(path);
-  c10::IValue value;
-  try {
-    value = torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
-  } catch (const std::exception& e) {
-    throw Error(ErrorCode::kInput, path + ": not a tensor file written by torch.save (" + torch_message(e) + ")");
-  }
-  std::vector<c10::IValue> args;
-  if (value.isTuple()) {
-    for (const c10::IValue& v : value.toTupleRef().elements()) args.push_back(v);
-  } else {
-    args.push_back(value);
-  }
-  for (c10::IValue& v : args) {
-    if (!v.isTensor()) {
-      throw Error(ErrorCode::kInput, path + ": holds a " + v.tagKind() +
-                                         "; expected a tensor or a tuple of tensors");
-    }
-    v = v.toTensor().to(device);
-  }
-  return args;
-}
 
 // Tensors in the result go back to the CPU so that torch.load opens the file
 // anywhere.
