@@ -2,7 +2,12 @@
 // torch::jit::load of the original bit for bit, and points into the mapping.
 #include "torch_support.hpp"  // first: see there
 
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -205,6 +210,29 @@ TEST_CASE("from_model packs into the store by content and leaves the module alon
     CHECK(error_code_of([&] { ModelWrapper::from_model(original, bad); }, &message) == ErrorCode::kWrite);
     CHECK(message.find("ZCWRAP_STORE") != std::string::npos);
   }
+}
+
+TEST_CASE("a store without room (a small /dev/shm) is a clear error naming ZCWRAP_STORE") {
+  test::TempDir dir;
+  // A 1 MiB tmpfs, like a container's small /dev/shm; needs root to mount.
+  const std::string store = dir / "shm";
+  ::mkdir(store.c_str(), 0755);
+  if (::mount("zcwrap-test", store.c_str(), "tmpfs", 0, "size=1m") != 0) {
+    MESSAGE("skipped: cannot mount a tmpfs here (" << std::strerror(errno) << ")");
+    return;
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount(path.c_str()); }
+  } unmount{store};
+  PackOptions options;
+  options.store_dir = store;
+  std::string message;
+  CHECK(error_code_of([&] { ModelWrapper::from_model(torch::jit::load(test::fixture("mobilenet_traced.pt")), options); },
+                      &message) == ErrorCode::kWrite);
+  CHECK(message.find("ZCWRAP_STORE") != std::string::npos);
+  CHECK(message.find("no room") != std::string::npos);
+  CHECK(test::list_dir(store).empty());
 }
 
 TEST_CASE("from_pipeline and ActorWrapper round-trip through the actor config") {
