@@ -2,29 +2,49 @@
 # zcwrap benchmarks: P1 unwrap latency, P2 sharing, P3 pack speed, cold
 # start (docs/BENCHMARKS.md says what each measures and the goals).
 #
-# Usage: benchmarks/run.sh [run.py options, e.g. --runs 3 --only p1 p2]
+# Usage: benchmarks/run.sh [--lane torch2|debian] [run.py options, e.g. --runs 3 --only p1 p2]
 #
-# Builds zcwrap (in $ZCWRAP_BUILD, default build/), generates the models into
-# benchmarks/out/ (about 1.3 GiB, reused by later runs), packs them, and
-# measures; about 10 minutes on 2 cores. Writes benchmarks/out/results.json
-# and results.md. Needs about 4 GiB free on disk and 10 GiB of memory (8
-# torch::jit::load workers of a 1 GiB model). The cold-start part empties
-# the page cache of the model files with POSIX_FADV_DONTNEED (unprivileged);
-# as root it also measures after `echo 3 > /proc/sys/vm/drop_caches`.
-# Put benchmarks/out on a disk, not a tmpfs: a tmpfs cannot be evicted.
+# For each LibTorch lane (both unless --lane; scripts/common.sh), one after
+# the other in one run: builds zcwrap in the lane's build folder, generates
+# the models with the lane's torch into benchmarks/out/LANE/ (about 1.3 GiB,
+# reused by later runs), packs them, and measures; about 10 minutes a lane
+# on 2 cores. Writes benchmarks/out/LANE/results.json and results.md, then
+# benchmarks/out/lanes.md with the lanes side by side. Needs about 4 GiB
+# free on disk a lane and 10 GiB of memory (8 torch::jit::load workers of a
+# 1 GiB model). The cold-start part empties the page cache of the model files
+# with POSIX_FADV_DONTNEED (unprivileged); as root it also measures after
+# `echo 3 > /proc/sys/vm/drop_caches`. Put benchmarks/out on a disk, not a
+# tmpfs: a tmpfs cannot be evicted.
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
 # shellcheck source=scripts/common.sh
 source scripts/common.sh
-OUT=benchmarks/out
+lanes=("${LANES[@]}")
+if [[ ${1:-} == --lane ]]; then
+  [[ $# -ge 2 ]] || die "--lane needs a value (${LANES[*]})"
+  lane_build_dir "$2" >/dev/null
+  lanes=("$2")
+  shift 2
+fi
 
-section "Build"
-build_all
+section "Packages"
+ensure_packages
+[[ " ${lanes[*]} " != *" torch2 "* ]] || ensure_venv
 
-section "Models"
-show "$PYTHON" benchmarks/make_models.py "$OUT"
+results=()
+for lane in "${lanes[@]}"; do
+  out=benchmarks/out/$lane
+  python=$(lane_python "$lane")
+  section "Lane $lane: build"
+  build_lane "$lane"
+  section "Lane $lane: models"
+  show "$python" benchmarks/make_models.py "$out"
+  section "Lane $lane: measure"
+  show "$DEBIAN_PYTHON" benchmarks/run.py --zcwrap "$(lane_build_dir "$lane")/cli/zcwrap" --out "$out" "$@"
+  results+=("$lane=$out/results.json")
+done
 
-section "Measure"
-show "$PYTHON" benchmarks/run.py --zcwrap "$BUILD/cli/zcwrap" --out "$OUT" "$@"
+section "Side by side"
+show "$DEBIAN_PYTHON" benchmarks/lanes.py "${results[@]}" | tee benchmarks/out/lanes.md

@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
   CLI::App app("zcwrap: pack TorchScript models into a page-aligned blob that many worker\n"
                "processes map read-only and share (one copy of the weights per machine).",
                "zcwrap");
-  app.set_version_flag("--version", std::string("zcwrap ") + zcwrap::kVersion);
+  app.set_version_flag("--version", std::string("zcwrap ") + zcwrap::kVersion + " (libtorch " +
+                                        zcwrap::kLibTorchVersion + ")");
   app.set_help_all_flag("--help-all", "Print help for every subcommand");
   app.require_subcommand(1);
   app.footer("Exit status: 0 ok, 1 internal error, 2 usage, 3 unreadable input, 4 bad blob or config,\n"

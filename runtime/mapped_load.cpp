@@ -9,6 +9,9 @@
 // every TorchScript writer; each one's zip local header is checked anyway.
 #include "mapped_load.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <map>
 #include <memory>
@@ -90,7 +93,23 @@ std::map<std::string, ZipEntry> central_directory(const MappedRegion& file) {
 
 bool contains(const std::string& haystack, const char* needle) { return haystack.find(needle) != std::string::npos; }
 
+// The deleter of storages that point into the file's mapping; it also marks
+// them (is_mapped_file_storage).
+void release_mapping(void* ctx) { delete static_cast<std::shared_ptr<MappedRegion>*>(ctx); }
+
 }  // namespace
+
+bool is_mapped_file_storage(const c10::Storage& storage) {
+  return storage.data_ptr().get_deleter() == &release_mapping;
+}
+
+void drop_mapped_pages(const void* data, size_t size) {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t start = (reinterpret_cast<uintptr_t>(data) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + size) & ~(page - 1);
+  // Only whole pages inside the range; a failure only leaves them mapped.
+  if (end > start) ::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
+}
 
 std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::jit::ExtraFilesMap& extra_files) {
   auto file = std::make_shared<MappedRegion>(MappedRegion::map_file(path));
@@ -120,8 +139,11 @@ std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::ji
   for (const std::string& name : records) {
     // The writer adds these itself.
     if (name == "version" || name == ".data/version" || name == ".data/serialization_id") continue;
-    const bool tensor_record = name.rfind("data/", 0) == 0 || name.rfind("constants/", 0) == 0;
-    if (tensor_record) {
+    // Only data/ records: graph constants (constants/) are compared by value
+    // while LibTorch 2.x compiles the code (constant pooling), which would
+    // read past a tag. They are small, except in frozen models.
+    const bool data_record = name.rfind("data/", 0) == 0;
+    if (data_record) {
       const uint64_t offset = reader.getRecordOffset(name);
       const uint64_t size = stored_size(name, offset);
       if (size >= kTagSize) {
@@ -132,6 +154,10 @@ std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::ji
       }
     }
     auto [data, size] = reader.getRecord(name);
+    // Every storage of kTagSize bytes or more must hold a tag, or its real
+    // bytes could pass for one: a record that cannot be read in place (not
+    // stored uncompressed) declines the whole archive.
+    if (data_record && size >= kTagSize) return std::nullopt;
     const std::string bytes(static_cast<const char*>(data.get()), size);
     // Archives whose loading reads tensor values (quantized tensors, custom
     // classes such as packed parameters, __setstate__) would read tags.
@@ -149,10 +175,10 @@ std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::ji
 
   std::istringstream in(copy.str());
   torch::jit::Module module = torch::jit::load(in, at::kCPU, extra_files);
-  hoist_tensor_constants(module);
 
   // Point every tagged storage at its record; any storage that does not hold
-  // a valid tag means the model is not what this path expects.
+  // a valid tag means the model is not what this path expects. Before the
+  // graph constants become attributes: they hold real bytes, not tags.
   bool ok = true;
   std::set<const void*> done;
   rewrite_tensors(module, [&](const std::string&, format::TensorKind, const at::Tensor& t) {
@@ -166,11 +192,11 @@ std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::ji
     }
     auto* keep = new std::shared_ptr<MappedRegion>(file);
     void* data = file->mutable_data() + tagged[tag].offset;
-    storage->set_data_ptr_noswap(c10::DataPtr(
-        data, keep, [](void* ctx) { delete static_cast<std::shared_ptr<MappedRegion>*>(ctx); }, c10::Device(c10::kCPU)));
+    storage->set_data_ptr_noswap(c10::DataPtr(data, keep, &release_mapping, c10::Device(c10::kCPU)));
     return t;
   });
   if (!ok) return std::nullopt;
+  hoist_tensor_constants(module);
   return module;
 }
 

@@ -16,4 +16,15 @@ namespace zcwrap::detail {
 // those with torch::jit::load. Throws what torch::jit::load throws.
 std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::jit::ExtraFilesMap& extra_files);
 
+// Whether `storage` points into a file mapping made by load_mapped (read-only,
+// MAP_SHARED): then drop_mapped_pages may be called on its bytes.
+bool is_mapped_file_storage(const c10::Storage& storage);
+
+// Unmaps the whole pages inside [data, data + size) of such a storage from
+// this process: they stop counting in its RSS and fault back in from the
+// page cache when read again. Keeps the packer's memory flat while it reads
+// a model larger than memory. Never call it on other memory: anonymous
+// pages would read back as zeros.
+void drop_mapped_pages(const void* data, size_t size);
+
 }  // namespace zcwrap::detail

@@ -17,6 +17,7 @@
 #include "constants.hpp"
 #include "device_load.hpp"
 #include "pack.hpp"
+#include "torch_compat.hpp"
 #include "torch_util.hpp"
 #include "zcwrap/error.hpp"
 
@@ -198,6 +199,7 @@ std::vector<std::string> prefetch(const BlobFile& blob, Prefetch mode) {
 
 // An empty tensor of the entry's dtype (and quantizer) to bind a storage to.
 at::Tensor empty_like_entry(const format::TensorEntry& t, at::ScalarType dtype, const c10::Device& device) {
+  const detail::QuietWarnings quiet;  // LibTorch 2.10+ warns of quantized dtypes' deprecation on each one
   const auto options = at::TensorOptions().dtype(dtype).device(device);
   const format::Quantization& q = t.quantization;
   if (q.scheme == "per_tensor_affine") return at::_empty_affine_quantized({0}, options, q.scale, q.zero_point);
@@ -228,7 +230,12 @@ torch::jit::Module rebuild_model(const std::shared_ptr<const BlobFile>& blob, si
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    throw Error(ErrorCode::kBadBlob, where + ": skeleton does not load: " + detail::first_line(e));
+    // Most often a blob packed under a newer LibTorch than this one: say
+    // which made it and which reads it.
+    throw Error(ErrorCode::kBadBlob, where + ": skeleton does not load under libtorch " +
+                                         detail::libtorch_version() + " (the blob was made by " +
+                                         blob->manifest().producer + "; re-pack it with this zcwrap, or unwrap "
+                                         "it with a LibTorch at least as new): " + detail::first_line(e));
   }
   size_t next = 0;
   detail::rewrite_tensors(module, [&](const std::string& path, format::TensorKind kind,
@@ -240,7 +247,9 @@ torch::jit::Module rebuild_model(const std::shared_ptr<const BlobFile>& blob, si
     }
     const format::TensorEntry& t = entry.tensors[next++];
     const at::ScalarType dtype = detail::dtype_from_name(t.dtype);
-    if (placeholder.scalar_type() != dtype) {
+    // Quantized tensors' placeholders hold their integer representation
+    // (blobs packed before 0.2 held empty quantized tensors).
+    if (placeholder.scalar_type() != dtype && placeholder.scalar_type() != c10::toUnderlying(dtype)) {
       throw Error(ErrorCode::kBadBlob, where + ": tensor '" + path + "' is " + t.dtype +
                                            " in the manifest but not in the skeleton");
     }

@@ -5,17 +5,18 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 
 #include <caffe2/serialize/inline_container.h>
 #include <nlohmann/json.hpp>
-#include <torch/version.h>
 #include <xxhash.h>
 #include <zstd.h>
 
 #include "constants.hpp"
 #include "mapped_load.hpp"
+#include "torch_compat.hpp"
 #include "torch_util.hpp"
 #include "zcwrap/internal/file_util.hpp"
 #include "zcwrap/error.hpp"
@@ -26,9 +27,25 @@ namespace {
 
 constexpr int kZstdLevel = 9;  // skeletons are small; smaller blobs beat a few ms of pack time
 
-std::string producer() {
-  return std::string("zcwrap ") + kVersion + ", libtorch " + std::to_string(TORCH_VERSION_MAJOR) +
-         "." + std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH);
+std::string producer() { return std::string("zcwrap ") + kVersion + ", libtorch " + libtorch_version(); }
+
+// Bytes are read in chunks of this size; pages of a mapped source file are
+// dropped behind each chunk, so the packer's RSS does not grow with the model.
+constexpr uint64_t kChunk = 64ull << 20;
+
+uint64_t hash(const c10::Storage& storage) {
+  const auto* bytes = static_cast<const uint8_t*>(storage.data_ptr().get());
+  const uint64_t nbytes = storage.nbytes();
+  if (!is_mapped_file_storage(storage)) return XXH3_64bits(bytes, nbytes);
+  const std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> state(XXH3_createState(), &XXH3_freeState);
+  if (!state) throw std::bad_alloc();
+  XXH3_64bits_reset(state.get());
+  for (uint64_t done = 0; done < nbytes; done += kChunk) {
+    const uint64_t n = std::min(kChunk, nbytes - done);
+    XXH3_64bits_update(state.get(), bytes + done, n);
+    drop_mapped_pages(bytes + done, n);
+  }
+  return XXH3_64bits_digest(state.get());
 }
 
 // Assigns each storage an index once: by identity first (tied weights and
@@ -45,7 +62,7 @@ class StoragePlan {
 
     const auto* bytes = static_cast<const uint8_t*>(storage.data_ptr().get());
     const uint64_t nbytes = storage.nbytes();
-    const uint64_t digest = XXH3_64bits(bytes, nbytes);
+    const uint64_t digest = hash(storage);
     auto range = by_content_.equal_range({digest, nbytes});
     for (auto it = range.first; it != range.second; ++it) {
       if (last_user_[it->second] == model) continue;
@@ -219,10 +236,10 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
       te.requires_grad = t.requires_grad();
       if (t.is_quantized()) te.quantization = quantization_of(t);
       entry.tensors.push_back(std::move(te));
-      // A quantized placeholder keeps the tensor quantized in the skeleton, so
-      // that unwrap's walk (is_shareable) sees the same tensors as this one.
-      return t.is_quantized() ? at::_empty_affine_quantized({0}, at::TensorOptions().dtype(t.scalar_type()), 1.0, 0)
-                              : at::empty({0}, at::TensorOptions().dtype(t.scalar_type()));
+      // A quantized tensor's placeholder is an empty tensor of its integer
+      // representation: LibTorch 2.x cannot reload an empty quantized tensor
+      // ("setStorage: ... out of bounds for storage of size 0").
+      return at::empty({0}, at::TensorOptions().dtype(c10::toUnderlying(t.scalar_type())));
     });
 
     std::ostringstream out;
@@ -274,7 +291,6 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
 
 void write_blob(const PreparedBlob& blob, const std::string& path,
                 const std::function<void(uint64_t, uint64_t)>& progress) {
-  constexpr uint64_t kChunk = 64ull << 20;  // progress granularity
   const format::Header& h = blob.header;
   AtomicFile file(path);
   const std::vector<uint8_t> header = format::encode_header(h);
@@ -288,9 +304,12 @@ void write_blob(const PreparedBlob& blob, const std::string& path,
     const format::StorageEntry& e = blob.entries[i];
     file.write_zeros(e.offset - pos);
     const auto* bytes = static_cast<const uint8_t*>(blob.storages[i].data_ptr().get());
+    const bool mapped = is_mapped_file_storage(blob.storages[i]);
     for (uint64_t done = 0; done < e.nbytes; done += kChunk) {
-      file.write(bytes + done, std::min(kChunk, e.nbytes - done));
-      if (progress) progress(e.offset + std::min(e.nbytes, done + kChunk), h.data_length);
+      const uint64_t n = std::min(kChunk, e.nbytes - done);
+      file.write(bytes + done, n);
+      if (mapped) drop_mapped_pages(bytes + done, n);
+      if (progress) progress(e.offset + done + n, h.data_length);
     }
     pos = e.offset + e.nbytes;
   }

@@ -1,11 +1,22 @@
 # Shared by demo.sh and test.sh: install what is missing, configure, build.
-# Source it from the repository root; it defines functions only.
+# Source it from the repository root; it defines variables and functions only.
+#
+# zcwrap is built and tested in two LibTorch lanes:
+#   torch2  the pip torch pinned in scripts/requirements.txt (a CUDA build),
+#           in a virtual environment outside the clone, reused across clones
+#   debian  Debian 12's libtorch-dev and python3-torch 1.13
+# Each lane has its own build folder, and its fixtures come from its own
+# Python's torch (meson -Dpython).
 
 PACKAGES=(libtorch-dev libcli11-dev nlohmann-json3-dev libzstd-dev libxxhash-dev doctest-dev
-          meson ninja-build pkg-config python3-torch python3-torchvision g++)
-# Debian's python3-torch lives here; a python3 earlier on PATH (pyenv, a venv) may have no torch.
-PYTHON=/usr/bin/python3
-BUILD=${ZCWRAP_BUILD:-build}
+          meson ninja-build pkg-config ccache python3-torch python3-torchvision g++
+          python3-venv python3-dev)
+# Debian's python3-torch lives here; the python3 first on PATH (pyenv, a venv)
+# may have no torch. It also makes the torch2 lane's virtual environment.
+DEBIAN_PYTHON=/usr/bin/python3
+REQUIREMENTS=scripts/requirements.txt
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/zcwrap
+LANES=(torch2 debian)
 
 section() { printf '\n== %s ==\n' "$*"; }
 # Shows a command, then runs it.
@@ -36,12 +47,60 @@ ensure_packages() {
   show apt-get install -y "${missing[@]}"
 }
 
-# Configures $BUILD once (reused after), then builds everything.
-build_all() {
-  if [[ -f $BUILD/meson-private/coredata.dat ]]; then
-    echo "reusing $BUILD/ (configured before)"
-  else
-    show meson setup "$BUILD"
+# Sets TORCH2_PYTHON: $ZCWRAP_TORCH2_PYTHON when set (a Python whose pip torch
+# is already installed), else the virtual environment for the pins in
+# $REQUIREMENTS, created on first use (about 3.3 GB downloaded, 5.7 GB on
+# disk) and reused after: its folder is named by a hash of the pins.
+ensure_venv() {
+  if [[ -n ${ZCWRAP_TORCH2_PYTHON:-} ]]; then
+    TORCH2_PYTHON=$ZCWRAP_TORCH2_PYTHON
+    echo "using ZCWRAP_TORCH2_PYTHON=$TORCH2_PYTHON"
+    return
   fi
-  show ninja -C "$BUILD"
+  local venv
+  venv=$CACHE/venv-$(sha256sum "$REQUIREMENTS" | cut -c1-12)
+  TORCH2_PYTHON=$venv/bin/python
+  if [[ -f $venv/.complete ]]; then
+    echo "reusing $venv"
+    return
+  fi
+  # An interrupted install leaves no .complete: start that one again.
+  rm -rf "$venv"
+  mkdir -p "$CACHE"
+  show "$DEBIAN_PYTHON" -m venv "$venv"
+  show "$venv/bin/pip" install --disable-pip-version-check --progress-bar off -r "$REQUIREMENTS"
+  touch "$venv/.complete"
+}
+
+lane_python() {
+  case $1 in
+    torch2) echo "$TORCH2_PYTHON" ;;
+    debian) echo "$DEBIAN_PYTHON" ;;
+    *) die "unknown lane '$1' (lanes: ${LANES[*]})" ;;
+  esac
+}
+
+lane_build_dir() {
+  case $1 in
+    torch2) echo "${ZCWRAP_BUILD_TORCH2:-build-torch2}" ;;
+    debian) echo "${ZCWRAP_BUILD_DEBIAN:-build-debian}" ;;
+    *) die "unknown lane '$1' (lanes: ${LANES[*]})" ;;
+  esac
+}
+
+# Configures lane $1's build folder (from scratch when $2 is "fresh", else
+# reused if configured before), then builds everything. The torch2 lane
+# always builds the fast CUDA load: it must compile and link on every run.
+build_lane() {
+  local lane=$1 fresh=${2:-} dir options=()
+  dir=$(lane_build_dir "$lane")
+  options=(-Dpython="$(lane_python "$lane")")
+  if [[ $lane == torch2 ]]; then options+=(-Dcuda=enabled); fi
+  if [[ $fresh == fresh ]]; then rm -rf "$dir"; fi
+  if [[ -f $dir/meson-private/coredata.dat ]]; then
+    echo "reusing $dir/ (configured before)"
+  else
+    show meson setup "$dir" "${options[@]}"
+  fi
+  show ninja -C "$dir"
 }

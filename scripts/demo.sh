@@ -5,23 +5,40 @@
 # and run the sample driver/worker program.
 #
 # Safe to run again and from any folder. On a fresh Debian 12 machine run it
-# as root: it installs the packages that are missing, and only those.
+# as root: it installs the packages that are missing, and only those, and the
+# pinned pip torch into a virtual environment outside the clone (first run:
+# about 3.3 GB downloaded; see README).
+#
+# Usage: scripts/demo.sh [--lane torch2|debian]   (default: torch2, the pip torch)
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
 # shellcheck source=scripts/common.sh
 source scripts/common.sh
-OUT=samples-out
+lane=torch2
+if [[ ${1:-} == --lane ]]; then
+  [[ $# -ge 2 ]] || die "--lane needs a value (${LANES[*]})"
+  lane=$2
+elif [[ $# -gt 0 ]]; then
+  die "unknown argument '$1' (usage: scripts/demo.sh [--lane torch2|debian])"
+fi
+BUILD=$(lane_build_dir "$lane")
+OUT=samples-out/$lane
 WORKERS=4
 ZCWRAP=$BUILD/cli/zcwrap
 SAMPLE=$BUILD/samples/zcwrap-sample
 
 section "Packages"
 ensure_packages
+if [[ $lane == torch2 ]]; then
+  section "Python environment (pinned pip torch)"
+  ensure_venv
+fi
+PYTHON=$(lane_python "$lane")
 
-section "Build"
-build_all
+section "Build (lane $lane)"
+build_lane "$lane"
 [[ -x $SAMPLE ]] || die "$SAMPLE was not built; enable it with: meson configure $BUILD -Dsamples=enabled"
 
 section "Sample models"

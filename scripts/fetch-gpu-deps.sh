@@ -8,8 +8,8 @@
 #                          .pc files and the zstd/xxhash shared libraries
 #   .deps/cuda/include/    CUDA runtime headers (of /usr/local/cuda here), used
 #                          only when the GPU machine has none of its own
-#   .deps/fixtures/        the test fixtures up to 16 MiB each, from a build
-#                          here (or made with /usr/bin/python3)
+#   .deps/fixtures/        the test fixtures up to 16 MiB each, from the torch2
+#                          lane's build here (or made with that lane's Python)
 #
 # Usage: scripts/fetch-gpu-deps.sh [BUILD_DIR_WITH_FIXTURES]
 set -euo pipefail
@@ -54,7 +54,7 @@ fi
 
 section "Fixtures"
 from=""
-for dir in "${1:-}" build-cuda build "${ZCWRAP_BUILD:-}"; do
+for dir in "${1:-}" "$(lane_build_dir torch2)"; do
   if [[ -n $dir && -f $dir/tests/fixtures/fixtures.json ]]; then
     from=$dir/tests/fixtures
     break
@@ -62,7 +62,8 @@ for dir in "${1:-}" build-cuda build "${ZCWRAP_BUILD:-}"; do
 done
 if [[ -z $from ]]; then
   from=$(mktemp -d)
-  show "$PYTHON" tests/fixtures/make_fixtures.py "$from"
+  ensure_venv
+  show "$TORCH2_PYTHON" tests/fixtures/make_fixtures.py "$from"
 fi
 mkdir -p "$DEPS/fixtures"
 # The GPU machine gets at most 64 MiB carried: fixtures over 16 MiB (the

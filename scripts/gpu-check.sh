@@ -48,8 +48,6 @@ if [[ -z ${CXX:-} ]] && ! command -v c++ >/dev/null && command -v g++ >/dev/null
 for tool in meson ninja "${CXX:-c++}" "$PY"; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
-# tests/meson.build names it (to make fixtures, not needed here: they are carried).
-[[ -x /usr/bin/python3 ]] || die "/usr/bin/python3 is missing, and tests/meson.build looks for it"
 
 section "Machine"
 nvidia-smi --query-gpu=index,name,driver_version,memory.total,pcie.link.gen.max,pcie.link.width.max \
@@ -169,16 +167,14 @@ if [[ -n ${ZCWRAP_PKG_CONFIG_LITE:-} ]] || { ! command -v pkg-config >/dev/null 
 fi
 
 section "Configure and build ($BUILD)"
-cpp_args="-isystem $inc -D_GLIBCXX_USE_CXX11_ABI=$TORCH_ABI"
+# -Dpython picks this torch (meson.build reads its folder, version and C++
+# ABI flag from it, and the nvidia-* library folders it loads from).
+cpp_args="-isystem $inc"
 link_args="-Wl,-rpath,$LOCAL/lib"
 for dir in $LIB_DIRS; do link_args+=" -Wl,-rpath-link,$dir"; done
-std=c++17
-if grep -qs "C++20 or later" "$TORCH_DIR/include/c10/macros/Macros.h" "$TORCH_DIR/include/ATen/ATen.h" \
-  "$TORCH_DIR/include/torch/csrc/api/include/torch/all.h"; then
-  std=c++20
-fi
-setup=(setup "$BUILD" -Dtorch_prefix="$TORCH_DIR" -Dcuda=enabled -Dcudart_prefix="$LOCAL/cuda"
-       -Dpkg_config_path="$LOCAL/pkgconfig" -Dsamples=disabled -Dcpp_std="$std" -Dcpp_args="$cpp_args" -Dcpp_link_args="$link_args")
+setup=(setup "$BUILD" -Dpython="$(command -v "$PY")" -Dcuda=enabled -Dcudart_prefix="$LOCAL/cuda"
+       -Dpkg_config_path="$LOCAL/pkgconfig" -Dsamples=disabled -Dcpp_args="$cpp_args" -Dcpp_link_args="$link_args")
+if [[ -n ${ZCWRAP_TORCH_DIR:-} ]]; then setup+=(-Dtorch_prefix="$ZCWRAP_TORCH_DIR"); fi
 if [[ -f $BUILD/meson-private/coredata.dat ]]; then
   # Dependencies found before may point into an older $LOCAL.
   show meson configure "$BUILD" --clearcache

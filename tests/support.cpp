@@ -59,6 +59,7 @@ const nlohmann::json& fixtures_index() {
 }
 
 std::string zcwrap_bin() { return env_or_throw("ZCWRAP_BIN"); }
+std::string python() { return env_or_throw("ZCWRAP_PYTHON"); }
 
 TempDir::TempDir() {
   const char* tmp = std::getenv("TMPDIR");

@@ -23,6 +23,10 @@ const nlohmann::json& fixtures_index();
 // The zcwrap binary under test ($ZCWRAP_BIN).
 std::string zcwrap_bin();
 
+// The lane's Python ($ZCWRAP_PYTHON, meson's -Dpython): its torch is the one
+// the fixtures were made with and every result is compared against.
+std::string python();
+
 // A fresh folder under $TMPDIR, removed with its contents on destruction.
 class TempDir {
  public:

@@ -309,8 +309,11 @@ TEST_CASE("bench: 3 workers share one copy of the blob; torch::jit::load workers
   }
   CHECK(pids.size() == 6);
   // The same property as a ratio: zcwrap's three share what the baseline's
-  // three hold three times.
-  CHECK(base["pss_sum"].get<uint64_t>() >= pss + 2 * weights * 9 / 10);
+  // three hold three times. Besides the weights, a worker's memory differs by
+  // a few MB between the two kinds (about 4 MB more for zcwrap's on torch
+  // 2.14: its skeleton and manifest); 8 MiB each is allowed for that.
+  constexpr uint64_t kOtherSlack = 8ull << 20;
+  CHECK(base["pss_sum"].get<uint64_t>() + 3 * kOtherSlack >= pss + 2 * weights * 9 / 10);
   CHECK(out["ratios"]["pss_sum"].get<double>() < 1.0);
   CHECK(out["outputs_equal"] == true);
   for (const char* key : {"min", "median", "max"}) CHECK(zc["load_ms"][key].get<double>() > 0);

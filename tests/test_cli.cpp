@@ -96,7 +96,7 @@ TEST_CASE("run's output opens with Python's torch.load") {
   test::TempDir dir;
   REQUIRE(run_cli({"pack", test::fixture("lstm.pt"), "-o", dir / "m.zcb"}).status == 0);
   REQUIRE(run_cli({"run", dir / "m.zcb", "-i", test::fixture("lstm_in.pt"), "-o", dir / "out.pt"}).status == 0);
-  auto py = test::run_process({"/usr/bin/python3", "-c",
+  auto py = test::run_process({test::python(), "-c",
                                "import sys, torch; o = torch.load(sys.argv[1]); print(type(o).__name__, len(o), "
                                "tuple(o[0].shape))",
                                dir / "out.pt"});

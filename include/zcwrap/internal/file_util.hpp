@@ -81,6 +81,8 @@ class AtomicFile {
   std::string destination_;
   std::string temp_path_;
   UniqueFd fd_;
+  uint64_t written_ = 0;  // bytes written so far
+  uint64_t flushed_ = 0;  // bytes whose write-back has been started
   bool committed_ = false;
 };
 
