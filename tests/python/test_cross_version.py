@@ -47,7 +47,8 @@ def flat(x):
 a = flat(torch.load(sys.argv[1])); b = flat(torch.load(sys.argv[2]))
 same = len(a) == len(b) and all(
     x.dtype == y.dtype and x.shape == y.shape
-    and x.contiguous().view(torch.uint8).numpy().tobytes() == y.contiguous().view(torch.uint8).numpy().tobytes()
+    and x.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+    == y.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
     for x, y in zip(a, b))
 print(same)
 """
