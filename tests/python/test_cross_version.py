@@ -86,17 +86,23 @@ def same_result(python, a, b):
     return done.stdout.strip() == "True"
 
 
+def pack_then_run(packer, runner, model, tmp_path):
+    """Packs a fixture of `packer`'s lane with its zcwrap, runs the blob with
+    `runner`'s into tmp_path/out.pt: (fixtures folder, blob, run's result)."""
+    folder = os.path.join(packer, "tests/fixtures")
+    blob = str(tmp_path / "m.zcb")
+    packed = zcwrap(packer, "pack", "-q", os.path.join(folder, model["file"]), "-o", blob)
+    assert packed.returncode == 0, packed.stderr
+    ran = zcwrap(runner, "run", blob, "-i", os.path.join(folder, model["input"]),
+                 "--method", model["method"], "-o", str(tmp_path / "out.pt"))
+    return folder, blob, ran
+
+
 @pytest.mark.parametrize("model", lane_params(DEBIAN))
 def test_blob_packed_under_1_13_runs_bit_equal_under_2_x(model, tmp_path):
-    folder = os.path.join(DEBIAN, "tests/fixtures")
-    blob = str(tmp_path / "m.zcb")
-    packed = zcwrap(DEBIAN, "pack", "-q", os.path.join(folder, model["file"]), "-o", blob)
-    assert packed.returncode == 0, packed.stderr
+    folder, blob, ran = pack_then_run(DEBIAN, TORCH2, model, tmp_path)
     info = json.loads(zcwrap(TORCH2, "inspect", "--json", blob).stdout)
     assert "libtorch 1.13" in info["producer"]
-
-    ran = zcwrap(TORCH2, "run", blob, "-i", os.path.join(folder, model["input"]),
-                 "--method", model["method"], "-o", str(tmp_path / "out.pt"))
     assert ran.returncode == 0, ran.stderr
     # The reference: the same original file, loaded by this (2.x) torch.
     reference(sys.executable, folder, model, str(tmp_path / "want.pt"))
@@ -105,12 +111,7 @@ def test_blob_packed_under_1_13_runs_bit_equal_under_2_x(model, tmp_path):
 
 @pytest.mark.parametrize("model", lane_params(TORCH2))
 def test_blob_packed_under_2_x_runs_under_1_13_or_names_both_versions(model, tmp_path):
-    folder = os.path.join(TORCH2, "tests/fixtures")
-    blob = str(tmp_path / "m.zcb")
-    packed = zcwrap(TORCH2, "pack", "-q", os.path.join(folder, model["file"]), "-o", blob)
-    assert packed.returncode == 0, packed.stderr
-    ran = zcwrap(DEBIAN, "run", blob, "-i", os.path.join(folder, model["input"]),
-                 "--method", model["method"], "-o", str(tmp_path / "out.pt"))
+    folder, _, ran = pack_then_run(TORCH2, DEBIAN, model, tmp_path)
     if ran.returncode == 0:
         # 1.13 read the skeleton: then its result must be what 1.13 makes of
         # the original file.
