@@ -3,9 +3,10 @@
 // torch::jit::load reads every tensor record into fresh memory and checks
 // its zip CRC on the way (on LibTorch 1.13 most of the load time of a large
 // model). The packer only needs the bytes once, to hash and write them. So:
-// LibTorch loads a copy of the archive whose tensor records are replaced by
-// 8-byte tags, and each storage is then pointed at its record's bytes in a
-// read-only mapping of the original file. Records are stored uncompressed by
+// LibTorch loads a copy of the archive whose data/ records (the tensors of
+// attributes) are replaced by 8-byte tags, and each storage is then pointed
+// at its record's bytes in a read-only mapping of the original file. Graph
+// constants (constants/) are loaded as usual. Records are stored uncompressed by
 // every TorchScript writer; each one's zip local header is checked anyway.
 #include "mapped_load.hpp"
 

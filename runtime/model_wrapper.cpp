@@ -20,6 +20,7 @@
 #include "torch_compat.hpp"
 #include "torch_util.hpp"
 #include "zcwrap/error.hpp"
+#include "zcwrap/version.hpp"
 
 namespace zcwrap {
 
@@ -233,7 +234,7 @@ torch::jit::Module rebuild_model(const std::shared_ptr<const BlobFile>& blob, si
     // Most often a blob packed under a newer LibTorch than this one: say
     // which made it and which reads it.
     throw Error(ErrorCode::kBadBlob, where + ": skeleton does not load under libtorch " +
-                                         detail::libtorch_version() + " (the blob was made by " +
+                                         kLibTorchVersion + " (the blob was made by " +
                                          blob->manifest().producer + "; re-pack it with this zcwrap, or unwrap "
                                          "it with a LibTorch at least as new): " + detail::first_line(e));
   }

@@ -27,7 +27,7 @@ namespace {
 
 constexpr int kZstdLevel = 9;  // skeletons are small; smaller blobs beat a few ms of pack time
 
-std::string producer() { return std::string("zcwrap ") + kVersion + ", libtorch " + libtorch_version(); }
+std::string producer() { return std::string("zcwrap ") + kVersion + ", libtorch " + kLibTorchVersion; }
 
 // Bytes are read in chunks of this size; pages of a mapped source file are
 // dropped behind each chunk, so the packer's RSS does not grow with the model.
@@ -36,14 +36,14 @@ constexpr uint64_t kChunk = 64ull << 20;
 uint64_t hash(const c10::Storage& storage) {
   const auto* bytes = static_cast<const uint8_t*>(storage.data_ptr().get());
   const uint64_t nbytes = storage.nbytes();
-  if (!is_mapped_file_storage(storage)) return XXH3_64bits(bytes, nbytes);
+  const bool mapped = is_mapped_file_storage(storage);
   const std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> state(XXH3_createState(), &XXH3_freeState);
   if (!state) throw std::bad_alloc();
   XXH3_64bits_reset(state.get());
   for (uint64_t done = 0; done < nbytes; done += kChunk) {
     const uint64_t n = std::min(kChunk, nbytes - done);
     XXH3_64bits_update(state.get(), bytes + done, n);
-    drop_mapped_pages(bytes + done, n);
+    if (mapped) drop_mapped_pages(bytes + done, n);
   }
   return XXH3_64bits_digest(state.get());
 }

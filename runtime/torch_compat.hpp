@@ -2,19 +2,10 @@
 // shims, so the rest of the runtime is written once. Internal.
 #pragma once
 
-#include <string>
-
 #include <c10/util/Exception.h>
 #include <torch/version.h>
 
 namespace zcwrap::detail {
-
-// "1.13.1": the LibTorch this zcwrap was built against. Blobs record it
-// (manifest "producer"), and a skeleton that does not load names it.
-inline std::string libtorch_version() {
-  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
-         std::to_string(TORCH_VERSION_PATCH);
-}
 
 // Drops the LibTorch warnings raised on this thread while alive. For calls
 // whose warnings are about zcwrap's own use of LibTorch, not the user's
