@@ -1,4 +1,5 @@
 // zcwrap pack: TorchScript files -> blob + actor config.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -12,6 +13,7 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "zcwrap/internal/file_util.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {
@@ -94,6 +96,14 @@ int run_pack(const PackArgs& args) {
     }
   }
   const std::string config_path = args.config.empty() ? default_config_path(args.output) : args.config;
+  struct stat st {};
+  if (::stat(args.output.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    throw Error(ErrorCode::kUsage, args.output + ": is " + detail::file_type_name(st.st_mode) +
+                                       "; a blob must be a regular file, which workers map");
+  }
+  std::vector<std::string> inputs;
+  for (const ModelFile& file : files) inputs.push_back(file.path);
+  check_outputs({args.output, config_path}, inputs);
   ProgressBar bar;
   if (!args.quiet && !args.json && ::isatty(STDERR_FILENO)) {
     options.progress = [&bar](uint64_t done, uint64_t total) { bar.update(done, total); };

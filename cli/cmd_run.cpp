@@ -45,7 +45,9 @@ c10::IValue to_cpu(const c10::IValue& v) {
 }
 
 int run_run(const RunArgs& args) {
+  const std::string output = output_path(args.output);
   const ModelWrapper wrapper = ModelWrapper::open(args.path);
+  check_outputs({output}, {args.path, wrapper.blob_path(), args.input});
   std::string name = args.model;
   if (name.empty()) {
     if (!wrapper.is_standalone_module()) {
@@ -81,7 +83,7 @@ int run_run(const RunArgs& args) {
                                           torch_message(e));
   }
   const std::vector<char> bytes = torch::jit::pickle_save(to_cpu(result));
-  write_file_atomically(args.output, std::string(bytes.begin(), bytes.end()));
+  write_file_atomically(output, std::string(bytes.begin(), bytes.end()));
   return 0;
 }
 
@@ -94,7 +96,7 @@ void setup_run(CLI::App& app, int& status) {
   cmd->add_option("-i,--input", args->input, "torch.save of a tensor, or of a tuple (positional arguments)")
       ->required()
       ->type_name("IN.pt");
-  cmd->add_option("-o,--output", args->output, "Where to torch.save the result (opens with torch.load)")
+  cmd->add_option("-o,--output", args->output, "Where to torch.save the result (opens with torch.load); - for standard output")
       ->required()
       ->type_name("OUT.pt");
   cmd->add_option("--model", args->model, "Which model of a pipeline to run")->type_name("NAME");

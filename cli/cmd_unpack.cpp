@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include "commands.hpp"
+#include "common.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {
@@ -19,9 +20,11 @@ struct UnpackArgs {
 };
 
 int run_unpack(const UnpackArgs& args) {
+  const std::string output = output_path(args.output);
   const ModelWrapper wrapper = ModelWrapper::open(args.path);
-  wrapper.unpack(args.output, args.model);
-  if (!args.quiet) {
+  check_outputs({output}, {args.path, wrapper.blob_path()});
+  wrapper.unpack(output, args.model);
+  if (!args.quiet && output != "/dev/stdout") {
     const std::string name = args.model.empty() ? wrapper.model_names().front() : args.model;
     std::printf("unpacked model '%s' to %s (opens with torch.jit.load)\n", name.c_str(), args.output.c_str());
   }
@@ -34,7 +37,7 @@ void setup_unpack(CLI::App& app, int& status) {
   auto args = std::make_shared<UnpackArgs>();
   CLI::App* cmd = app.add_subcommand("unpack", "Write a model of a blob back as a standard TorchScript file");
   cmd->add_option("BLOB", args->path, "A blob, or the actor config naming one")->required()->type_name("BLOB|CONFIG");
-  cmd->add_option("-o,--output", args->output, "The TorchScript file to write (torch.jit.load opens it)")
+  cmd->add_option("-o,--output", args->output, "The TorchScript file to write (torch.jit.load opens it); - for standard output")
       ->required()
       ->type_name("MODEL.pt");
   cmd->add_option("--model", args->model, "Which model of a pipeline")->type_name("NAME");

@@ -1,5 +1,8 @@
 #include "common.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cinttypes>
 #include <cstdio>
 #include <map>
@@ -7,6 +10,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "zcwrap/error.hpp"
 #include "zcwrap/internal/file_util.hpp"
 
 namespace zcwrap::cli {
@@ -44,6 +48,40 @@ bool parse_size(const std::string& text, uint64_t* out) {
   if (number.size() > 12) return false;
   *out = std::stoull(number) << shift;
   return true;
+}
+
+std::string output_path(const std::string& option) {
+  if (option != "-") return option;
+  if (::isatty(STDOUT_FILENO)) {
+    throw zcwrap::Error(zcwrap::ErrorCode::kUsage, "-o -: standard output is a terminal; redirect it to a file or a pipe");
+  }
+  return "/dev/stdout";
+}
+
+void check_outputs(const std::vector<std::string>& outputs, const std::vector<std::string>& inputs) {
+  struct Named {
+    const std::string* path;
+    const char* role;
+  };
+  std::vector<Named> all;
+  for (const std::string& o : outputs) all.push_back({&o, "output"});
+  for (const std::string& i : inputs) all.push_back({&i, "input"});
+  auto same = [](const std::string& a, const std::string& b) {
+    struct stat sa {}, sb {};
+    const bool has_a = ::stat(a.c_str(), &sa) == 0, has_b = ::stat(b.c_str(), &sb) == 0;
+    if (has_a && has_b) {
+      return S_ISREG(sa.st_mode) && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    }
+    return !has_a && !has_b && detail::absolute_path(a) == detail::absolute_path(b);
+  };
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    for (size_t j = i + 1; j < all.size(); ++j) {
+      if (!all[j].path->empty() && same(outputs[i], *all[j].path)) {
+        throw zcwrap::Error(zcwrap::ErrorCode::kUsage, outputs[i] + ": is also the " + all[j].role + " " + *all[j].path +
+                                           "; writing it would destroy that: choose another output");
+      }
+    }
+  }
 }
 
 void write_file_atomically(const std::string& path, const std::string& text) {

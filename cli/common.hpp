@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -19,6 +20,17 @@ std::string human_bytes(uint64_t bytes);
 
 // Parses "4096", "64K", "2M" (binary units). False when malformed.
 bool parse_size(const std::string& text, uint64_t* out);
+
+// What an -o option names: "-" is standard output ("/dev/stdout", written
+// through); a terminal there is refused (Error(kUsage)), binary output would
+// only garble it.
+std::string output_path(const std::string& option);
+
+// Refuses, before anything is written, an output that is the same file as an
+// input or as another output (same device and inode after following links,
+// or the same path for files not there yet): Error(kUsage) naming both.
+// Devices (/dev/null, standard output) are not compared.
+void check_outputs(const std::vector<std::string>& outputs, const std::vector<std::string>& inputs);
 
 // Writes `text` to `path` atomically. Throws zcwrap::Error(kWrite).
 void write_file_atomically(const std::string& path, const std::string& text);

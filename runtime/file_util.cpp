@@ -44,14 +44,34 @@ MappedRegion::~MappedRegion() {
   if (base_ != nullptr) ::munmap(base_, size_);
 }
 
-MappedRegion MappedRegion::map_file(const std::string& path, bool copy_on_write) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+UniqueFd open_regular_file(const std::string& path, struct stat* st) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
+  // before the type check below could refuse it.
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd.valid()) throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) {
-    throw Error(ErrorCode::kInput, path + ": cannot stat: " + errno_text(errno));
+  if (::fstat(fd.get(), st) != 0) throw Error(ErrorCode::kInput, path + ": cannot stat: " + errno_text(errno));
+  if (S_ISDIR(st->st_mode)) throw Error(ErrorCode::kInput, path + ": is a folder, not a file");
+  if (!S_ISREG(st->st_mode)) {
+    throw Error(ErrorCode::kInput, path + ": not a regular file (" + file_type_name(st->st_mode) +
+                                       "); zcwrap reads inputs from regular files only");
   }
-  if (!S_ISREG(st.st_mode)) throw Error(ErrorCode::kInput, path + ": not a regular file");
+  ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
+  return fd;
+}
+
+const char* file_type_name(mode_t mode) {
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISDIR(mode)) return "a folder";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  return "a regular file";
+}
+
+MappedRegion MappedRegion::map_file(const std::string& path, bool copy_on_write) {
+  struct stat st {};
+  UniqueFd fd = open_regular_file(path, &st);
   MappedRegion region;
   if (st.st_size == 0) return region;
   void* base = copy_on_write ? ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ | PROT_WRITE,
@@ -64,6 +84,33 @@ MappedRegion MappedRegion::map_file(const std::string& path, bool copy_on_write)
 }
 
 AtomicFile::AtomicFile(std::string destination) : destination_(std::move(destination)) {
+  // A symbolic link: its target is what the user names, and is replaced (or
+  // written through, below); the link stays. A dangling link's target is
+  // created where the link points.
+  struct stat st {};
+  if (::lstat(destination_.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+    char resolved[PATH_MAX];
+    if (::realpath(destination_.c_str(), resolved) != nullptr) {
+      destination_ = resolved;
+    } else {
+      const ssize_t n = ::readlink(destination_.c_str(), resolved, sizeof(resolved) - 1);
+      if (n > 0) {
+        const std::string target(resolved, static_cast<size_t>(n));
+        destination_ = target[0] == '/' ? target : parent_dir(destination_) + "/" + target;
+      }
+    }
+  }
+  if (::stat(destination_.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) fail("is a folder; name a file to write", EISDIR);
+    if (!S_ISREG(st.st_mode)) {
+      // A device, FIFO or socket (/dev/null, a pipe behind /dev/stdout): it
+      // cannot be replaced, so it is written in place, as `cp` would.
+      fd_ = UniqueFd(::open(destination_.c_str(), O_WRONLY | O_CLOEXEC));
+      if (!fd_.valid()) fail("cannot open for writing", errno);
+      through_ = true;
+      return;
+    }
+  }
   std::vector<char> name(destination_.begin(), destination_.end());
   const char suffix[] = ".tmp-XXXXXX";
   name.insert(name.end(), suffix, suffix + sizeof(suffix));
@@ -100,7 +147,7 @@ void AtomicFile::write(const void* data, size_t size) {
   // `cp` + `sync` this leaves the pages cached, for the workers that map
   // the blob next. Advisory: where unsupported the fsync does it all.
   constexpr uint64_t kWriteBehind = 32ull << 20;
-  if (written_ - flushed_ >= kWriteBehind) {
+  if (!through_ && written_ - flushed_ >= kWriteBehind) {
     ::sync_file_range(fd_.get(), static_cast<off_t>(flushed_), static_cast<off_t>(written_ - flushed_),
                       SYNC_FILE_RANGE_WRITE);
     flushed_ = written_;
@@ -117,6 +164,11 @@ void AtomicFile::write_zeros(size_t size) {
 }
 
 void AtomicFile::commit() {
+  if (through_) {
+    committed_ = true;
+    if (::close(fd_.release()) != 0) fail("close failed", errno);
+    return;
+  }
   if (::fsync(fd_.get()) != 0) fail("fsync failed", errno);
   UniqueFd closing(fd_.release());
   if (::close(closing.release()) != 0) fail("close failed", errno);
@@ -130,8 +182,8 @@ void AtomicFile::commit() {
 std::string errno_text(int err) { return std::strerror(err); }
 
 std::string read_file(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
+  struct stat st {};
+  UniqueFd fd = open_regular_file(path, &st);
   std::string out;
   char buf[65536];
   for (;;) {
@@ -147,8 +199,8 @@ std::string read_file(const std::string& path) {
 }
 
 bool starts_with_bytes(const std::string& path, const char* prefix, size_t size) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
+  struct stat st {};
+  UniqueFd fd = open_regular_file(path, &st);
   std::vector<char> head(size);
   size_t got = 0;
   while (got < size) {

@@ -153,6 +153,10 @@ PackInput load_model_file(const std::string& name, const std::string& path, bool
     throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
   }
   if (S_ISDIR(st.st_mode)) throw Error(ErrorCode::kInput, path + ": is a folder, not a model file");
+  if (!S_ISREG(st.st_mode)) {
+    throw Error(ErrorCode::kInput, path + ": not a regular file (" + file_type_name(st.st_mode) +
+                                       "); save the model to a file first");
+  }
   if (st.st_size == 0) throw Error(ErrorCode::kBadModel, path + ": empty file, not a TorchScript archive");
 
   PackInput input{name, path, torch::jit::Module(), {}};

@@ -2,6 +2,8 @@
 // Internal (runtime and cli); torch-free.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -59,7 +61,10 @@ class MappedRegion {
 // Writes a file next to its destination and renames it into place only when
 // complete (after fsync of the file and its folder), so readers see the old
 // file or the new one, never a part. The temporary is removed if the writer
-// is destroyed before commit().
+// is destroyed before commit(). A symbolic link is followed: its target is
+// replaced and the link kept. A destination that exists and is not a regular
+// file (a character device such as /dev/null, a FIFO, a pipe behind
+// /dev/stdout) cannot be replaced, and is written through instead.
 class AtomicFile {
  public:
   // Throws Error(kWrite) when the folder cannot be written.
@@ -83,10 +88,19 @@ class AtomicFile {
   UniqueFd fd_;
   uint64_t written_ = 0;  // bytes written so far
   uint64_t flushed_ = 0;  // bytes whose write-back has been started
+  bool through_ = false;  // writing into a non-regular destination in place
   bool committed_ = false;
 };
 
 std::string errno_text(int err);
+
+// Opens `path` for reading and fills `st`; throws Error(kInput) unless it is
+// a regular file (a FIFO, a device or a folder is refused at once, without
+// waiting on it).
+UniqueFd open_regular_file(const std::string& path, struct stat* st);
+
+// "a FIFO", "a character device", ... for error messages.
+const char* file_type_name(mode_t mode);
 
 // Whole file as a string; throws Error(kInput) naming the path.
 std::string read_file(const std::string& path);
