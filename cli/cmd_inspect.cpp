@@ -32,10 +32,10 @@ int run_inspect(const InspectArgs& args) {
     return 0;
   }
   const auto& h = info["header"];
-  std::printf("blob        %s\n", info["blob"].get<std::string>().c_str());
-  if (!info["config"].is_null()) std::printf("config      %s\n", info["config"].get<std::string>().c_str());
+  std::printf("blob        %s\n", printable(info["blob"].get<std::string>()).c_str());
+  if (!info["config"].is_null()) std::printf("config      %s\n", printable(info["config"].get<std::string>()).c_str());
   std::printf("format      v%d, made by %s\n", info["format_version"].get<int>(),
-              info["producer"].get<std::string>().c_str());
+              printable(info["producer"].get<std::string>()).c_str());
   std::printf("size        %s (%llu bytes), checksum %s\n", human_bytes(info["file_size"]).c_str(),
               static_cast<unsigned long long>(info["file_size"].get<uint64_t>()),
               h["meta_checksum"].get<std::string>().c_str());
@@ -53,18 +53,18 @@ int run_inspect(const InspectArgs& args) {
   for (const auto& model : info["models"]) {
     std::printf("\nmodel '%s': %zu tensors, %s shared, %s left in the skeleton (%.1f%% shared); "
                 "skeleton %s %s (%s raw)\n",
-                model["name"].get<std::string>().c_str(), model["tensor_count"].get<size_t>(),
+                printable(model["name"].get<std::string>()).c_str(), model["tensor_count"].get<size_t>(),
                 human_bytes(model["shared_bytes"]).c_str(), human_bytes(model["unshared_bytes"]).c_str(),
                 100.0 * model["shared_fraction"].get<double>(),
-                model["skeleton"]["kind"].get<std::string>().c_str(),
+                printable(model["skeleton"]["kind"].get<std::string>()).c_str(),
                 human_bytes(model["skeleton"]["stored_bytes"]).c_str(),
                 human_bytes(model["skeleton"]["raw_bytes"]).c_str());
     if (args.brief) continue;
     std::printf("  %-40s %-9s %-10s %-18s %10s %12s %s\n", "TENSOR", "KIND", "DTYPE", "SHAPE", "BYTES",
                 "OFFSET", "STORAGE");
     for (const auto& t : model["tensors"]) {
-      std::printf("  %-40s %-9s %-10s %-18s %10llu %12llu %llu\n", t["path"].get<std::string>().c_str(),
-                  t["kind"].get<std::string>().c_str(), t["dtype"].get<std::string>().c_str(),
+      std::printf("  %-40s %-9s %-10s %-18s %10llu %12llu %llu\n", printable(t["path"].get<std::string>()).c_str(),
+                  printable(t["kind"].get<std::string>()).c_str(), printable(t["dtype"].get<std::string>()).c_str(),
                   shape_text(t["shape"]).c_str(), static_cast<unsigned long long>(t["bytes"].get<uint64_t>()),
                   static_cast<unsigned long long>(t["offset"].get<uint64_t>()),
                   static_cast<unsigned long long>(t["storage"].get<uint64_t>()));

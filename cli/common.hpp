@@ -15,6 +15,11 @@ class App;
 
 namespace zcwrap::cli {
 
+// `text` safe to print on one terminal line: control characters (newline,
+// escape, ...) become visible escapes (\n, \x1b). For everything printed
+// that comes from a file or a file name.
+std::string printable(const std::string& text);
+
 // "1.5 MiB", "812 B".
 std::string human_bytes(uint64_t bytes);
 

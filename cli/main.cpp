@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "commands.hpp"
+#include "common.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 int main(int argc, char** argv) {
@@ -35,15 +36,16 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "zcwrap: error: %s (see zcwrap --help)\n", e.what());
+    std::fprintf(stderr, "zcwrap: error: %s (see zcwrap --help)\n", zcwrap::cli::printable(e.what()).c_str());
     return zcwrap::exit_status(zcwrap::ErrorCode::kUsage);
   } catch (const zcwrap::Error& e) {
-    std::fprintf(stderr, "zcwrap: error: %s\n", e.what());
+    std::fprintf(stderr, "zcwrap: error: %s\n", zcwrap::cli::printable(e.what()).c_str());
     return zcwrap::exit_status(e.code());
   } catch (const std::exception& e) {
     // Only the first line: LibTorch appends a C++ backtrace to its messages.
     std::string message = e.what();
-    std::fprintf(stderr, "zcwrap: error: internal: %s\n", message.substr(0, message.find('\n')).c_str());
+    std::fprintf(stderr, "zcwrap: error: internal: %s\n",
+                 zcwrap::cli::printable(message.substr(0, message.find('\n'))).c_str());
     return zcwrap::exit_status(zcwrap::ErrorCode::kInternal);
   }
   return status;

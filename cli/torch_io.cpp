@@ -1,5 +1,6 @@
 #include "torch_io.hpp"
 
+#include "torch_util.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/internal/file_util.hpp"
 
@@ -10,7 +11,7 @@ std::string torch_message(const std::exception& e) {
   std::string text = c10_error ? c10_error->what_without_backtrace() : e.what();
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
   const size_t nl = text.rfind('\n');
-  return nl == std::string::npos ? text : text.substr(nl + 1);
+  return detail::without_torch_notes(nl == std::string::npos ? text : text.substr(nl + 1));
 }
 
 std::vector<c10::IValue> as_arguments(const c10::IValue& value) {

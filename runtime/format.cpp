@@ -477,9 +477,16 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
       bad(path, sk.where() + ": [" + u64s(model.skeleton.offset) + ", +" + u64s(model.skeleton.length) +
                     ") lies outside the skeletons section of " + u64s(h.skeletons_length) + " bytes");
     }
-    if (model.skeleton.raw_length > kMaxSkeletonRawLength ||
-        (model.skeleton.compression == "none" && model.skeleton.raw_length != model.skeleton.length)) {
+    if (model.skeleton.compression == "none" && model.skeleton.raw_length != model.skeleton.length) {
       bad(path, sk.where() + ": implausible raw_length " + u64s(model.skeleton.raw_length));
+    }
+    // length <= the file's size (checked above), so this cannot overflow.
+    const uint64_t raw_cap =
+        std::min(kMaxSkeletonRawLength, model.skeleton.length * kMaxSkeletonExpansion + kSkeletonRawSlack);
+    if (model.skeleton.raw_length > raw_cap) {
+      bad(path, sk.where() + ": implausible raw_length " + u64s(model.skeleton.raw_length) + " for " +
+                    u64s(model.skeleton.length) + " stored bytes (at most " + u64s(raw_cap) +
+                    ": 256 x stored + 64 KiB, and 1 GiB)");
     }
     const json& tensors = f.array("tensors", kMaxTensors);
     tensor_total += tensors.size();
@@ -500,6 +507,13 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
         const json& rg = tensors[j]["requires_grad"];
         if (!rg.is_boolean()) bad(path, tf.where() + ".requires_grad: expected true or false");
         t.requires_grad = rg.get<bool>();
+        // LibTorch allows gradients on floating and complex tensors only.
+        const bool differentiable = t.dtype.rfind("float", 0) == 0 || t.dtype == "bfloat16" ||
+                                    t.dtype.rfind("complex", 0) == 0;
+        if (t.requires_grad && !differentiable) {
+          bad(path, tf.where() + " (" + t.path + "): requires_grad on a " + t.dtype +
+                        " tensor (only floating and complex tensors have gradients)");
+        }
       }
       if (t.storage >= m.storages.size()) {
         bad(path, tf.where() + " (" + t.path + "): storage " + u64s(t.storage) + " does not exist (" +

@@ -143,6 +143,18 @@ std::string first_line(const std::exception& e) {
   std::string text = c10_error ? c10_error->what_without_backtrace() : e.what();
   size_t end = text.find('\n');
   if (end != std::string::npos) text.resize(end);
+  return without_torch_notes(text);
+}
+
+std::string without_torch_notes(std::string text) {
+  // LibTorch appends "(Could this error message be improved? If so, please
+  // report an enhancement request to PyTorch.)" to some messages: advice
+  // meant for LibTorch's own developers, not for zcwrap's users.
+  const size_t at = text.find("(Could this error message be improved?");
+  if (at == std::string::npos) return text;
+  const size_t close = text.find(')', at);
+  text.erase(at, close == std::string::npos ? std::string::npos : close + 1 - at);
+  while (!text.empty() && text.back() == ' ') text.pop_back();
   return text;
 }
 

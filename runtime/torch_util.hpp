@@ -34,7 +34,11 @@ using TensorRewrite =
 // object reachable twice is walked once.
 void rewrite_tensors(const torch::jit::Module& module, const TensorRewrite& fn);
 
-// One line from a LibTorch exception, without its C++ backtrace.
+// One line from a LibTorch exception, without its C++ backtrace and without
+// LibTorch's notes to its own developers (without_torch_notes).
 std::string first_line(const std::exception& e);
+
+// `text` without LibTorch's "(Could this error message be improved? ...)".
+std::string without_torch_notes(std::string text);
 
 }  // namespace zcwrap::detail

@@ -188,3 +188,11 @@ TEST_CASE("inputs that are not regular files are refused at once") {
   CHECK_FALSE(test::file_exists(p.dir / "o.pt"));
   CHECK_FALSE(test::file_exists(p.dir / "f.zcb"));
 }
+
+TEST_CASE("a file name with control characters stays on one visible line") {
+  test::TempDir dir;
+  const std::string name = dir / "a\nb\x1b[31mred.zcb";
+  const test::ProcessResult r = run_cli({"inspect", name});
+  check_failure(r, 3, "a\\nb\\x1b[31mred.zcb");
+  CHECK(r.err.find('\x1b') == std::string::npos);
+}

@@ -247,6 +247,8 @@ TEST_CASE("bad blobs are refused with a specific error") {
       {"STORAGE_MISALIGNED", [](Parts& p) { p.manifest["storages"][1]["offset"] = 4100; }, "is not a multiple of 64"},
       {"STORAGE_BAD_CHECKSUM_TEXT", [](Parts& p) { p.manifest["storages"][0]["xxh3"] = "xyz"; }, "hex digits"},
       {"TENSOR_UNKNOWN_DTYPE", [&](Parts& p) { tensor(p, 0)["dtype"] = "float8"; }, "unknown dtype 'float8'"},
+      {"TENSOR_GRAD_ON_INT", [&](Parts& p) { tensor(p, 2)["requires_grad"] = true; },
+       "(step): requires_grad on a int64 tensor"},
       {"TENSOR_UNKNOWN_KIND", [&](Parts& p) { tensor(p, 0)["kind"] = "weights"; }, "unknown tensor kind"},
       {"TENSOR_PAST_STORAGE", [&](Parts& p) { tensor(p, 0)["sizes"] = {32, 33}; }, "which holds 4096 bytes"},
       {"TENSOR_VIEW_PAST_STORAGE", [&](Parts& p) { tensor(p, 1)["storage_offset"] = 100; },
@@ -332,15 +334,53 @@ TEST_CASE("a skeleton that claims more bytes than its zstd frame holds is refuse
   test::write_bytes(dir / "ok.zcb", build(p));
   CHECK(zcwrap::detail::BlobFile::open(dir / "ok.zcb")->skeleton(0) == raw);
 
-  sk["raw_length"] = 1ull << 32;  // 4 GiB: must not be allocated
-  test::write_bytes(dir / "bomb.zcb", build(p));
-  auto blob = zcwrap::detail::BlobFile::open(dir / "bomb.zcb");
+  // A raw_length the frame does not hold, within the expansion cap: refused
+  // when loading, before anything is allocated.
+  sk["raw_length"] = 64 * 1024;
+  test::write_bytes(dir / "liar.zcb", build(p));
+  auto blob = zcwrap::detail::BlobFile::open(dir / "liar.zcb");
   try {
     blob->skeleton(0);
     FAIL("expected an error");
   } catch (const Error& e) {
     CHECK(e.code() == ErrorCode::kBadBlob);
-    CHECK(std::string(e.what()).find("not a zstd frame of its recorded 4294967296 bytes") != std::string::npos);
+    CHECK(std::string(e.what()).find("not a zstd frame of its recorded 65536 bytes") != std::string::npos);
+  }
+
+  // 4 GiB claimed by a small blob: refused when the blob is opened.
+  sk["raw_length"] = 1ull << 32;
+  test::write_bytes(dir / "bomb.zcb", build(p));
+  try {
+    zcwrap::detail::BlobFile::open(dir / "bomb.zcb");
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::kBadBlob);
+    CHECK(std::string(e.what()).find("implausible raw_length 4294967296") != std::string::npos);
+  }
+}
+
+TEST_CASE("an honest zstd frame that expands past the cap is refused when the blob is opened") {
+  // 4 MiB of zeros compress to a few hundred bytes: the frame really holds
+  // them, and a reader would allocate them. Nothing a packer writes expands
+  // like this.
+  Parts p = valid_parts();
+  const std::string raw(4u << 20, '\0');
+  std::string packed(ZSTD_compressBound(raw.size()), '\0');
+  packed.resize(ZSTD_compress(packed.data(), packed.size(), raw.data(), raw.size(), 1));
+  REQUIRE(packed.size() * zcwrap::format::kMaxSkeletonExpansion + zcwrap::format::kSkeletonRawSlack < raw.size());
+  p.skeletons = packed;
+  auto& sk = p.manifest["models"][0]["skeleton"];
+  sk["compression"] = "zstd";
+  sk["length"] = packed.size();
+  sk["raw_length"] = raw.size();
+  test::TempDir dir;
+  test::write_bytes(dir / "zeros.zcb", build(p));
+  try {
+    zcwrap::detail::BlobFile::open(dir / "zeros.zcb");
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::kBadBlob);
+    CHECK(std::string(e.what()).find("implausible raw_length 4194304") != std::string::npos);
   }
 }
 
@@ -375,4 +415,18 @@ TEST_CASE("truncation at every section boundary and at random points is refused"
     CHECK(open_error(good.substr(0, cut), &code) != "");
     CHECK(code == ErrorCode::kBadBlob);
   }
+}
+
+TEST_CASE("inspect escapes control characters it prints from a blob") {
+  Parts p = valid_parts();
+  p.manifest["producer"] = "evil\x1b[2J\nproducer";
+  p.manifest["models"][0]["tensors"][0]["path"] = "fc.\x1b]0;title\x07weight";
+  test::TempDir dir;
+  test::write_bytes(dir / "evil.zcb", build(p));
+  const test::ProcessResult r = test::run_process({test::zcwrap_bin(), "inspect", dir / "evil.zcb"});
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  CHECK(r.out.find('\x1b') == std::string::npos);
+  CHECK(r.out.find('\x07') == std::string::npos);
+  CHECK(r.out.find("made by evil\\x1b[2J\\nproducer\n") != std::string::npos);
+  CHECK(r.out.find("fc.\\x1b]0;title\\x07weight") != std::string::npos);
 }

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mapped_load.hpp"
+#include "torch_util.hpp"
 
 using nlohmann::json;
 using zcwrap::ModelWrapper;
@@ -213,4 +214,11 @@ TEST_CASE("pack's mapped load gives the same outputs as torch::jit::load, or dec
                                   test::call(*mapped, fx["method"], test::load_inputs(input)), &why),
                   why);
   }
+}
+
+TEST_CASE("LibTorch's notes to its own developers are dropped from messages") {
+  using zcwrap::detail::without_torch_notes;
+  CHECK(without_torch_notes("x.pt: bad value 7 (Could this error message be improved? If so, please report an "
+                            "enhancement request to PyTorch.)") == "x.pt: bad value 7");
+  CHECK(without_torch_notes("x.pt: bad value 7") == "x.pt: bad value 7");
 }

@@ -17,9 +17,10 @@
 namespace zcwrap::test {
 
 // The fuzz target does not decompress skeletons that claim more than this:
-// the format allows up to format::kMaxSkeletonRawLength (4 GiB), which
-// BlobFile::skeleton allocates before zstd looks at the frame, and a
-// sanitized process would report that as out-of-memory.
+// the format allows up to 256 x the stored length and at most
+// format::kMaxSkeletonRawLength (1 GiB), which BlobFile::skeleton allocates
+// once the frame agrees, and a sanitized process would report that as
+// out-of-memory.
 inline constexpr uint64_t kMaxCheckedSkeletonRawLength = 16u << 20;
 
 // A copy of the `size` bytes at `bytes` whose meta checksum is recomputed,

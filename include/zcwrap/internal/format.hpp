@@ -54,7 +54,13 @@ inline constexpr uint64_t kDefaultAlignment = 4096;
 inline constexpr uint64_t kMinAlignment = 64;
 inline constexpr uint64_t kMaxAlignment = 2 * 1024 * 1024;
 inline constexpr uint64_t kMaxManifestLength = 256ull << 20;
-inline constexpr uint64_t kMaxSkeletonRawLength = 1ull << 32;
+// A skeleton's raw_length is at most kMaxSkeletonExpansion x its stored
+// length plus kSkeletonRawSlack, and at most kMaxSkeletonRawLength: what a
+// reader allocates stays proportional to the blob. Real skeletons expand 2x
+// to 17x (a model of 2,500 identical Linear layers).
+inline constexpr uint64_t kMaxSkeletonRawLength = 1ull << 30;
+inline constexpr uint64_t kMaxSkeletonExpansion = 256;
+inline constexpr uint64_t kSkeletonRawSlack = 64 * 1024;
 inline constexpr size_t kMaxModels = 4096;
 inline constexpr size_t kMaxTensors = 1u << 24;
 inline constexpr size_t kMaxStorages = 1u << 24;
