@@ -286,6 +286,18 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
   meta += blob.skeletons;
   h.meta_checksum = format::meta_checksum(reinterpret_cast<const uint8_t*>(meta.data()), h);
 
+  // Every reader checks the manifest (each tensor inside its storage, ...);
+  // check it here too, before anything is written, so that a model the
+  // readers would refuse never replaces a good blob. (LibTorch 1.13 loads a
+  // byte view such as a.view(torch.uint8)[4:] as a tensor past its storage.)
+  std::string origins;
+  for (const PackInput& input : models) origins += (origins.empty() ? "" : ", ") + input.origin;
+  try {
+    format::parse_manifest(blob.manifest.data(), blob.manifest.size(), h, origins);
+  } catch (const Error& e) {
+    throw Error(ErrorCode::kBadModel, std::string(e.what()) + " (in the model as loaded; nothing was written)");
+  }
+
   blob.storages = std::move(plan.storages());
   blob.entries = std::move(manifest.storages);
   blob.standalone = standalone;

@@ -196,3 +196,18 @@ TEST_CASE("a file name with control characters stays on one visible line") {
   check_failure(r, 3, "a\\nb\\x1b[31mred.zcb");
   CHECK(r.err.find('\x1b') == std::string::npos);
 }
+
+TEST_CASE("a pack that fails leaves the blob and config it would have replaced as they were") {
+  Packed p;
+  const std::string blob_bytes = test::read_bytes(p.blob);
+  const std::string config_bytes = test::read_bytes(p.config);
+  // A byte view of another buffer (see make_fixtures.py, ByteView): LibTorch
+  // 1.13 loads it as a tensor past its storage, 2.x refuses it.
+  const test::ProcessResult r = run_cli({"pack", test::fixture("byte_view.pt"), "-o", p.blob});
+  check_failure(r, 5, "byte_view.pt");
+  CHECK(test::read_bytes(p.blob) == blob_bytes);
+  CHECK(test::read_bytes(p.config) == config_bytes);
+  const test::ProcessResult ok = run_cli({"run", p.config, "-i", p.input, "-o", p.dir / "o.pt"});
+  CHECK_MESSAGE(ok.status == 0, ok.err);
+  for (const std::string& name : test::list_dir(p.dir.path())) CHECK(name.find(".tmp-") == std::string::npos);
+}
