@@ -6,28 +6,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_support.hpp"
+
 using nlohmann::json;
 namespace test = zcwrap::test;
 
-namespace {
-
-test::ProcessResult run_cli(std::vector<std::string> args) {
-  args.insert(args.begin(), test::zcwrap_bin());
-  return test::run_process(args);
-}
-
-// A failure as the user sees it: exit status, and exactly one stderr line
-// "zcwrap: error: ..." that mentions `mention`.
-void check_failure(const test::ProcessResult& r, int status, const std::string& mention) {
-  CHECK(r.status == status);
-  CHECK_MESSAGE(r.err.rfind("zcwrap: error: ", 0) == 0, r.err);
-  CHECK_MESSAGE(r.err.find(mention) != std::string::npos, r.err);
-  const size_t lines = std::count(r.err.begin(), r.err.end(), '\n');
-  CHECK_MESSAGE(lines == 1, r.err);
-  CHECK(r.err.find("Exception raised from") == std::string::npos);  // no c10 backtrace
-}
-
-}  // namespace
+using test::check_failure;
+using test::run_cli;
 
 TEST_CASE("pack, inspect and run every fixture; outputs equal torch::jit::load") {
   for (const json& fx : test::fixtures_index()["models"]) {

@@ -7,7 +7,6 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -16,25 +15,14 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_support.hpp"
 #include "support.hpp"
 
 namespace test = zcwrap::test;
+using test::check_failure;
+using test::run_cli;
 
 namespace {
-
-test::ProcessResult run_cli(std::vector<std::string> args) {
-  args.insert(args.begin(), test::zcwrap_bin());
-  return test::run_process(args);
-}
-
-// Exit status, and exactly one stderr line "zcwrap: error: ..." that
-// mentions `mention`.
-void check_failure(const test::ProcessResult& r, int status, const std::string& mention) {
-  CHECK(r.status == status);
-  CHECK_MESSAGE(r.err.rfind("zcwrap: error: ", 0) == 0, r.err);
-  CHECK_MESSAGE(r.err.find(mention) != std::string::npos, r.err);
-  CHECK_MESSAGE(std::count(r.err.begin(), r.err.end(), '\n') == 1, r.err);
-}
 
 // A folder with a small model, its input, and a blob and config packed from it.
 struct Packed {

@@ -320,9 +320,22 @@ TEST_CASE("bad blobs are refused with a specific error") {
   }
 }
 
-TEST_CASE("a skeleton that claims more bytes than its zstd frame holds is refused before allocating") {
+namespace {
+
+// Runs `fn`, which must throw Error(kBadBlob) whose message contains `mention`.
+void check_bad_blob(const std::function<void()>& fn, const std::string& mention) {
+  try {
+    fn();
+    FAIL("expected an error mentioning: " << mention);
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::kBadBlob);
+    CHECK_MESSAGE(std::string(e.what()).find(mention) != std::string::npos, e.what());
+  }
+}
+
+// A zstd-compressed skeleton of `raw` in the valid parts.
+Parts parts_with_skeleton(const std::string& raw) {
   Parts p = valid_parts();
-  const std::string raw = "a skeleton";
   std::string packed(ZSTD_compressBound(raw.size()), '\0');
   packed.resize(ZSTD_compress(packed.data(), packed.size(), raw.data(), raw.size(), 1));
   p.skeletons = packed;
@@ -330,6 +343,15 @@ TEST_CASE("a skeleton that claims more bytes than its zstd frame holds is refuse
   sk["compression"] = "zstd";
   sk["length"] = packed.size();
   sk["raw_length"] = raw.size();
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("a skeleton that claims more bytes than its zstd frame holds is refused before allocating") {
+  const std::string raw = "a skeleton";
+  Parts p = parts_with_skeleton(raw);
+  auto& sk = p.manifest["models"][0]["skeleton"];
   test::TempDir dir;
   test::write_bytes(dir / "ok.zcb", build(p));
   CHECK(zcwrap::detail::BlobFile::open(dir / "ok.zcb")->skeleton(0) == raw);
@@ -339,49 +361,24 @@ TEST_CASE("a skeleton that claims more bytes than its zstd frame holds is refuse
   sk["raw_length"] = 64 * 1024;
   test::write_bytes(dir / "liar.zcb", build(p));
   auto blob = zcwrap::detail::BlobFile::open(dir / "liar.zcb");
-  try {
-    blob->skeleton(0);
-    FAIL("expected an error");
-  } catch (const Error& e) {
-    CHECK(e.code() == ErrorCode::kBadBlob);
-    CHECK(std::string(e.what()).find("not a zstd frame of its recorded 65536 bytes") != std::string::npos);
-  }
+  check_bad_blob([&] { blob->skeleton(0); }, "not a zstd frame of its recorded 65536 bytes");
 
   // 4 GiB claimed by a small blob: refused when the blob is opened.
   sk["raw_length"] = 1ull << 32;
   test::write_bytes(dir / "bomb.zcb", build(p));
-  try {
-    zcwrap::detail::BlobFile::open(dir / "bomb.zcb");
-    FAIL("expected an error");
-  } catch (const Error& e) {
-    CHECK(e.code() == ErrorCode::kBadBlob);
-    CHECK(std::string(e.what()).find("implausible raw_length 4294967296") != std::string::npos);
-  }
+  check_bad_blob([&] { zcwrap::detail::BlobFile::open(dir / "bomb.zcb"); }, "implausible raw_length 4294967296");
 }
 
 TEST_CASE("an honest zstd frame that expands past the cap is refused when the blob is opened") {
   // 4 MiB of zeros compress to a few hundred bytes: the frame really holds
   // them, and a reader would allocate them. Nothing a packer writes expands
   // like this.
-  Parts p = valid_parts();
-  const std::string raw(4u << 20, '\0');
-  std::string packed(ZSTD_compressBound(raw.size()), '\0');
-  packed.resize(ZSTD_compress(packed.data(), packed.size(), raw.data(), raw.size(), 1));
-  REQUIRE(packed.size() * zcwrap::format::kMaxSkeletonExpansion + zcwrap::format::kSkeletonRawSlack < raw.size());
-  p.skeletons = packed;
-  auto& sk = p.manifest["models"][0]["skeleton"];
-  sk["compression"] = "zstd";
-  sk["length"] = packed.size();
-  sk["raw_length"] = raw.size();
+  const Parts p = parts_with_skeleton(std::string(4u << 20, '\0'));
+  REQUIRE(p.skeletons.size() * zcwrap::format::kMaxSkeletonExpansion + zcwrap::format::kSkeletonRawSlack <
+          (4u << 20));
   test::TempDir dir;
   test::write_bytes(dir / "zeros.zcb", build(p));
-  try {
-    zcwrap::detail::BlobFile::open(dir / "zeros.zcb");
-    FAIL("expected an error");
-  } catch (const Error& e) {
-    CHECK(e.code() == ErrorCode::kBadBlob);
-    CHECK(std::string(e.what()).find("implausible raw_length 4194304") != std::string::npos);
-  }
+  check_bad_blob([&] { zcwrap::detail::BlobFile::open(dir / "zeros.zcb"); }, "implausible raw_length 4194304");
 }
 
 TEST_CASE("any flipped bit in header, manifest or skeletons is refused") {
