@@ -117,7 +117,7 @@ std::string make_blob(const std::string& dir, int64_t layers) {
   }
   model.define("def forward(self, x):\n  return torch.matmul(x, self.w0) + self.b0\n");
   std::vector<zcwrap::detail::PackInput> inputs;
-  inputs.push_back({"model", "fast_load_bench", std::move(model), {}});
+  inputs.push_back({"model", "fast_load_bench", std::move(model), {}, std::nullopt});
   const std::string path = dir + "/zcwrap-fast-load-bench-" + std::to_string(::getpid()) + "-" +
                            std::to_string(layers) + ".zcb";
   zcwrap::detail::PreparedBlob prepared = zcwrap::detail::prepare_blob(inputs, true, {});

@@ -32,14 +32,44 @@ std::shared_ptr<const BlobFile> BlobFile::open(const std::string& path, bool cop
   auto blob = std::make_shared<BlobFile>();
   blob->path_ = path;
   blob->region_ = MappedRegion::map_file(path, copy_on_write);
-  BlobLayout layout = parse_blob(blob->region_.data(), blob->region_.size(), path);
-  blob->header_ = layout.header;
-  blob->manifest_ = std::move(layout.manifest);
-  if (!copy_on_write) {
-    blob->fault_handle_ =
-        register_readonly_mapping(blob->region_.data(), blob->region_.size(), absolute_path(path));
+  blob->base_ = blob->region_.data();
+  blob->size_ = blob->region_.size();
+  blob->check(/*guard=*/!copy_on_write);
+  return blob;
+}
+
+std::shared_ptr<const BlobFile> BlobFile::open_pinned(const std::string& path, uint64_t size,
+                                                      uint64_t meta_checksum, bool copy_on_write) {
+  auto blob = open(path, copy_on_write);
+  if (blob->size() != size || blob->header().meta_checksum != meta_checksum) {
+    throw Error(ErrorCode::kStale, path + ": changed since this wrapper was made (re-packed or replaced)");
   }
   return blob;
+}
+
+std::shared_ptr<const BlobFile> BlobFile::open_memory(const void* data, size_t size,
+                                                      std::shared_ptr<const void> owner, std::string name) {
+  if (data == nullptr && size != 0) throw Error(ErrorCode::kUsage, name + ": null memory region");
+  if (reinterpret_cast<uintptr_t>(data) % format::kMinAlignment != 0) {
+    throw Error(ErrorCode::kBadBlob, name + ": memory region at " +
+                                         std::to_string(reinterpret_cast<uintptr_t>(data)) + " is not " +
+                                         std::to_string(format::kMinAlignment) + "-byte aligned");
+  }
+  auto blob = std::make_shared<BlobFile>();
+  blob->path_ = std::move(name);
+  // Never null, so in_memory() holds even for an owner the caller left empty.
+  blob->owner_ = owner ? std::move(owner) : std::make_shared<int>(0);
+  blob->base_ = static_cast<const uint8_t*>(data);
+  blob->size_ = size;
+  blob->check(/*guard=*/true);
+  return blob;
+}
+
+void BlobFile::check(bool guard) {
+  BlobLayout layout = parse_blob(base_, size_, path_);
+  header_ = layout.header;
+  manifest_ = std::move(layout.manifest);
+  if (guard) fault_handle_ = register_readonly_mapping(base_, size_, in_memory() ? path_ : absolute_path(path_));
 }
 
 BlobFile::~BlobFile() { unregister_readonly_mapping(fault_handle_); }
@@ -47,7 +77,7 @@ BlobFile::~BlobFile() { unregister_readonly_mapping(fault_handle_); }
 std::string BlobFile::skeleton(size_t index) const {
   const format::ModelEntry& model = manifest_.models.at(index);
   const format::SkeletonEntry& sk = model.skeleton;
-  const uint8_t* src = region_.data() + header_.skeletons_offset + sk.offset;
+  const uint8_t* src = base_ + header_.skeletons_offset + sk.offset;
   if (sk.compression == "none") return std::string(reinterpret_cast<const char*>(src), sk.length);
   // The frame must say it holds raw_length bytes before that much is
   // allocated: a small blob must not be able to make a worker allocate GiBs.

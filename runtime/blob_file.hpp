@@ -31,17 +31,33 @@ class BlobFile {
   // UnwrapOptions::copy_on_write).
   static std::shared_ptr<const BlobFile> open(const std::string& path, bool copy_on_write = false);
 
+  // open(), then checks that the file is still the blob an actor config
+  // pinned (its size and meta checksum): Error(kStale) when it was replaced.
+  static std::shared_ptr<const BlobFile> open_pinned(const std::string& path, uint64_t size, uint64_t meta_checksum,
+                                                     bool copy_on_write = false);
+
+  // Checks the blob in [data, data + size), memory the caller owns (shared
+  // memory, a Ray object), like open(); `name` stands for the path in
+  // messages. `owner` is kept alive as long as this object, and so as long
+  // as any tensor made from it. Throws Error(kBadBlob) as open() does, and
+  // when `data` is not 64-byte aligned (storages are aligned relative to it).
+  static std::shared_ptr<const BlobFile> open_memory(const void* data, size_t size,
+                                                     std::shared_ptr<const void> owner, std::string name);
+
+  // Whether the bytes are a caller's memory region (open_memory), not a file.
+  bool in_memory() const { return owner_ != nullptr; }
+
   const std::string& path() const { return path_; }
   const format::Header& header() const { return header_; }
   const format::Manifest& manifest() const { return manifest_; }
-  const uint8_t* data() const { return region_.data(); }
-  size_t size() const { return region_.size(); }
+  const uint8_t* data() const { return base_; }
+  size_t size() const { return size_; }
 
-  // First byte of the data section inside the mapping.
-  uint8_t* data_section() const { return region_.mutable_data() + header_.data_offset; }
-
-  // First byte of storage `index` inside the mapping. Mutable for LibTorch's
+  // First byte of the data section inside the mapping. Mutable for LibTorch's
   // sake: the pages are read-only unless opened copy-on-write.
+  uint8_t* data_section() const { return const_cast<uint8_t*>(base_) + header_.data_offset; }
+
+  // First byte of storage `index` inside the mapping.
   uint8_t* storage_data(size_t index) const {
     return data_section() + manifest_.storages[index].offset;
   }
@@ -61,6 +77,9 @@ class BlobFile {
   int find_model(const std::string& name) const;
 
   BlobFile() = default;
+  // Checks the bytes at base_ and registers them with the fault guard.
+  void check(bool guard);
+
   BlobFile(const BlobFile&) = delete;
   BlobFile& operator=(const BlobFile&) = delete;
   ~BlobFile();
@@ -68,7 +87,10 @@ class BlobFile {
  private:
   int fault_handle_ = -1;
   std::string path_;
-  MappedRegion region_;
+  MappedRegion region_;                // a file's mapping, or empty
+  std::shared_ptr<const void> owner_;  // a caller's memory region, or null
+  const uint8_t* base_ = nullptr;      // the blob's bytes, in one or the other
+  size_t size_ = 0;
   format::Header header_;
   format::Manifest manifest_;
 };

@@ -159,7 +159,7 @@ PackInput load_model_file(const std::string& name, const std::string& path, bool
   }
   if (st.st_size == 0) throw Error(ErrorCode::kBadModel, path + ": empty file, not a TorchScript archive");
 
-  PackInput input{name, path, torch::jit::Module(), {}};
+  PackInput input{name, path, torch::jit::Module(), {}, std::nullopt};
   try {
     caffe2::serialize::PyTorchStreamReader reader(path);
     bool has_code = false;
@@ -187,6 +187,17 @@ PackInput load_model_file(const std::string& name, const std::string& path, bool
     throw Error(ErrorCode::kBadModel, path + ": cannot load the TorchScript module: " + first_line(e));
   }
   return input;
+}
+
+PackInput copy_module(const std::string& name, const torch::jit::Module& model) {
+  std::stringstream buffer;
+  try {
+    model.save(buffer);
+    buffer.seekg(0);
+    return {name, "module '" + name + "'", torch::jit::load(buffer, at::kCPU), {}, std::nullopt};
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kBadModel, "module '" + name + "': cannot serialize: " + first_line(e));
+  }
 }
 
 PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
@@ -222,13 +233,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
   for (PackInput& input : models) {
     format::ModelEntry entry;
     entry.name = input.name;
-    try {
-      hoist_tensor_constants(input.module);
-    } catch (const std::exception& e) {
-      throw Error(ErrorCode::kBadModel, input.origin + ": cannot move graph constants to attributes: " + first_line(e));
-    }
-    rewrite_tensors(input.module, [&](const std::string& path, format::TensorKind kind,
-                                      const at::Tensor& t) {
+    auto add_tensor = [&](const std::string& path, format::TensorKind kind, const at::Tensor& t) {
       format::TensorEntry te;
       te.path = path;
       te.kind = kind;
@@ -240,6 +245,32 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
       te.requires_grad = t.requires_grad();
       if (t.is_quantized()) te.quantization = quantization_of(t);
       entry.tensors.push_back(std::move(te));
+    };
+    if (input.eager) {
+      for (const EagerTensor& et : input.eager->tensors) {
+        if (!is_shareable(et.tensor)) {
+          throw Error(ErrorCode::kBadModel, input.origin + ": tensor '" + et.path +
+                                                "' cannot be shared (not a dense CPU tensor of a supported dtype)");
+        }
+        add_tensor(et.path, et.kind, et.tensor);
+      }
+      entry.skeleton.kind = "python_pickle";
+      const std::string packed = compress(input.eager->pickle, input.origin);
+      entry.skeleton.offset = skeletons.size();
+      entry.skeleton.length = packed.size();
+      entry.skeleton.raw_length = input.eager->pickle.size();
+      skeletons += packed;
+      manifest.models.push_back(std::move(entry));
+      continue;
+    }
+    try {
+      hoist_tensor_constants(input.module);
+    } catch (const std::exception& e) {
+      throw Error(ErrorCode::kBadModel, input.origin + ": cannot move graph constants to attributes: " + first_line(e));
+    }
+    rewrite_tensors(input.module, [&](const std::string& path, format::TensorKind kind,
+                                      const at::Tensor& t) {
+      add_tensor(path, kind, t);
       // A quantized tensor's placeholder is an empty tensor of its integer
       // representation: LibTorch 2.x cannot reload an empty quantized tensor
       // ("setStorage: ... out of bounds for storage of size 0").

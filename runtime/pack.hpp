@@ -1,6 +1,7 @@
 // The packer: turns loaded TorchScript modules into a blob. Internal.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,12 +12,32 @@
 
 namespace zcwrap::detail {
 
+// One tensor of an eager (Python) module, in the order its pickle names it.
+struct EagerTensor {
+  std::string path;  // "layer1.0.conv1.weight", or "tensor[7]" for one no attribute names
+  format::TensorKind kind = format::TensorKind::kAttribute;
+  at::Tensor tensor;  // on the CPU
+};
+
+// An eager module as the Python package hands it over: its pickle, in which
+// persistent id N stands for tensors[N], and those tensors.
+struct EagerModel {
+  std::string pickle;
+  std::vector<EagerTensor> tensors;
+};
+
 struct PackInput {
   std::string name;
   std::string origin;  // the file it came from, for messages
   torch::jit::Module module;
   torch::jit::ExtraFilesMap extra_files;
+  std::optional<EagerModel> eager;  // set: an eager module, and `module` is unused
 };
+
+// A copy of `model` that the packer may change: saved and reloaded, so the
+// caller's module and its tensors are never touched, even transiently.
+// Throws Error(kBadModel) when it cannot be serialized.
+PackInput copy_module(const std::string& name, const torch::jit::Module& model);
 
 // Everything about a blob but its bytes on disk: header, manifest,
 // compressed skeletons, and the storages to copy (kept alive here).

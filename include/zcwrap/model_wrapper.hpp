@@ -21,6 +21,10 @@ struct Module;
 
 namespace zcwrap {
 
+namespace detail {
+class BlobFile;
+}  // namespace detail
+
 /// How to pack. The defaults suit almost everyone.
 struct PackOptions {
   /// Alignment of every storage in the data section: a power of two from 64
@@ -60,6 +64,19 @@ struct UnwrapOptions {
   /// workers keep the original values.
   bool copy_on_write = false;
   Prefetch prefetch = Prefetch::kNone;
+};
+
+/// A whole blob in memory that the caller owns: a shared-memory segment, a
+/// Ray object-store buffer, a file mapped by the host. Tensors unwrapped from
+/// it point into [data, data + size) on the CPU; `owner` is kept alive as
+/// long as any of them, and is released (on whichever thread drops the last
+/// tensor) after that. The memory must stay unchanged and readable that long,
+/// and `data` must be 64-byte aligned.
+struct MemoryBlob {
+  const void* data = nullptr;
+  size_t size = 0;
+  std::shared_ptr<const void> owner;  ///< may be empty when the memory outlives every tensor
+  std::string name = "memory blob";   ///< stands for a path in error messages
 };
 
 /// One model file of a pipeline to pack.
@@ -143,6 +160,14 @@ class ModelWrapper {
   /// config. A relative "blob" path is taken relative to the current folder.
   static ModelWrapper from_actor(const nlohmann::json& actor_config);
 
+  /// A wrapper over a blob in memory (see MemoryBlob), checked as from_actor
+  /// checks a file: header, meta checksum, manifest. unwrap() and unpack()
+  /// read that memory; to_actor() throws Error(kUsage), since memory has no
+  /// path to send (send the memory, then call from_memory where it arrives).
+  /// Throws Error(kBadBlob) when the bytes are not a valid blob or `data` is
+  /// not 64-byte aligned.
+  static ModelWrapper from_memory(MemoryBlob blob);
+
   /// Opens a blob file, or an actor config file (JSON; a relative "blob" path
   /// in it is taken relative to the config's folder).
   static ModelWrapper open(const std::string& blob_or_config_path);
@@ -151,7 +176,7 @@ class ModelWrapper {
   /// "meta_checksum", "standalone", "models": [...]}. Small; send it to workers.
   nlohmann::json to_actor() const;
 
-  /// Maps the blob and rebuilds the modules. "cpu": zero-copy (see
+  /// Maps the blob (or reads the memory of from_memory) and rebuilds the modules. "cpu": zero-copy (see
   /// Unwrapped). Another device ("cuda:0"): each storage is copied once, so
   /// aliasing survives. With `use_fast_load` on a CUDA device the whole data
   /// section goes to one device allocation instead, streamed in large chunks
@@ -162,10 +187,12 @@ class ModelWrapper {
   /// "cpu" it changes nothing. Throws Error(kDevice)
   /// for a device that does not exist or has no room, Error(kBadBlob) /
   /// Error(kStale) for a blob that fails its checks. Thread-safe.
+  /// A model packed from Python as an eager nn.Module cannot be rebuilt here:
+  /// Error(kBadModel) says to unwrap it from the Python package.
   Unwrapped unwrap(const std::string& device = "cpu", bool use_fast_load = false) const;
   /// As above, with the cold-start, verification and copy-on-write choices.
   /// Throws Error(kBadBlob) naming the first tensor whose bytes fail their
-  /// checksum when verifying.
+  /// checksum when verifying; Error(kUsage) for copy_on_write on a memory blob.
   Unwrapped unwrap(const UnwrapOptions& options) const;
 
   /// Writes one model back as a standard TorchScript file (what
@@ -179,7 +206,9 @@ class ModelWrapper {
 
   bool is_standalone_module() const { return standalone_; }
   std::vector<std::string> model_names() const { return names_; }
+  /// The blob file's absolute path; for a memory blob, its name.
   const std::string& blob_path() const { return blob_path_; }
+  bool in_memory() const { return memory_ != nullptr; }
   uint64_t blob_size() const { return blob_size_; }
   uint64_t meta_checksum() const { return meta_checksum_; }
 
@@ -187,6 +216,11 @@ class ModelWrapper {
   ModelWrapper() = default;
   friend class ActorWrapper;
 
+  // The blob, checked against the pins: a fresh mapping of the file, or the
+  // memory of from_memory.
+  std::shared_ptr<const detail::BlobFile> open_checked(bool copy_on_write = false) const;
+
+  std::shared_ptr<const detail::BlobFile> memory_;  // from_memory only
   std::string blob_path_;
   uint64_t blob_size_ = 0;
   uint64_t meta_checksum_ = 0;
@@ -209,6 +243,9 @@ class ActorWrapper {
 
   /// Unwraps onto the device given at wrap time.
   Unwrapped load() const;
+  /// As load(), with the other unwrap choices; options.device is replaced by
+  /// the device given at wrap time.
+  Unwrapped load(UnwrapOptions options) const;
   /// ModelWrapper::to_actor() plus "device".
   nlohmann::json to_actor() const;
   /// Throws as ModelWrapper::from_actor, and Error(kBadBlob) without "device".

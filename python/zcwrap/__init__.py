@@ -1,0 +1,67 @@
+"""zcwrap: pack a PyTorch model once, load it zero-copy in every worker.
+
+    import torch, zcwrap
+    wrapper = zcwrap.ModelWrapper.from_model(model)   # nn.Module, ScriptModule, or a pipeline object
+    # ... send `wrapper` (or wrapper.to_actor()) to each worker, then there:
+    model = wrapper.unwrap(device="cpu")              # weights point into one shared mapping
+
+The API follows ray-zerocopy's ModelWrapper; see docs/PYTHON.md.
+"""
+
+from __future__ import annotations
+
+import torch as _torch
+
+from . import _build_info
+
+if _torch.__version__ != _build_info.torch_version:
+    raise ImportError(
+        f"zcwrap {_build_info.version} was built against torch {_build_info.torch_version}, but this Python "
+        f"runs torch {_torch.__version__}; reinstall zcwrap (pip install --no-build-isolation .) with this torch")
+
+from . import _C  # noqa: E402  (after the check: a mismatched torch could not load it)
+from ._wrapper import ActorWrapper, ModelWrapper  # noqa: E402
+from .errors import (  # noqa: E402
+    BadBlobError,
+    BadModelError,
+    DeviceError,
+    Error,
+    InputError,
+    InternalError,
+    StaleError,
+    UsageError,
+    WriteError,
+)
+
+__version__ = _build_info.version
+libtorch_version = _C.libtorch_version
+
+__all__ = [
+    "ActorWrapper",
+    "ModelWrapper",
+    "Error",
+    "InternalError",
+    "UsageError",
+    "InputError",
+    "BadBlobError",
+    "BadModelError",
+    "WriteError",
+    "DeviceError",
+    "StaleError",
+    "describe",
+    "verify",
+]
+
+
+def describe(path: str) -> dict:
+    """What `zcwrap inspect --json` prints for a blob or actor config file."""
+    import json
+
+    return json.loads(_C.describe(str(path)))
+
+
+def verify(path: str) -> dict:
+    """What `zcwrap verify --json` prints: every storage's checksum recomputed."""
+    import json
+
+    return json.loads(_C.verify(str(path)))

@@ -1,0 +1,274 @@
+"""ModelWrapper and ActorWrapper: ray-zerocopy's API over zcwrap blobs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from . import _C, _eager
+from .errors import BadModelError, UsageError
+
+_TORCHSCRIPT = "torchscript"
+_PICKLE = "python_pickle"
+_PREFETCH = ("none", "willneed", "populate", "lock")
+
+
+def _is_script(obj: Any) -> bool:
+    return isinstance(obj, torch.jit.ScriptModule)
+
+
+def _is_module(obj: Any) -> bool:
+    return isinstance(obj, nn.Module) or _is_script(obj)
+
+
+def _pipeline_modules(obj: Any) -> dict[str, Any]:
+    """The module attributes of a pipeline object, in attribute order."""
+    try:
+        attributes = vars(obj)
+    except TypeError:
+        return {}
+    return {name: value for name, value in attributes.items() if _is_module(value)}
+
+
+def _pack_entry(name: str, model: Any) -> tuple[str, str, Any]:
+    if _is_script(model):
+        return (name, _TORCHSCRIPT, model._c)
+    return (name, _PICKLE, _eager.skeleton_of(name, model))
+
+
+def _shell_of(pipeline: Any, modules: dict[str, Any]) -> str:
+    """The pipeline object without its modules, pickled, as base64 text."""
+    state = {k: (None if k in modules else v) for k, v in vars(pipeline).items()}
+    try:
+        data = pickle.dumps((type(pipeline), state), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        raise BadModelError(f"pipeline {type(pipeline).__name__}: its attributes other than modules do not "
+                            f"pickle: {type(e).__name__}: {e}") from e
+    return base64.b64encode(data).decode("ascii")
+
+
+def _from_shell(shell: str, modules: dict[str, Any]) -> Any:
+    cls, state = pickle.loads(base64.b64decode(shell))
+    pipeline = cls.__new__(cls)
+    pipeline.__dict__.update(state)
+    pipeline.__dict__.update(modules)
+    return pipeline
+
+
+class ModelWrapper:
+    """A model packed into a zcwrap blob, ready to rebuild zero-copy in any process.
+
+    Make one in the driver with :meth:`from_model`, send it to workers (it
+    pickles as a few hundred bytes: the blob's path and identity, never the
+    weights) or send :meth:`to_actor`'s dict, and call :meth:`unwrap` there.
+    """
+
+    def __init__(self, config: dict[str, Any], kinds: Optional[list[str]] = None,
+                 memory: Any = None) -> None:
+        """Not for direct use: see from_model, from_actor, open and from_buffer."""
+        self._config = dict(config)
+        self._kinds = list(kinds) if kinds is not None else None
+        self._memory = memory
+
+    # --- making one -------------------------------------------------------
+
+    @classmethod
+    def from_model(cls, model: Any, *, store_dir: Optional[str] = None, alignment: int = 4096) -> "ModelWrapper":
+        """Packs `model` into the store, once per content.
+
+        `model` is an ``nn.Module`` (eager), a ``torch.jit.ScriptModule``
+        (scripted or traced), or a pipeline: any object whose attributes
+        include modules of either kind; each becomes a model of the blob named
+        by its attribute, and tensors shared between them are stored once.
+        The blob goes to `store_dir`, else ``$ZCWRAP_STORE``, else
+        ``/dev/shm/zcwrap``, named by its checksum. `model` is not changed.
+
+        Raises UsageError for an object with no module in it, BadModelError
+        for a module that cannot be pickled or serialized, WriteError when the
+        store has no room.
+        """
+        if _is_module(model):
+            entries = [_pack_entry("model", model)]
+            standalone, shell = True, None
+        else:
+            modules = _pipeline_modules(model)
+            if not modules:
+                raise UsageError(f"{type(model).__name__} object: not a module and has no module attributes; "
+                                 "pass an nn.Module, a ScriptModule, or an object whose attributes hold them")
+            entries = [_pack_entry(name, module) for name, module in modules.items()]
+            standalone, shell = False, _shell_of(model, modules)
+        config = json.loads(_C.pack(entries, standalone, "", store_dir or "", alignment))
+        if shell is not None:
+            config["pipeline"] = shell
+        return cls(config, [kind for _, kind, _ in entries])
+
+    @classmethod
+    def from_actor(cls, **actor_config: Any) -> "ModelWrapper":
+        """The wrapper `to_actor()` described. Checks that the blob is still
+        the one packed (StaleError when it was replaced or removed)."""
+        config = dict(actor_config)
+        config.pop("device", None)
+        summary = _C.open_actor(json.dumps({k: v for k, v in config.items() if k != "pipeline"}))
+        return cls(config, summary["kinds"])
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "ModelWrapper":
+        """A blob file (``zcwrap pack``'s output) or an actor config file."""
+        config = json.loads(_C.open_path(os.fspath(path)))
+        return cls.from_actor(**config)
+
+    @classmethod
+    def from_buffer(cls, buffer: Any, name: str = "memory blob") -> "ModelWrapper":
+        """A wrapper over a whole blob in memory: any object with the buffer
+        protocol (bytes, a numpy array, a mmap, a Ray object), 64-byte
+        aligned. Tensors unwrapped from it point into it and keep it alive.
+        Such a wrapper pickles with its bytes; to_actor() raises UsageError."""
+        summary = _C.open_buffer(buffer, name)
+        config = {k: summary[k] for k in ("blob_size", "meta_checksum", "standalone", "models")}
+        config["blob"] = name
+        return cls(config, summary["kinds"], memory=buffer)
+
+    # --- what it holds ----------------------------------------------------
+
+    @property
+    def is_standalone_module(self) -> bool:
+        """True for one module, False for a pipeline."""
+        return bool(self._config["standalone"])
+
+    @property
+    def _is_standalone_module(self) -> bool:
+        return self.is_standalone_module
+
+    @property
+    def model_names(self) -> list[str]:
+        """The names of the packed models, in pack order ("model" for a standalone one)."""
+        return list(self._config["models"])
+
+    @property
+    def _model_refs(self) -> dict[str, str]:
+        """Model name -> skeleton kind ("torchscript" or "python_pickle")."""
+        kinds = self._kinds or [""] * len(self.model_names)
+        return dict(zip(self.model_names, kinds))
+
+    @property
+    def blob_path(self) -> str:
+        """The blob file's absolute path (a memory blob's name for from_buffer)."""
+        return str(self._config["blob"])
+
+    def to_actor(self) -> dict[str, Any]:
+        """A small dict of plain values that from_actor(**d) turns back into this wrapper."""
+        if self._memory is not None:
+            raise UsageError(f"{self.blob_path}: a blob in memory has no actor config; pickle the wrapper "
+                             "or send the buffer and call from_buffer where it arrives")
+        return dict(self._config)
+
+    # --- using it ---------------------------------------------------------
+
+    def unwrap(self, device: str | torch.device = "cpu", use_fast_load: bool = False, *, verify: bool = False,
+               copy_on_write: bool = False, prefetch: str = "none") -> Any:
+        """Rebuilds the model (or the pipeline) with its weights in the blob.
+
+        On "cpu" every tensor the blob holds points into one read-only shared
+        mapping: no copy, and all processes on the machine share one copy in
+        the page cache. Writing to such a weight in place kills the process
+        with SIGSEGV (after one line saying why) unless `copy_on_write`, which
+        gives each process private copies of the pages it writes. On a CUDA
+        device each storage is copied once; with `use_fast_load` the whole
+        data section goes to one device allocation through pinned buffers.
+        `verify` checks every storage's checksum first; `prefetch` is "none",
+        "willneed", "populate" or "lock".
+
+        Models come back in eval mode with requires_grad false. A pipeline
+        comes back as a new object of its class, its module attributes
+        replaced by the rebuilt modules and its other attributes as packed.
+        Raises DeviceError, StaleError, BadBlobError, BadModelError.
+        """
+        if prefetch not in _PREFETCH:
+            raise UsageError(f"prefetch '{prefetch}': use one of {', '.join(_PREFETCH)}")
+        device = str(device)
+        if self._memory is not None:
+            standalone, models, warnings, _ = _C.unwrap_buffer(self._memory, self.blob_path, device, use_fast_load,
+                                                               verify, prefetch)
+        else:
+            actor = {k: v for k, v in self._config.items() if k != "pipeline"}
+            standalone, models, warnings, _ = _C.unwrap_actor(json.dumps(actor), device, use_fast_load, verify,
+                                                              copy_on_write, prefetch)
+        for line in warnings:
+            import warnings as _w
+            _w.warn(f"zcwrap: {line}", RuntimeWarning, stacklevel=2)
+        rebuilt: dict[str, Any] = {}
+        for name, kind, script, tensors, skeleton in models:
+            if kind == _TORCHSCRIPT:
+                module = torch.jit._recursive.wrap_cpp_module(script)
+            else:
+                module = _eager.rebuild(f"{self.blob_path}: model '{name}'", skeleton, tensors)
+                if isinstance(module, nn.Module):
+                    module.eval()
+            rebuilt[name] = module
+        if standalone:
+            return rebuilt[self.model_names[0]]
+        shell = self._config.get("pipeline")
+        if shell is None:  # packed by the zcwrap command: no pipeline object to rebuild
+            return rebuilt
+        return _from_shell(shell, rebuilt)
+
+    def unpack(self, path: str | os.PathLike[str], model: str = "") -> None:
+        """Writes a TorchScript model back as a standard file that
+        torch.jit.load opens (BadModelError for an eager model)."""
+        _C.unpack(json.dumps(self.to_actor()), os.fspath(path), model)
+
+    def __reduce__(self) -> Any:
+        # The config (and a memory blob's bytes), never the unwrapped weights;
+        # unpickling does not touch the blob: unwrap() checks it.
+        return (_restore, (self._config, self._kinds, self._memory))
+
+    def __repr__(self) -> str:
+        what = "standalone" if self.is_standalone_module else "pipeline " + ", ".join(self.model_names)
+        return f"<zcwrap.ModelWrapper {what} at {self.blob_path}>"
+
+
+def _restore(config: dict[str, Any], kinds: Optional[list[str]], memory: Any) -> ModelWrapper:
+    return ModelWrapper(config, kinds, memory)
+
+
+class ActorWrapper:
+    """ray-zerocopy's primary API: pack once with the workers' device, then
+    ``load()`` in each worker."""
+
+    def __init__(self, model: Any, device: str | torch.device = "cpu", use_fast_load: bool = False, **pack_options: Any):
+        """Packs `model` like ModelWrapper.from_model (a ModelWrapper is taken as it is)."""
+        self.wrapper = model if isinstance(model, ModelWrapper) else ModelWrapper.from_model(model, **pack_options)
+        self.device = str(device)
+        self.use_fast_load = use_fast_load
+
+    def load(self, **unwrap_options: Any) -> Any:
+        """The model (or pipeline), unwrapped onto the device given at wrap time."""
+        return self.wrapper.unwrap(self.device, self.use_fast_load, **unwrap_options)
+
+    def to_actor(self) -> dict[str, Any]:
+        """ModelWrapper.to_actor() plus "device" and "use_fast_load"."""
+        return {**self.wrapper.to_actor(), "device": self.device, "use_fast_load": self.use_fast_load}
+
+    @classmethod
+    def from_actor(cls, **actor_config: Any) -> "ActorWrapper":
+        config = dict(actor_config)
+        device = config.pop("device", "cpu")
+        use_fast_load = bool(config.pop("use_fast_load", False))
+        return cls(ModelWrapper.from_actor(**config), device, use_fast_load)
+
+    @property
+    def is_standalone_module(self) -> bool:
+        return self.wrapper.is_standalone_module
+
+    @property
+    def model_names(self) -> list[str]:
+        return self.wrapper.model_names
+
+    def __repr__(self) -> str:
+        return f"<zcwrap.ActorWrapper on {self.device} of {self.wrapper!r}>"
