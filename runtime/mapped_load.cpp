@@ -35,19 +35,10 @@ uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8)
 
 uint64_t le64(const uint8_t* p) { return le32(p) | uint64_t(le32(p + 4)) << 32; }
 
-struct ZipEntry {
-  uint16_t method = 0;
-  uint64_t compressed = 0;
-  uint64_t size = 0;
-};
+}  // namespace
 
-// The zip central directory: name -> method and sizes. (TorchScript writers
-// set the data-descriptor flag, so local headers hold no sizes.) Every read
-// is bounds-checked; an archive it cannot read gives an empty map.
-std::map<std::string, ZipEntry> central_directory(const MappedRegion& file) {
+std::map<std::string, ZipEntry> zip_central_directory(const uint8_t* base, uint64_t n) {
   std::map<std::string, ZipEntry> out;
-  const uint8_t* base = file.data();
-  const uint64_t n = file.size();
   if (n < 22) return out;
   uint64_t eocd = n - 22;
   const uint64_t lowest = n > 22 + 65535 ? n - 22 - 65535 : 0;
@@ -59,13 +50,13 @@ std::map<std::string, ZipEntry> central_directory(const MappedRegion& file) {
   uint64_t cd = le32(base + eocd + 16);
   if ((cd == 0xffffffffu || entries == 0xffff) && eocd >= 20 && le32(base + eocd - 20) == 0x07064b50) {
     const uint64_t eocd64 = le64(base + eocd - 20 + 8);
-    if (eocd64 > n - 56 || le32(base + eocd64) != 0x06064b50) return out;
+    if (n < 56 || eocd64 > n - 56 || le32(base + eocd64) != 0x06064b50) return out;
     entries = le64(base + eocd64 + 32);
     cd = le64(base + eocd64 + 48);
   }
   uint64_t pos = cd;
   for (uint64_t i = 0; i < entries; ++i) {
-    if (pos > n - 46 || le32(base + pos) != 0x02014b50) return {};
+    if (n < 46 || pos > n - 46 || le32(base + pos) != 0x02014b50) return {};
     ZipEntry e;
     e.method = le16(base + pos + 10);
     e.compressed = le32(base + pos + 20);
@@ -92,6 +83,8 @@ std::map<std::string, ZipEntry> central_directory(const MappedRegion& file) {
   return out;
 }
 
+namespace {
+
 bool contains(const std::string& haystack, const char* needle) { return haystack.find(needle) != std::string::npos; }
 
 // The deleter of storages that point into the file's mapping; it also marks
@@ -117,7 +110,7 @@ std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::ji
   caffe2::serialize::PyTorchStreamReader reader(path);
   const std::vector<std::string> records = reader.getAllRecords();
 
-  const std::map<std::string, ZipEntry> entries = central_directory(*file);
+  const std::map<std::string, ZipEntry> entries = zip_central_directory(file->data(), file->size());
   // The record's size if it is stored uncompressed inside the file, else 0.
   auto stored_size = [&](const std::string& record, uint64_t offset) -> uint64_t {
     auto it = entries.find(record);

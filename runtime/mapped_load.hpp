@@ -1,6 +1,8 @@
 // Loading a TorchScript file for packing without copying its tensors. Internal.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -15,6 +17,18 @@ namespace zcwrap::detail {
 // classes, __setstate__, anything whose storages it cannot account for): load
 // those with torch::jit::load. Throws what torch::jit::load throws.
 std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::jit::ExtraFilesMap& extra_files);
+
+struct ZipEntry {
+  uint16_t method = 0;
+  uint64_t compressed = 0;
+  uint64_t size = 0;
+};
+
+// The zip central directory of the `n` bytes at `base`: record name (without
+// the archive's folder) -> method and sizes. (TorchScript writers set the
+// data-descriptor flag, so local headers hold no sizes.) Every read is
+// bounds-checked, for any `n`; an archive it cannot read gives an empty map.
+std::map<std::string, ZipEntry> zip_central_directory(const uint8_t* base, uint64_t n);
 
 // Whether `storage` points into a file mapping made by load_mapped (read-only,
 // MAP_SHARED): then drop_mapped_pages may be called on its bytes.

@@ -259,6 +259,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
       entry.skeleton.offset = skeletons.size();
       entry.skeleton.length = packed.size();
       entry.skeleton.raw_length = input.eager->pickle.size();
+      entry.skeleton.unshared_bytes = input.eager->unshared_bytes;
       skeletons += packed;
       manifest.models.push_back(std::move(entry));
       continue;

@@ -24,6 +24,7 @@ struct EagerTensor {
 struct EagerModel {
   std::string pickle;
   std::vector<EagerTensor> tensors;
+  uint64_t unshared_bytes = 0;  // of tensors left inside the pickle
 };
 
 struct PackInput {

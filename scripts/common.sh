@@ -104,3 +104,12 @@ build_lane() {
   fi
   show ninja -C "$dir"
 }
+
+# The Python package, built by pip from this repository (meson-python, in
+# $PACKAGE_DIR/build) against the torch2 lane's torch and installed into
+# $PACKAGE_DIR/site: PYTHONPATH=$PACKAGE_DIR/site imports it. Needs ensure_venv.
+PACKAGE_DIR=${ZCWRAP_BUILD_PYTHON:-build-python}
+install_package() {
+  show "$TORCH2_PYTHON" -m pip install --disable-pip-version-check --no-build-isolation --no-deps \
+    --upgrade --target "$PACKAGE_DIR/site" --config-settings=build-dir="$PWD/$PACKAGE_DIR/build" .
+}

@@ -64,23 +64,42 @@ for lane in "${lanes[@]}"; do
   timings+=("lane $lane: build $((built - lane_started)) s, tests $((SECONDS - built)) s; $lane_passed passed, $((lane_total - lane_passed - lane_skipped)) failed, $lane_skipped skipped")
 done
 
-# Blobs across versions: packed by one lane, read by the other (pytest, in
-# the torch2 lane's Python).
-if ((${#lanes[@]} == 2)); then
-  cross_started=$SECONDS
-  section "Across lanes: blobs packed under one LibTorch, read under the other"
+# The Python package, as pip builds it (meson-python, -Dpython_only) into
+# the torch2 lane's environment; installed into a folder of the clone
+# (--target), not into the shared environment.
+python_tests=()
+if [[ " ${lanes[*]} " == *" torch2 "* ]]; then
+  package_started=$SECONDS
+  section "Python package: pip install . (torch2 lane)"
+  if [[ $fresh == fresh ]]; then rm -rf "$PACKAGE_DIR"; fi
+  if install_package; then
+    python_tests+=(tests/python/test_package.py)
+  else
+    echo "the Python package did not build"
+    status=1
+    failed=$((failed + 1))
+  fi
+  timings+=("python package: built in $((SECONDS - package_started)) s")
+fi
+# Blobs across versions: packed by one lane, read by the other.
+if ((${#lanes[@]} == 2)); then python_tests+=(tests/python/test_cross_version.py); fi
+
+if ((${#python_tests[@]} > 0)); then
+  pytest_started=$SECONDS
+  section "Python suites: ${python_tests[*]}"
   log=$(mktemp)
-  ZCWRAP_TORCH2_BUILD=$(lane_build_dir torch2) ZCWRAP_DEBIAN_BUILD=$(lane_build_dir debian) \
-    ZCWRAP_DEBIAN_PYTHON=$DEBIAN_PYTHON show "$TORCH2_PYTHON" -m pytest -p no:cacheprovider -q tests/python \
-    2>&1 | tee "$log" || status=1
+  env=(ZCWRAP_REQUIRE_PACKAGE=1 PYTHONPATH="$PWD/$PACKAGE_DIR/site" ZCWRAP_DEBIAN_PYTHON="$DEBIAN_PYTHON")
+  for lane in "${lanes[@]}"; do env+=("ZCWRAP_${lane^^}_BUILD=$PWD/$(lane_build_dir "$lane")"); done
+  show env "${env[@]}" "$TORCH2_PYTHON" -m pytest -p no:cacheprovider -q -W ignore::FutureWarning \
+    "${python_tests[@]}" 2>&1 | tee "$log" || status=1
   # pytest's closing line: "3 passed, 1 skipped in 2.0s", "1 failed, 2 passed in ...".
   count() { grep -Eo "[0-9]+ $1" "$log" | tail -1 | cut -d' ' -f1 || true; }
-  cross_passed=$(count passed) cross_failed=$(count failed) cross_skipped=$(count skipped)
-  cross_failed=$((${cross_failed:-0} + $(grep -Eo '[0-9]+ errors?' "$log" | tail -1 | cut -d' ' -f1 || echo 0)))
-  passed=$((passed + ${cross_passed:-0}))
-  failed=$((failed + cross_failed))
-  skipped=$((skipped + ${cross_skipped:-0}))
-  timings+=("across lanes: $((SECONDS - cross_started)) s; ${cross_passed:-0} passed, $cross_failed failed, ${cross_skipped:-0} skipped")
+  py_passed=$(count passed) py_failed=$(count failed) py_skipped=$(count skipped)
+  py_failed=$((${py_failed:-0} + $(grep -Eo '[0-9]+ errors?' "$log" | tail -1 | cut -d' ' -f1 || echo 0)))
+  passed=$((passed + ${py_passed:-0}))
+  failed=$((failed + py_failed))
+  skipped=$((skipped + ${py_skipped:-0}))
+  timings+=("python suites: $((SECONDS - pytest_started)) s; ${py_passed:-0} passed, $py_failed failed, ${py_skipped:-0} skipped")
   rm -f "$log"
 fi
 

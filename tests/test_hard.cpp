@@ -3,6 +3,10 @@
 // and unpack, the lossless way back to a .pt file.
 #include "torch_support.hpp"  // first: see there
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <optional>
 
 #include <caffe2/serialize/inline_container.h>
@@ -221,4 +225,58 @@ TEST_CASE("LibTorch's notes to its own developers are dropped from messages") {
   CHECK(without_torch_notes("x.pt: bad value 7 (Could this error message be improved? If so, please report an "
                             "enhancement request to PyTorch.)") == "x.pt: bad value 7");
   CHECK(without_torch_notes("x.pt: bad value 7") == "x.pt: bad value 7");
+}
+
+namespace {
+
+// Bytes placed so that the last one ends a page and the next page is
+// PROT_NONE: a read past them faults, so a bounds bug fails the test.
+class GuardedBytes {
+ public:
+  explicit GuardedBytes(const std::vector<uint8_t>& bytes) {
+    page_ = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    base_ = static_cast<uint8_t*>(::mmap(nullptr, 2 * page_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(base_ != MAP_FAILED);
+    REQUIRE(::mprotect(base_ + page_, page_, PROT_NONE) == 0);
+    data_ = base_ + page_ - bytes.size();
+    std::memcpy(data_, bytes.data(), bytes.size());
+  }
+  ~GuardedBytes() { ::munmap(base_, 2 * page_); }
+  const uint8_t* data() const { return data_; }
+
+ private:
+  size_t page_ = 0;
+  uint8_t* base_ = nullptr;
+  uint8_t* data_ = nullptr;
+};
+
+void put32(std::vector<uint8_t>& b, size_t at, uint32_t v) {
+  for (int i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+}  // namespace
+
+TEST_CASE("the zip reader stays inside files shorter than its fixed records") {
+  // A zip64 locator in a 50-byte file pointing at a zip64 end record at 0:
+  // the record (56 bytes) cannot fit, whatever its signature says.
+  std::vector<uint8_t> zip64(50, 0);
+  put32(zip64, 0, 0x06064b50);
+  put32(zip64, 50 - 22, 0x06054b50);
+  zip64[50 - 22 + 10] = 0xff, zip64[50 - 22 + 11] = 0xff;  // entries: 0xffff, so look for zip64
+  put32(zip64, 50 - 22 - 20, 0x07064b50);                  // locator; its offset field (eocd64) is 0
+  CHECK(zcwrap::detail::zip_central_directory(GuardedBytes(zip64).data(), zip64.size()).empty());
+
+  // A 30-byte file whose end record lists one central entry at 0: the entry
+  // (46 bytes) cannot fit either.
+  std::vector<uint8_t> short_cd(30, 0);
+  put32(short_cd, 0, 0x02014b50);
+  put32(short_cd, 30 - 22, 0x06054b50);
+  short_cd[30 - 22 + 10] = 1;  // one entry, central directory at offset 0
+  CHECK(zcwrap::detail::zip_central_directory(GuardedBytes(short_cd).data(), short_cd.size()).empty());
+
+  for (size_t n = 0; n < 80; ++n) {  // every short length, end record last
+    std::vector<uint8_t> bytes(n, 0xff);
+    if (n >= 22) put32(bytes, n - 22, 0x06054b50);
+    CHECK(zcwrap::detail::zip_central_directory(GuardedBytes(bytes).data(), n).size() <= 1);
+  }
 }

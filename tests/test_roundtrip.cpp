@@ -300,6 +300,70 @@ TEST_CASE("the mapping outlives Unwrapped and the blob file") {
                 why);
 }
 
+TEST_CASE("from_memory unwraps a blob in caller-owned memory and keeps its owner alive") {
+  test::TempDir dir;
+  const std::string model = test::fixture("transformer.pt");
+  ModelWrapper::pack_files({{"m", model}}, true, dir / "m.zcb");
+  const std::string bytes = test::read_bytes(dir / "m.zcb");
+  // 64-byte aligned memory the test owns; its deleter records the release.
+  bool released = false;
+  std::shared_ptr<uint8_t> memory(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes.size() + 63) / 64 * 64)),
+                                  [&released](uint8_t* p) {
+                                    released = true;
+                                    std::free(p);
+                                  });
+  std::memcpy(memory.get(), bytes.data(), bytes.size());
+  ::unlink((dir / "m.zcb").c_str());  // nothing reads the file from here on
+
+  const std::string input = test::fixture("transformer_in.pt");
+  torch::jit::Module kept;
+  {
+    ModelWrapper w = ModelWrapper::from_memory({memory.get(), bytes.size(), memory, "test memory"});
+    CHECK(w.in_memory());
+    CHECK(w.model_names() == std::vector<std::string>{"model"});  // a standalone model's name
+    CHECK(w.blob_path() == "test memory");
+    std::string message;
+    CHECK(error_code_of([&] { (void)w.to_actor(); }, &message) == ErrorCode::kUsage);
+    CHECK(message.find("from_memory") != std::string::npos);
+    zcwrap::UnwrapOptions cow;
+    cow.copy_on_write = true;
+    CHECK(error_code_of([&] { (void)w.unwrap(cow); }) == ErrorCode::kUsage);
+
+    Unwrapped u = w.unwrap();
+    CHECK(u.mapping_data() == memory.get());
+    size_t count = 0;
+    check_all_in_mapping(u.module(), u, &count);
+    CHECK(count > 0);
+    kept = u.module();
+  }
+  const uint8_t* address = memory.get();
+  memory.reset();
+  CHECK_FALSE(released);  // the module's tensors hold it
+  std::string why;
+  CHECK_MESSAGE(test::bit_equal(test::reference_output(model, "forward", input),
+                                test::call(kept, "forward", test::load_inputs(input)), &why),
+                why);
+  CHECK(static_cast<const void*>(address) != nullptr);
+  kept = torch::jit::Module();
+  CHECK(released);
+
+  SUBCASE("misaligned or damaged memory is a bad blob") {
+    std::vector<uint8_t> copy(bytes.size() + 64);
+    uint8_t* aligned = copy.data() + (64 - reinterpret_cast<uintptr_t>(copy.data()) % 64) % 64;
+    std::memcpy(aligned + 1, bytes.data(), bytes.size());
+    std::string message;
+    CHECK(error_code_of([&] { ModelWrapper::from_memory({aligned + 1, bytes.size(), nullptr, "odd"}); },
+                        &message) == ErrorCode::kBadBlob);
+    CHECK(message.find("odd: memory region at") != std::string::npos);
+    std::memcpy(aligned, bytes.data(), bytes.size());
+    aligned[200] ^= 0x40;  // inside the manifest
+    CHECK(error_code_of([&] { ModelWrapper::from_memory({aligned, bytes.size(), nullptr, "flipped"}); },
+                        &message) == ErrorCode::kBadBlob);
+    CHECK(message.rfind("flipped: ", 0) == 0);
+    CHECK(error_code_of([&] { ModelWrapper::from_memory({aligned, 100, nullptr, "short"}); }) == ErrorCode::kBadBlob);
+  }
+}
+
 TEST_CASE("packing is deterministic") {
   test::TempDir dir;
   ModelWrapper::pack_files({{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, false,

@@ -54,7 +54,7 @@ zcwrap::format::TensorKind kind_from_name(const std::string& name) {
 }
 
 // models: [(name, "torchscript", torch._C.ScriptModule) or
-//          (name, "python_pickle", (pickle bytes, [(path, kind, tensor)]))].
+//          (name, "python_pickle", (pickle bytes, [(path, kind, tensor)], unshared bytes))].
 // Writes to `blob_path`, or into the store when it is empty. Returns the
 // actor config as JSON text.
 std::string pack(const py::list& models, bool standalone, const std::string& blob_path, const std::string& store_dir,
@@ -77,6 +77,7 @@ std::string pack(const py::list& models, bool standalone, const std::string& blo
         eager.tensors.push_back({tensor[0].cast<std::string>(), kind_from_name(tensor[1].cast<std::string>()),
                                  tensor[2].cast<at::Tensor>()});
       }
+      eager.unshared_bytes = payload[2].cast<uint64_t>();
       inputs.push_back({name, "module '" + name + "'", {}, {}, std::move(eager)});
     }
   }

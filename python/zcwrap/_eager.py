@@ -45,6 +45,7 @@ class _Pickler(pickle.Pickler):
         self._index: dict[int, int] = {}
         self._keep: list[torch.Tensor] = []  # holds ids unique while pickling
         self._cpu_storages: dict[tuple[str, int], torch.UntypedStorage] = {}
+        self.unshared_bytes = 0  # of tensors pickled as they are, inside the skeleton
 
     def _on_cpu(self, t: torch.Tensor) -> torch.Tensor:
         """`t` itself on the CPU; elsewhere a CPU copy of its whole storage
@@ -63,10 +64,10 @@ class _Pickler(pickle.Pickler):
             return None
         index = self._index.get(id(obj))
         if index is None:
-            if obj.is_quantized and obj.device.type != "cpu":
-                return None  # no CPU view of a device's quantized tensor: pickled as it is
-            tensor = self._on_cpu(obj)
-            if not _C.shareable(tensor):
+            # A device's quantized tensor has no CPU view: it is pickled as it is.
+            tensor = None if obj.is_quantized and obj.device.type != "cpu" else self._on_cpu(obj)
+            if tensor is None or not _C.shareable(tensor):
+                self.unshared_bytes += obj.numel() * obj.element_size()
                 return None
             index = len(self.tensors)
             path, kind = self._names.get(id(obj), (f"tensor[{index}]", "attribute"))
@@ -76,9 +77,10 @@ class _Pickler(pickle.Pickler):
         return (_TAG, index, type(obj) is nn.Parameter)
 
 
-def skeleton_of(name: str, module: nn.Module) -> tuple[bytes, list[tuple[str, str, torch.Tensor]]]:
-    """The pickle of `module` with its tensors taken out, and those tensors
-    (path, kind, CPU tensor) in persistent-id order."""
+def skeleton_of(name: str, module: nn.Module) -> tuple[bytes, list[tuple[str, str, torch.Tensor]], int]:
+    """The pickle of `module` with its tensors taken out, those tensors
+    (path, kind, CPU tensor) in persistent-id order, and the bytes of the
+    tensors that stayed inside the pickle."""
     buffer = io.BytesIO()
     pickler = _Pickler(buffer, _tensor_names(module))
     try:
@@ -86,7 +88,7 @@ def skeleton_of(name: str, module: nn.Module) -> tuple[bytes, list[tuple[str, st
     except Exception as e:  # pickle raises many types: say which attribute, in one line
         raise BadModelError(f"module '{name}': cannot pickle {type(module).__name__}: "
                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    return buffer.getvalue(), pickler.tensors
+    return buffer.getvalue(), pickler.tensors, pickler.unshared_bytes
 
 
 class _Unpickler(pickle.Unpickler):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import mmap
 import os
 import pickle
 from typing import Any, Optional
@@ -11,8 +12,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import _C, _eager
-from .errors import BadModelError, UsageError
+from . import _C, _eager, _ray
+from .errors import BadModelError, StaleError, UsageError
 
 _TORCHSCRIPT = "torchscript"
 _PICKLE = "python_pickle"
@@ -70,16 +71,18 @@ class ModelWrapper:
     """
 
     def __init__(self, config: dict[str, Any], kinds: Optional[list[str]] = None,
-                 memory: Any = None) -> None:
+                 memory: Any = None, ray_ref: Any = None) -> None:
         """Not for direct use: see from_model, from_actor, open and from_buffer."""
         self._config = dict(config)
         self._kinds = list(kinds) if kinds is not None else None
         self._memory = memory
+        self._ray_ref = ray_ref  # the blob as a Ray object, once put (see _ray.py)
 
     # --- making one -------------------------------------------------------
 
     @classmethod
-    def from_model(cls, model: Any, *, store_dir: Optional[str] = None, alignment: int = 4096) -> "ModelWrapper":
+    def from_model(cls, model: Any, *, store_dir: Optional[str] = None, alignment: int = 4096,
+                   mode: str = "actor") -> "ModelWrapper":
         """Packs `model` into the store, once per content.
 
         `model` is an ``nn.Module`` (eager), a ``torch.jit.ScriptModule``
@@ -89,10 +92,16 @@ class ModelWrapper:
         The blob goes to `store_dir`, else ``$ZCWRAP_STORE``, else
         ``/dev/shm/zcwrap``, named by its checksum. `model` is not changed.
 
+        `mode` is accepted for ray-zerocopy 0.2 compatibility: "actor" (the
+        wrapper is unwrapped where it is used) is the only one.
+
         Raises UsageError for an object with no module in it, BadModelError
         for a module that cannot be pickled or serialized, WriteError when the
         store has no room.
         """
+        if mode != "actor":
+            raise UsageError(f"mode '{mode}': zcwrap wrappers are unwrapped in the actor or process that uses "
+                             "them (mode='actor'); ray-zerocopy's task mode has no equivalent")
         if _is_module(model):
             entries = [_pack_entry("model", model)]
             standalone, shell = True, None
@@ -192,9 +201,23 @@ class ModelWrapper:
         if prefetch not in _PREFETCH:
             raise UsageError(f"prefetch '{prefetch}': use one of {', '.join(_PREFETCH)}")
         device = str(device)
-        if self._memory is not None:
-            standalone, models, warnings, _ = _C.unwrap_buffer(self._memory, self.blob_path, device, use_fast_load,
-                                                               verify, prefetch)
+        memory, name = self._memory, self.blob_path
+        if memory is None and self._ray_ref is not None:
+            memory = _ray.get_blob(self._ray_ref, self.blob_path)
+            name = f"Ray object {self._ray_ref.hex()} (blob {self.blob_path})"
+            if memory is None and not os.path.exists(self.blob_path):
+                raise StaleError(f"{self.blob_path}: the blob's Ray object {self._ray_ref.hex()} cannot be fetched "
+                                 "here (its owner, the driver that packed it, is gone, or the object was lost), "
+                                 "and the blob file is not on this node")
+            if memory is not None:
+                held = _C.open_buffer(memory, name)
+                if (held["blob_size"], held["meta_checksum"]) != (self._config["blob_size"],
+                                                                  self._config["meta_checksum"]):
+                    raise StaleError(f"{name}: is not the blob this wrapper was made for")
+        if memory is not None:
+            if copy_on_write:
+                raise UsageError(f"{name}: copy_on_write needs a blob file; memory is read as it was given")
+            standalone, models, warnings, _ = _C.unwrap_buffer(memory, name, device, use_fast_load, verify, prefetch)
         else:
             actor = {k: v for k, v in self._config.items() if k != "pipeline"}
             standalone, models, warnings, _ = _C.unwrap_actor(json.dumps(actor), device, use_fast_load, verify,
@@ -218,6 +241,10 @@ class ModelWrapper:
             return rebuilt
         return _from_shell(shell, rebuilt)
 
+    def load(self, device: str | torch.device = "cpu", use_fast_load: bool = False, **options: Any) -> Any:
+        """unwrap() under ray-zerocopy 0.2's name."""
+        return self.unwrap(device, use_fast_load, **options)
+
     def unpack(self, path: str | os.PathLike[str], model: str = "") -> None:
         """Writes a TorchScript model back as a standard file that
         torch.jit.load opens (BadModelError for an eager model)."""
@@ -225,16 +252,28 @@ class ModelWrapper:
 
     def __reduce__(self) -> Any:
         # The config (and a memory blob's bytes), never the unwrapped weights;
-        # unpickling does not touch the blob: unwrap() checks it.
-        return (_restore, (self._config, self._kinds, self._memory))
+        # unpickling does not touch the blob: unwrap() checks it. Inside a
+        # Ray job the blob goes to Ray's object store once (_ray.py).
+        if self._memory is not None:
+            return (_restore, (self._config, self._kinds, memoryview(self._memory).cast("B").tobytes()))
+        if self._ray_ref is None and _ray.active():
+            self._ray_ref = _ray.put_blob(self.blob_path)
+        return (_restore, (self._config, self._kinds, None, self._ray_ref))
 
     def __repr__(self) -> str:
         what = "standalone" if self.is_standalone_module else "pipeline " + ", ".join(self.model_names)
         return f"<zcwrap.ModelWrapper {what} at {self.blob_path}>"
 
 
-def _restore(config: dict[str, Any], kinds: Optional[list[str]], memory: Any) -> ModelWrapper:
-    return ModelWrapper(config, kinds, memory)
+def _restore(config: dict[str, Any], kinds: Optional[list[str]], memory: Optional[bytes],
+             ray_ref: Any = None) -> ModelWrapper:
+    if memory is not None:
+        # Unpickled bytes have no alignment to speak of: an anonymous mapping
+        # is page-aligned.
+        aligned = mmap.mmap(-1, max(len(memory), 1))
+        aligned[: len(memory)] = memory
+        memory = memoryview(aligned)[: len(memory)]
+    return ModelWrapper(config, kinds, memory, ray_ref)
 
 
 class ActorWrapper:

@@ -1,0 +1,206 @@
+"""zcwrap under real Ray: the blob through the object store, on a 3-node cluster.
+
+ray.cluster_utils.Cluster starts three nodes on this machine, each with its
+own raylet and object store and a custom resource naming it ("node0", ...),
+so actors can be pinned. Small enough for 2 cores: one CPU per node, a
+small model. Skips (never fails) where Ray is not installed.
+"""
+
+import os
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import import_zcwrap
+
+zcwrap = import_zcwrap()
+ray = pytest.importorskip("ray", reason="Ray is not installed (scripts/requirements.txt pins it)")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+NODES = 3
+
+
+def make_model():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=64, nhead=4, dim_feedforward=128, batch_first=True)
+    return nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+
+
+def bytes_of(t):
+    return t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    os.environ["ZCWRAP_STORE"] = str(store)
+    # Workers import the package (and this file's helpers) like the driver.
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"node0": 1}, "object_store_memory": 128 << 20})
+    for i in range(1, NODES):
+        cluster.add_node(num_cpus=1, resources={f"node{i}": 1}, object_store_memory=128 << 20)
+    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": path, "ZCWRAP_STORE": str(store)}},
+             include_dashboard=False, log_to_driver=False)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def mapping_of(address):
+    """(path, inode, offset of the page) of the mapping holding `address`."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                page = (address - start) // 4096 * 4096 + int(fields[2], 16)
+                return (fields[5] if len(fields) > 5 else "", int(fields[4]), fields[1], page)
+    return None
+
+
+@ray.remote(num_cpus=0)
+class Probe:
+    """An actor that unwraps the wrapper it was given and reports where its weights are."""
+
+    def __init__(self, model_wrapper):
+        self.model = model_wrapper.unwrap(device="cpu")
+        self.wrapper = model_wrapper
+
+    def report(self, x):
+        buffer = ray.get(self.wrapper._ray_ref)
+        base, size = buffer.ctypes.data, buffer.size
+        tensors = [t for t in self.model.state_dict().values() if t.numel() > 0]
+        inside = all(base <= t.data_ptr() and t.data_ptr() + t.numel() * t.element_size() <= base + size
+                     for t in tensors)
+        with torch.no_grad():
+            out = self.model(x)
+        first = tensors[0].data_ptr()
+        return {"node": ray.get_runtime_context().get_node_id(), "inside": inside, "count": len(tensors),
+                "writable": buffer.flags.writeable, "mapping": mapping_of(first), "out": out,
+                "pid": os.getpid()}
+
+
+def test_actors_on_every_node_unwrap_from_their_object_store(cluster):
+    model = make_model()
+    wrapper = zcwrap.ModelWrapper.from_model(model)
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        expected = model(x)
+    # Two actors per node, pinned by the node's resource.
+    actors = [Probe.options(resources={f"node{i}": 0.1}).remote(wrapper) for i in range(NODES) for _ in range(2)]
+    reports = ray.get([a.report.remote(x) for a in actors], timeout=300)
+    assert wrapper._ray_ref is not None  # put once, by the driver
+    assert len({r["node"] for r in reports}) == NODES
+    for r in reports:
+        assert r["inside"] and r["count"] > 0, r
+        assert not r["writable"]
+        assert bytes_of(r["out"]) == bytes_of(expected)
+    # The two actors of a node map the same pages of the same object-store
+    # file: one copy per node. Actors of different nodes map different stores.
+    by_node = {}
+    for r in reports:
+        by_node.setdefault(r["node"], set()).add(r["mapping"][:2] + (r["mapping"][3],))
+    assert all(len(m) == 1 for m in by_node.values()), by_node
+    assert len({next(iter(m)) for m in by_node.values()}) == NODES
+    for a in actors:
+        ray.kill(a)
+
+
+class InferenceActor:
+    """The seed's usage, as written in its README."""
+
+    def __init__(self, model_wrapper):
+        self.model = model_wrapper.unwrap(device="cpu")
+
+    def __call__(self, batch):
+        with torch.no_grad():
+            return {"out": self.model(torch.as_tensor(batch["data"])).numpy()}
+
+
+def test_map_batches_with_the_seeds_usage(cluster):
+    import numpy as np
+
+    model = make_model()
+    data = np.random.default_rng(0).standard_normal((12, 5, 64)).astype(np.float32)
+    wrapper = zcwrap.ModelWrapper.from_model(model)
+    ds = ray.data.from_items([{"data": row} for row in data])
+    out = ds.map_batches(InferenceActor, fn_constructor_kwargs={"model_wrapper": wrapper}, batch_size=4,
+                         compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.25).take_all()
+    with torch.no_grad():
+        expected = model(torch.as_tensor(data)).numpy()
+    got = np.stack([row["out"] for row in out])
+    # Rows may come back in any order: match each to its input's output.
+    assert sorted(bytes(r.tobytes()) for r in got) == sorted(bytes(r.tobytes()) for r in expected)
+
+
+@ray.remote(num_cpus=0)
+def unwrap_and_run(wrapper, x):
+    with torch.no_grad():
+        return wrapper.unwrap()(x)
+
+
+@ray.remote(num_cpus=0)
+def die():
+    os._exit(1)
+
+
+def test_actor_wrapper_to_actor_and_a_dying_worker(cluster):
+    model = make_model()
+    x = torch.randn(1, 3, 64)
+    with torch.no_grad():
+        expected = model(x)
+    actor = zcwrap.ActorWrapper(model, device="cpu")
+    config = actor.to_actor()
+    # A worker that dies takes nobody else down.
+    with pytest.raises(ray.exceptions.RayError):
+        ray.get(die.remote(), timeout=120)
+    assert bytes_of(ray.get(unwrap_and_run.remote(actor.wrapper, x), timeout=120)) == bytes_of(expected)
+    # The plain config (a path: this test's nodes share a filesystem).
+    again = zcwrap.ActorWrapper.from_actor(**config)
+    assert bytes_of(again.load()(x)) == bytes_of(expected)
+
+
+DRIVER = """
+import os, sys, time, torch, ray, zcwrap
+sys.path.insert(0, sys.argv[2])
+from test_ray import make_model
+ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False)
+wrapper = zcwrap.ModelWrapper.from_model(make_model())
+
+@ray.remote(num_cpus=0, lifetime="detached", name=sys.argv[3])
+class Holder:
+    def __init__(self, wrapper):
+        self.wrapper = wrapper
+    def unwrap(self):
+        with torch.no_grad():
+            return float(self.wrapper.unwrap()(torch.ones(1, 2, 64)).sum())
+
+holder = Holder.remote(wrapper)
+print(ray.get(holder.unwrap.remote()), flush=True)
+os.remove(wrapper.blob_path)  # the blob now exists only in the object store
+os._exit(0)  # the driver, which owns the Ray object, is gone
+"""
+
+
+def test_driver_exit_gives_a_clear_error_not_a_crash(cluster, tmp_path):
+    here = os.path.dirname(os.path.abspath(__file__))
+    name = f"zcwrap-holder-{os.getpid()}"
+    import subprocess
+
+    env = dict(os.environ, ZCWRAP_STORE=str(tmp_path))
+    driver = subprocess.run([sys.executable, "-c", DRIVER, cluster.address, here, name], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert driver.returncode == 0, driver.stderr[-2000:]
+    holder = ray.get_actor(name)
+    # The actor that already unwrapped kept working until now; a new unwrap
+    # needs the object, whose owner exited: one clear zcwrap error.
+    with pytest.raises(ray.exceptions.RayTaskError) as raised:
+        ray.get(holder.unwrap.remote(), timeout=120)
+    assert "StaleError" in str(raised.value) and "cannot be fetched" in str(raised.value)
+    ray.kill(holder)
