@@ -11,7 +11,9 @@ with every file in the page cache:
               the state_dict, plain and with mmap=True, assign=True), and
               torch.jit.load for TorchScript;
   memory      summed PSS (/proc/PID/smaps_rollup) of --workers processes that
-              each load the model and read every weight, per method.
+              each load the model and read every weight, per method; and of
+              as many that only import torch, torchvision and zcwrap (the
+              per-process baseline).
 
 Run it with the torch2 lane's Python and the package on PYTHONPATH (run.sh
 does); results go to OUT/python.json and a table on stdout:
@@ -34,6 +36,8 @@ import torch
 from torch import nn
 
 import zcwrap
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 class Big(nn.Module):
@@ -61,7 +65,7 @@ def make_big():
 # --hold, reads every weight, prints "ready" and waits for stdin to close.
 WORKER = textwrap.dedent("""
     import pickle, sys, time
-    import torch, zcwrap
+    import torch, torchvision, zcwrap  # a server has its model's code imported before it loads weights
     sys.path.insert(0, sys.argv[4])
     import python_bench
     method, path, hold = sys.argv[1], sys.argv[2], sys.argv[3] == "hold"
@@ -77,6 +81,8 @@ WORKER = textwrap.dedent("""
         model.load_state_dict(torch.load(path, mmap=mmap, weights_only=True), assign=mmap)
     elif method == "torch.jit.load":
         model = torch.jit.load(path)
+    elif method == "nothing":  # the baseline: a worker with its imports and no model
+        model = torch.nn.Module()
     seconds = time.perf_counter() - start
     print(f"{seconds:.6f}", flush=True)
     if hold:
@@ -137,10 +143,17 @@ def main():
     work = tempfile.mkdtemp(prefix="zcwrap-python-bench-")  # on disk: /dev/shm may be too small
     os.environ["ZCWRAP_STORE"] = work
     rows = []
+    # Per-process overhead: the same workers, their imports done, no model.
+    baseline = summed_pss("nothing", "", "make_big", args.workers)
+    print(f"baseline: {args.workers} workers with no model, PSS {baseline / 2**20:.0f} MiB", flush=True)
     for name in args.models.split(","):
         maker = {"resnet50": "make_resnet50", "big": "make_big"}[name]
         torch.manual_seed(0)
-        model = globals()[maker]().eval()
+        # From the module python_bench, not __main__: workers unpickle the
+        # eager model by its class's module.
+        import python_bench
+
+        model = getattr(python_bench, maker)().eval()
         weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         files = {
             "module": os.path.join(work, f"{name}.module.pt"),
@@ -170,9 +183,9 @@ def main():
                 print(f"{name:9} {kind:11} {method:22} load {seconds * 1e3:9.1f} ms   "
                       f"{args.workers} workers' PSS {pss / 2**20:8.0f} MiB   ({time.perf_counter() - started:.0f} s)",
                       flush=True)
-    with open(os.path.join(args.out, "python.json"), "w") as f:
-        json.dump({"torch": torch.__version__, "zcwrap": zcwrap.__version__, "cpus": os.cpu_count(),
-                   "repeat": args.repeat, "rows": rows}, f, indent=1)
+                with open(os.path.join(args.out, "python.json"), "w") as f:
+                    json.dump({"torch": torch.__version__, "zcwrap": zcwrap.__version__, "cpus": os.cpu_count(),
+                               "repeat": args.repeat, "baseline_pss_bytes": baseline, "rows": rows}, f, indent=1)
     subprocess.run(["rm", "-rf", work], check=False)
 
 

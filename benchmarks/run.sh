@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # zcwrap benchmarks: P1 unwrap latency, P2 sharing, P3 pack speed, cold
-# start (docs/BENCHMARKS.md says what each measures and the goals).
+# start (docs/BENCHMARKS.md says what each measures and the goals); with the
+# torch2 lane also the Python package (python_bench.py) and Ray
+# (ray_bench.py, against ray-zerocopy 0.2.0).
 #
-# Usage: benchmarks/run.sh [--lane torch2|debian] [run.py options, e.g. --runs 3 --only p1 p2]
+# Usage: benchmarks/run.sh [--lane torch2|debian] [--no-python] [run.py options, e.g. --runs 3 --only p1 p2]
 #
 # For each LibTorch lane (both unless --lane; scripts/common.sh), one after
 # the other in one run: builds zcwrap in the lane's build folder, generates
@@ -28,6 +30,11 @@ if [[ ${1:-} == --lane ]]; then
   lanes=("$2")
   shift 2
 fi
+python_benches=yes
+if [[ ${1:-} == --no-python ]]; then
+  python_benches=""
+  shift
+fi
 
 section "Packages"
 ensure_packages
@@ -48,3 +55,16 @@ done
 
 section "Side by side"
 show "$DEBIAN_PYTHON" benchmarks/lanes.py "${results[@]}" | tee benchmarks/out/lanes.md
+
+if [[ -n $python_benches && " ${lanes[*]} " == *" torch2 "* ]]; then
+  section "Python package (pip install .) and ray-zerocopy 0.2.0, for comparison only"
+  install_package
+  # The peer goes into a folder of its own, never into the project's environment.
+  show "$TORCH2_PYTHON" -m pip install --disable-pip-version-check --no-deps --upgrade --target build-bench/peers \
+    ray-zerocopy==0.2.0
+  export PYTHONPATH=$PWD/$PACKAGE_DIR/site:$PWD/build-bench/peers
+  section "Python: load time and memory against torch.load / load_state_dict / torch.jit.load"
+  show "$TORCH2_PYTHON" benchmarks/python_bench.py benchmarks/out/python
+  section "Ray: N actors, plain loads vs ray-zerocopy vs zcwrap"
+  show "$TORCH2_PYTHON" benchmarks/ray_bench.py benchmarks/out/ray
+fi

@@ -59,6 +59,10 @@ int run_inspect(const InspectArgs& args) {
                 printable(model["skeleton"]["kind"].get<std::string>()).c_str(),
                 human_bytes(model["skeleton"]["stored_bytes"]).c_str(),
                 human_bytes(model["skeleton"]["raw_bytes"]).c_str());
+    if (model["skeleton"]["kind"] == "python_pickle") {
+      std::printf("  an eager PyTorch module packed from Python: unwrap it with the zcwrap Python package "
+                  "(zcwrap run and unpack cannot)\n");
+    }
     if (args.brief) continue;
     std::printf("  %-40s %-9s %-10s %-18s %10s %12s %s\n", "TENSOR", "KIND", "DTYPE", "SHAPE", "BYTES",
                 "OFFSET", "STORAGE");

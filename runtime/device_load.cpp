@@ -31,17 +31,4 @@ std::vector<c10::Storage> storage_views(const c10::Storage& owner,
   return out;
 }
 
-#if !ZCWRAP_HAVE_CUDA
-// runtime/cuda_loader.cpp defines these when built with CUDA.
-
-bool fast_load_built() { return false; }
-
-std::vector<c10::Storage> fast_load_storages(const BlobFile& blob, const c10::Device& device,
-                                             const FastLoadOptions&) {
-  throw Error(ErrorCode::kDevice, blob.path() + ": fast load to " + device.str() +
-                                      ": this zcwrap was built without its CUDA loader; rebuild it with "
-                                      "meson -Dcuda=enabled against a CUDA LibTorch");
-}
-#endif
-
 }  // namespace zcwrap::detail

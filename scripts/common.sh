@@ -68,7 +68,11 @@ ensure_venv() {
   rm -rf "$venv"
   mkdir -p "$CACHE"
   show "$DEBIAN_PYTHON" -m venv "$venv"
-  show "$venv/bin/pip" install --disable-pip-version-check --progress-bar off -r "$REQUIREMENTS"
+  # Wheels are kept in $CACHE/wheels, so a new set of pins downloads only
+  # what changed (torch alone is 3 GB).
+  show "$venv/bin/pip" download --disable-pip-version-check --progress-bar off -d "$CACHE/wheels" -r "$REQUIREMENTS"
+  show "$venv/bin/pip" install --disable-pip-version-check --progress-bar off --no-index --find-links "$CACHE/wheels" \
+    -r "$REQUIREMENTS"
   touch "$venv/.complete"
 }
 
@@ -95,7 +99,8 @@ build_lane() {
   local lane=$1 fresh=${2:-} dir options=()
   dir=$(lane_build_dir "$lane")
   options=(-Dpython="$(lane_python "$lane")")
-  if [[ $lane == torch2 ]]; then options+=(-Dcuda=enabled); fi
+  # The Python package is built by pip instead (install_package), as users build it.
+  if [[ $lane == torch2 ]]; then options+=(-Dcuda=enabled -Dpython_package=disabled); fi
   if [[ $fresh == fresh ]]; then rm -rf "$dir"; fi
   if [[ -f $dir/meson-private/coredata.dat ]]; then
     echo "reusing $dir/ (configured before)"

@@ -73,7 +73,7 @@ if [[ " ${lanes[*]} " == *" torch2 "* ]]; then
   section "Python package: pip install . (torch2 lane)"
   if [[ $fresh == fresh ]]; then rm -rf "$PACKAGE_DIR"; fi
   if install_package; then
-    python_tests+=(tests/python/test_package.py)
+    python_tests+=(tests/python/test_package.py tests/python/test_ray.py)
   else
     echo "the Python package did not build"
     status=1

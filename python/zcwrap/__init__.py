@@ -21,36 +21,13 @@ if _torch.__version__ != _build_info.torch_version:
 
 from . import _C  # noqa: E402  (after the check: a mismatched torch could not load it)
 from ._wrapper import ActorWrapper, ModelWrapper  # noqa: E402
-from .errors import (  # noqa: E402
-    BadBlobError,
-    BadModelError,
-    DeviceError,
-    Error,
-    InputError,
-    InternalError,
-    StaleError,
-    UsageError,
-    WriteError,
-)
+from . import errors  # noqa: E402
+from .errors import *  # noqa: E402,F401,F403  (Error and one subclass per kind)
 
 __version__ = _build_info.version
 libtorch_version = _C.libtorch_version
 
-__all__ = [
-    "ActorWrapper",
-    "ModelWrapper",
-    "Error",
-    "InternalError",
-    "UsageError",
-    "InputError",
-    "BadBlobError",
-    "BadModelError",
-    "WriteError",
-    "DeviceError",
-    "StaleError",
-    "describe",
-    "verify",
-]
+__all__ = ["ActorWrapper", "ModelWrapper", "describe", "verify", *errors.__all__]
 
 
 def describe(path: str) -> dict:

@@ -42,6 +42,14 @@ def same_bytes(a, b):
         return a.keys() == b.keys() and all(same_bytes(a[k], b[k]) for k in a)
     if hasattr(a, "to_tuple"):  # transformers' ModelOutput
         return same_bytes(a.to_tuple(), b.to_tuple())
+    if isinstance(a, torch.Tensor) and a.is_quantized:
+        if not (isinstance(b, torch.Tensor) and b.is_quantized and a.qscheme() == b.qscheme()):
+            return False
+        params = ((a.q_scale(), a.q_zero_point()) == (b.q_scale(), b.q_zero_point())
+                  if a.qscheme() == torch.per_tensor_affine else
+                  same_bytes(a.q_per_channel_scales(), b.q_per_channel_scales())
+                  and same_bytes(a.q_per_channel_zero_points(), b.q_per_channel_zero_points()))
+        return params and same_bytes(a.int_repr(), b.int_repr())
     if isinstance(a, torch.Tensor):
         return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
                 and a.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
@@ -114,6 +122,12 @@ class Edges(nn.Module):
         self.register_buffer("i64", torch.randint(-999, 999, (3,), dtype=torch.int64))
         self.register_buffer("flags", torch.rand(11) > 0.5)
         self.register_buffer("c64", torch.randn(3, dtype=torch.complex64))
+        self.register_buffer("c128", torch.randn(3, dtype=torch.complex128))
+        self.register_buffer("c32", torch.randn(3, dtype=torch.complex64).to(torch.complex32))
+        self.register_buffer("qint8", torch.quantize_per_tensor(torch.randn(6), 0.05, 3, torch.qint8))
+        self.register_buffer("quint8", torch.quantize_per_channel(
+            torch.randn(3, 4), torch.tensor([0.1, 0.2, 0.3]), torch.tensor([1, 2, 3]), 0, torch.quint8))
+        self.register_buffer("qint32", torch.quantize_per_tensor(torch.randn(5), 0.01, 0, torch.qint32))
         self.extra = [torch.arange(4.0), {"k": torch.ones(2, 2)}]  # tensors in containers
         self.plain = torch.full((3,), 7.0)  # a plain tensor attribute
 
@@ -195,15 +209,18 @@ def test_eager_unwrap_is_bit_equal_and_zero_copy(name):
 
 def test_eager_ties_views_and_containers_survive():
     model = Edges()
-    unwrapped = zcwrap.ModelWrapper.from_model(model).unwrap()
+    wrapper = zcwrap.ModelWrapper.from_model(model)
+    unwrapped = wrapper.unwrap()
     assert unwrapped.tied is unwrapped.linear.weight
     assert isinstance(unwrapped.linear.weight, nn.Parameter)
     assert unwrapped.window.untyped_storage().data_ptr() == unwrapped.transposed.untyped_storage().data_ptr()
     assert not unwrapped.transposed.is_contiguous()
     assert unwrapped.empty.shape == (0, 3)
     assert same_bytes(unwrapped.extra, model.extra) and same_bytes(unwrapped.plain, model.plain)
-    assert_in_blob([unwrapped.extra[0], unwrapped.extra[1]["k"], unwrapped.plain], zcwrap.ModelWrapper.from_model(
-        model).blob_path)
+    assert_in_blob([unwrapped.extra[0], unwrapped.extra[1]["k"], unwrapped.plain, unwrapped.qint8, unwrapped.quint8,
+                    unwrapped.c32], wrapper.blob_path)
+    # Every dtype, quantized ones included, went to the data section.
+    assert zcwrap.describe(wrapper.blob_path)["models"][0]["unshared_bytes"] == 0
 
 
 def test_gpt2_tied_head_is_stored_once():
@@ -509,6 +526,7 @@ def test_cli_reads_eager_blobs_and_refuses_to_run_them(tmp_path):
     wrapper = zcwrap.ModelWrapper.from_model(encoder())
     inspected = subprocess.run([ZCWRAP_BIN, "inspect", wrapper.blob_path], capture_output=True, text=True)
     assert inspected.returncode == 0 and "python_pickle" in inspected.stdout, inspected.stderr
+    assert "unwrap it with the zcwrap Python package" in inspected.stdout
     verified = subprocess.run([ZCWRAP_BIN, "verify", wrapper.blob_path], capture_output=True, text=True)
     assert verified.returncode == 0, verified.stderr
     torch.save(torch.randn(2, 7, 32), str(tmp_path / "x.pt"))
