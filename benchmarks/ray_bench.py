@@ -14,7 +14,9 @@ give N actors the model:
 
 Measured in one run:
   start-up     from asking Ray for the N actors to each actor's first result
-               (median and max over the N actors)
+               (median and max over the N actors), each actor importing
+               torchvision and transformers first; and the part of it each
+               actor spent in the load itself (load(), unwrap())
   PSS          summed /proc/PID/smaps_rollup Pss of the N actors after their
                first result (every weight read)
   throughput   rows/s of one fixed map_batches job over an actor pool of N,
@@ -29,6 +31,7 @@ installs it into build-bench/peers, never into the project's environment):
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import sys
@@ -74,6 +77,12 @@ def first_tensor(out):
 
 
 def load(method, handle):
+    if method == "nothing":  # the per-process baseline: the model's library imported, no model
+        if handle == "resnet50":
+            import torchvision  # noqa: F401
+        elif handle == "bert":
+            import transformers  # noqa: F401
+        return lambda x: x
     if method == "plain":
         kind, path = handle
         return torch.jit.load(path) if kind == "torchscript" else torch.load(path, weights_only=False)
@@ -85,12 +94,22 @@ def load(method, handle):
 @ray.remote(num_cpus=0)
 class Worker:
     def __init__(self, method, handle):
+        # The models' code first, as a server has it (unpickling an eager
+        # model imports its library): the load below is then the load alone.
+        import torchvision  # noqa: F401
+        import transformers  # noqa: F401
+
+        started = time.perf_counter()
         self.model = load(method, handle)
+        self.load_s = time.perf_counter() - started
+
+    def load_seconds(self):
+        return self.load_s
 
     def first(self, x):
         with torch.no_grad():
             out = first_tensor(self.model(x))
-        for t in self.model.state_dict().values():  # every weight read once, as a server would
+        for t in getattr(self.model, "state_dict", dict)().values():  # every weight read once, as a server would
             float(t.float().sum())
         return out.shape[0]
 
@@ -120,23 +139,27 @@ def handles(kind, model, script, work, name):
     else:
         torch.save(model, path)
         rzc = ray_zerocopy.ModelWrapper.from_model(model, mode="actor")
-    return {"plain": (kind, path), "ray-zerocopy": rzc, "zcwrap": zcwrap.ModelWrapper.from_model(source)}
+    return {"plain": (kind, path), "ray-zerocopy": rzc, "zcwrap": zcwrap.ModelWrapper.from_model(source),
+            "nothing": name}
 
 
 def startup_and_pss(method, handle, n, x):
     started = time.perf_counter()
     actors = [Worker.remote(method, handle) for _ in range(n)]
-    pending = {a.first.remote(x): a for a in actors}
-    done_at = []
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        ray.get(ready[0])
-        done_at.append(time.perf_counter() - started)
-        pending.pop(ready[0])
-    pss = sum(ray.get([a.pss.remote() for a in actors]))
-    for a in actors:
-        ray.kill(a)
-    return statistics.median(done_at), max(done_at), pss
+    try:
+        pending = {a.first.remote(x): a for a in actors}
+        done_at = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            ray.get(ready[0])
+            done_at.append(time.perf_counter() - started)
+            pending.pop(ready[0])
+        pss = sum(ray.get([a.pss.remote() for a in actors]))
+        loads = ray.get([a.load_seconds.remote() for a in actors])
+    finally:
+        for a in actors:
+            ray.kill(a)
+    return statistics.median(done_at), max(done_at), pss, statistics.median(loads), max(loads)
 
 
 def throughput(method, handle, n, x, rows):
@@ -156,7 +179,8 @@ def main():
     parser.add_argument("--models", default="resnet50,big,bert")
     parser.add_argument("--kinds", default="eager,torchscript")
     parser.add_argument("--actors", default="2,4,8")
-    parser.add_argument("--methods", default="plain,ray-zerocopy,zcwrap")
+    parser.add_argument("--methods", default="plain,ray-zerocopy,zcwrap",
+                        help="also: nothing (actors that import the model's library and load no model)")
     parser.add_argument("--rows", type=int, default=32, help="rows of the map_batches job")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -186,21 +210,31 @@ def main():
                 methods = methods[turn % len(methods):] + methods[:turn % len(methods)]  # no method always first
                 for method in methods:
                     t0 = time.perf_counter()
-                    median, worst, pss = startup_and_pss(method, ways[method], n, x)
-                    rate = throughput(method, ways[method], n, x, args.rows)
-                    row = {"model": name, "kind": kind, "actors": n, "method": method, "weights_bytes": weights,
-                           "startup_median_s": median, "startup_max_s": worst, "summed_pss_bytes": pss,
-                           "rows_per_s": rate}
-                    rows.append(row)
-                    print(f"{name:8} {kind:11} N={n} {method:12} start-up {median:6.2f} / {worst:6.2f} s   "
-                          f"PSS {pss / 2**20:8.0f} MiB   {rate:7.2f} rows/s   ({time.perf_counter() - t0:.0f} s)",
-                          flush=True)
+                    row = {"model": name, "kind": kind, "actors": n, "method": method, "weights_bytes": weights}
+                    try:
+                        median, worst, pss, load_median, load_max = startup_and_pss(method, ways[method], n, x)
+                        rate = throughput(method, ways[method], n, x, args.rows)
+                    except ray.exceptions.RayError as e:  # e.g. Ray's OOM killer: recorded, and the run goes on
+                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                        rows.append(row)
+                        print(f"{name:8} {kind:11} N={n} {method:12} failed: {row['error']}", flush=True)
+                        time.sleep(5)  # let Ray reap the killed workers
+                    else:
+                        row.update({"startup_median_s": median, "startup_max_s": worst, "load_median_s": load_median,
+                                    "load_max_s": load_max, "summed_pss_bytes": pss, "rows_per_s": rate})
+                        rows.append(row)
+                        print(f"{name:8} {kind:11} N={n} {method:12} start-up {median:6.2f} / {worst:6.2f} s   "
+                              f"load {load_median * 1e3:7.1f} / {load_max * 1e3:7.1f} ms   "
+                              f"PSS {pss / 2**20:8.0f} MiB   {rate:7.2f} rows/s   ({time.perf_counter() - t0:.0f} s)",
+                              flush=True)
                     with open(os.path.join(args.out, "ray.json"), "w") as f:
                         json.dump({"torch": torch.__version__, "ray": ray.__version__, "zcwrap": zcwrap.__version__,
                                    "ray_zerocopy": ray_zerocopy.__version__ if hasattr(ray_zerocopy, "__version__")
                                    else "0.2.0", "cpus": os.cpu_count(), "rows": rows}, f, indent=1)
             del ways
     ray.shutdown()
+    # Ray Data's Prometheus poller (a daemon thread) would log into closed streams at exit.
+    logging.getLogger("ray.data._internal.usage").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def put_blob(path: str) -> Any:
             pass
 
 
-def get_blob(ref: Any, where: str) -> Optional[Any]:
+def get_blob(ref: Any) -> Optional[Any]:
     """The blob's bytes from the object store (read-only, zero-copy), or None
     when Ray cannot give them here (not in a Ray worker, the object was lost)."""
     try:

@@ -7,6 +7,7 @@ import json
 import mmap
 import os
 import pickle
+import warnings as _warnings
 from typing import Any, Optional
 
 import torch
@@ -191,7 +192,9 @@ class ModelWrapper:
         device each storage is copied once; with `use_fast_load` the whole
         data section goes to one device allocation through pinned buffers.
         `verify` checks every storage's checksum first; `prefetch` is "none",
-        "willneed", "populate" or "lock".
+        "willneed", "populate" or "lock". Inside a Ray job the blob comes
+        from Ray's object store (docs/RAY.md); `copy_on_write` maps the file
+        instead.
 
         Models come back in eval mode with requires_grad false. A pipeline
         comes back as a new object of its class, its module attributes
@@ -202,8 +205,10 @@ class ModelWrapper:
             raise UsageError(f"prefetch '{prefetch}': use one of {', '.join(_PREFETCH)}")
         device = str(device)
         memory, name = self._memory, self.blob_path
-        if memory is None and self._ray_ref is not None:
-            memory = _ray.get_blob(self._ray_ref, self.blob_path)
+        # Through Ray's object store unless a private, writable mapping of the
+        # file is asked for (copy_on_write).
+        if memory is None and self._ray_ref is not None and not copy_on_write:
+            memory = _ray.get_blob(self._ray_ref)
             name = f"Ray object {self._ray_ref.hex()} (blob {self.blob_path})"
             if memory is None and not os.path.exists(self.blob_path):
                 raise StaleError(f"{self.blob_path}: the blob's Ray object {self._ray_ref.hex()} cannot be fetched "
@@ -223,17 +228,16 @@ class ModelWrapper:
             standalone, models, warnings, _ = _C.unwrap_actor(json.dumps(actor), device, use_fast_load, verify,
                                                               copy_on_write, prefetch)
         for line in warnings:
-            import warnings as _w
-            _w.warn(f"zcwrap: {line}", RuntimeWarning, stacklevel=2)
+            _warnings.warn(f"zcwrap: {line}", RuntimeWarning, stacklevel=2)
         rebuilt: dict[str, Any] = {}
-        for name, kind, script, tensors, skeleton in models:
+        for model_name, kind, script, tensors, skeleton in models:
             if kind == _TORCHSCRIPT:
                 module = torch.jit._recursive.wrap_cpp_module(script)
             else:
-                module = _eager.rebuild(f"{self.blob_path}: model '{name}'", skeleton, tensors)
+                module = _eager.rebuild(f"{name}: model '{model_name}'", skeleton, tensors)
                 if isinstance(module, nn.Module):
                     module.eval()
-            rebuilt[name] = module
+            rebuilt[model_name] = module
         if standalone:
             return rebuilt[self.model_names[0]]
         shell = self._config.get("pipeline")

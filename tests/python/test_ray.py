@@ -6,6 +6,7 @@ so actors can be pinned. Small enough for 2 cores: one CPU per node, a
 small model. Skips (never fails) where Ray is not installed.
 """
 
+import logging
 import os
 import sys
 import time
@@ -62,6 +63,9 @@ def cluster(tmp_path_factory):
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    # Ray Data leaves a daemon thread polling a Prometheus that is not there;
+    # its debug records would hit pytest's closed streams at exit.
+    logging.getLogger("ray.data._internal.usage").setLevel(logging.WARNING)
 
 
 def mapping_of(address):
