@@ -22,7 +22,8 @@ struct Slot {
 constexpr int kSlots = 64;
 Slot g_slots[kSlots];
 std::atomic<bool> g_installed{false};
-struct sigaction g_previous {};
+struct sigaction g_previous_segv {};
+struct sigaction g_previous_bus {};
 
 void write_all(const char* text) {
   size_t left = std::strlen(text);
@@ -34,31 +35,43 @@ void write_all(const char* text) {
   }
 }
 
-void on_segv(int, siginfo_t* info, void*) {
+// SIGSEGV inside a mapping: a write to a read-only weight. SIGBUS inside
+// one: a read of a page the file no longer has (it was truncated or
+// overwritten in place while mapped).
+void on_fault(int sig, siginfo_t* info, void*) {
   const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
   for (Slot& slot : g_slots) {
     const uintptr_t begin = slot.begin.load(std::memory_order_acquire);
     if (begin != 0 && addr >= begin && addr < slot.end.load(std::memory_order_acquire)) {
-      write_all("zcwrap: fatal: write to a read-only weight of ");
-      write_all(slot.path);
-      write_all(": the weights are shared by every worker mapping this blob and cannot be changed in "
-                "place; unwrap with UnwrapOptions::copy_on_write for private, writable weights\n");
+      if (sig == SIGBUS) {
+        write_all("zcwrap: fatal: ");
+        write_all(slot.path);
+        write_all(" shrank while mapped (SIGBUS reading a weight): the blob was truncated or overwritten in "
+                  "place; replace a blob by writing a new file and renaming it over the old one (zcwrap pack "
+                  "does), never in place\n");
+      } else {
+        write_all("zcwrap: fatal: write to a read-only weight of ");
+        write_all(slot.path);
+        write_all(": the weights are shared by every worker mapping this blob and cannot be changed in "
+                  "place; unwrap with UnwrapOptions::copy_on_write for private, writable weights\n");
+      }
       break;
     }
   }
-  // Returning re-runs the faulting write, which now meets the previous action
-  // (by default: die of SIGSEGV, with a core dump if enabled).
-  ::sigaction(SIGSEGV, &g_previous, nullptr);
+  // Returning re-runs the faulting access, which now meets the previous
+  // action (by default: die of the same signal, with a core dump if enabled).
+  ::sigaction(sig, sig == SIGBUS ? &g_previous_bus : &g_previous_segv, nullptr);
 }
 
 void install_once() {
   bool expected = false;
   if (!g_installed.compare_exchange_strong(expected, true)) return;
   struct sigaction action {};
-  action.sa_sigaction = on_segv;
+  action.sa_sigaction = on_fault;
   action.sa_flags = SA_SIGINFO | SA_ONSTACK;
   sigemptyset(&action.sa_mask);
-  ::sigaction(SIGSEGV, &action, &g_previous);
+  ::sigaction(SIGSEGV, &action, &g_previous_segv);
+  ::sigaction(SIGBUS, &action, &g_previous_bus);
 }
 
 }  // namespace

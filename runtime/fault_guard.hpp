@@ -3,7 +3,8 @@
 // Shared weights are mapped PROT_READ, so an in-place write faults. Without
 // help the worker dies with a bare "Segmentation fault"; with a mapping
 // registered here, a SIGSEGV inside it first prints one line saying what
-// happened and what to do, then the process dies as it would have.
+// happened and what to do, then the process dies as it would have. The same
+// for SIGBUS, a read past the end of a blob file truncated while mapped.
 #pragma once
 
 #include <cstddef>

@@ -27,6 +27,8 @@ namespace {
 //   checking each output equals the first; prints "ready", then "ok N".
 // EXE --child write BLOB [cow]: unwrap and add 1 to the first parameter in
 //   place; prints its first element before and after.
+// EXE --child truncate BLOB: unwrap, cut the file to its first page, then
+//   read every parameter; prints "read" if that worked.
 int integrity_child(int argc, char** argv) {
   const std::string mode = argc > 2 ? argv[2] : "";
   try {
@@ -49,6 +51,14 @@ int integrity_child(int argc, char** argv) {
         if (::read(0, &c, 1) == 0) break;
       }
       std::cout << "ok " << runs << std::endl;
+      return 0;
+    }
+    if (mode == "truncate" && argc == 4) {
+      zcwrap::Unwrapped u = ModelWrapper::open(argv[3]).unwrap();
+      if (::truncate(argv[3], 4096) != 0) return 3;
+      float sum = 0;
+      for (const at::Tensor& p : u.module().parameters()) sum += p.sum().item<float>();
+      std::cout << "read " << sum << std::endl;
       return 0;
     }
     if (mode == "write" && argc >= 4) {
@@ -155,6 +165,18 @@ TEST_CASE("re-packing under 4 live workers: they keep the old weights, new worke
   std::string why;
   CHECK(test::bit_equal(test::reference_output(test::fixture("lstm.pt"), "forward", test::fixture("lstm_in.pt")),
                         test::call(fresh.module(), "forward", test::load_inputs(test::fixture("lstm_in.pt"))), &why));
+}
+
+TEST_CASE("a blob truncated under a worker kills it with one line saying so, not a bare SIGBUS") {
+  test::TempDir dir;
+  const std::string blob = dir / "t.zcb";
+  ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, blob);
+  const test::ProcessResult crashed = test::run_process({"/proc/self/exe", "--child", "truncate", blob});
+  CHECK(crashed.status == 128 + SIGBUS);
+  CHECK_MESSAGE(crashed.err.find("zcwrap: fatal: " + blob + " shrank while mapped (SIGBUS reading a weight)") !=
+                    std::string::npos,
+                crashed.err);
+  CHECK(crashed.out.find("read") == std::string::npos);
 }
 
 TEST_CASE("a write to a shared weight fails that worker only, with a clear message") {
