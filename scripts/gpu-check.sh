@@ -173,7 +173,7 @@ cpp_args="-isystem $inc"
 link_args="-Wl,-rpath,$LOCAL/lib"
 for dir in $LIB_DIRS; do link_args+=" -Wl,-rpath-link,$dir"; done
 setup=(setup "$BUILD" -Dpython="$(command -v "$PY")" -Dcuda=enabled -Dcudart_prefix="$LOCAL/cuda"
-       -Dpkg_config_path="$LOCAL/pkgconfig" -Dsamples=disabled -Dcpp_args="$cpp_args" -Dcpp_link_args="$link_args")
+       -Dpkg_config_path="$LOCAL/pkgconfig" -Dsamples=disabled -Dpython_package=disabled -Dcpp_args="$cpp_args" -Dcpp_link_args="$link_args")
 if [[ -n ${ZCWRAP_TORCH_DIR:-} ]]; then setup+=(-Dtorch_prefix="$ZCWRAP_TORCH_DIR"); fi
 if [[ -f $BUILD/meson-private/coredata.dat ]]; then
   # Dependencies found before may point into an older $LOCAL.
