@@ -139,7 +139,10 @@ class ModelWrapper:
         protocol (bytes, a numpy array, a mmap, a Ray object), 64-byte
         aligned. Tensors unwrapped from it point into it and keep it alive.
         Such a wrapper pickles with its bytes; to_actor() raises UsageError."""
-        summary = _C.open_buffer(buffer, name)
+        try:
+            summary = _C.open_buffer(buffer, name)
+        except (BufferError, TypeError, ValueError) as e:  # no buffer protocol, or not one contiguous block
+            raise UsageError(f"{name}: not a contiguous buffer of bytes ({type(buffer).__name__}: {e})") from e
         config = {k: summary[k] for k in ("blob_size", "meta_checksum", "standalone", "models")}
         config["blob"] = name
         return cls(config, summary["kinds"], memory=buffer)

@@ -438,6 +438,10 @@ def test_unwrap_from_memory_buffer(store):
     assert same_bytes(run(clone.unwrap(), x), run(model, x))
     with pytest.raises(zcwrap.BadBlobError, match="64-byte aligned"):
         zcwrap.ModelWrapper.from_buffer(data[1:] if data.ctypes.data % 64 == 0 else data)
+    with pytest.raises(zcwrap.UsageError, match="not a contiguous buffer"):
+        zcwrap.ModelWrapper.from_buffer(np.zeros((64, 64), dtype=np.uint8)[:, ::2])
+    with pytest.raises(zcwrap.UsageError, match="not a contiguous buffer"):
+        zcwrap.ModelWrapper.from_buffer(42)
 
 
 # --- writes to weights ---------------------------------------------------------
