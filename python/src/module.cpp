@@ -225,9 +225,17 @@ PYBIND11_MODULE(_C, m) {
     auto blob = without_gil([&] { return open_config(config, copy_on_write); });
     return unwrap(blob, device, use_fast_load, verify, copy_on_write, prefetch);
   });
+  // `pinned_checksum` (with `pinned_size`), when not empty: the blob the
+  // wrapper was made for; other bytes are Error(kStale) before any unwrap.
   m.def("unwrap_buffer", [](const py::object& buffer, const std::string& name, const std::string& device,
-                            bool use_fast_load, bool verify, const std::string& prefetch) {
-    return unwrap(open_buffer(buffer, name), device, use_fast_load, verify, false, prefetch);
+                            bool use_fast_load, bool verify, const std::string& prefetch, uint64_t pinned_size,
+                            const std::string& pinned_checksum) {
+    auto blob = open_buffer(buffer, name);
+    if (!pinned_checksum.empty() && (blob->size() != pinned_size ||
+                                     zcwrap::format::hex64(blob->header().meta_checksum) != pinned_checksum)) {
+      throw Error(ErrorCode::kStale, name + ": is not the blob this wrapper was made for");
+    }
+    return unwrap(blob, device, use_fast_load, verify, false, prefetch);
   });
   m.def("describe", [](const std::string& path) {
     return without_gil([&] { return zcwrap::describe(path).dump(); });

@@ -217,15 +217,13 @@ class ModelWrapper:
                 raise StaleError(f"{self.blob_path}: the blob's Ray object {self._ray_ref.hex()} cannot be fetched "
                                  "here (its owner, the driver that packed it, is gone, or the object was lost), "
                                  "and the blob file is not on this node")
-            if memory is not None:
-                held = _C.open_buffer(memory, name)
-                if (held["blob_size"], held["meta_checksum"]) != (self._config["blob_size"],
-                                                                  self._config["meta_checksum"]):
-                    raise StaleError(f"{name}: is not the blob this wrapper was made for")
         if memory is not None:
             if copy_on_write:
                 raise UsageError(f"{name}: copy_on_write needs a blob file; memory is read as it was given")
-            standalone, models, warnings, _ = _C.unwrap_buffer(memory, name, device, use_fast_load, verify, prefetch)
+            # The blob's pins, checked before the unwrap (a from_buffer wrapper's own bytes need none).
+            pinned = (0, "") if memory is self._memory else (self._config["blob_size"], self._config["meta_checksum"])
+            standalone, models, warnings, _ = _C.unwrap_buffer(memory, name, device, use_fast_load, verify, prefetch,
+                                                               *pinned)
         else:
             actor = {k: v for k, v in self._config.items() if k != "pipeline"}
             standalone, models, warnings, _ = _C.unwrap_actor(json.dumps(actor), device, use_fast_load, verify,
