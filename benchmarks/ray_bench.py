@@ -16,12 +16,21 @@ Measured in one run:
   start-up     from asking Ray for the N actors to each actor's first result
                (median and max over the N actors), each actor importing
                torchvision and transformers first; and the part of it each
-               actor spent in the load itself (load(), unwrap())
+               actor spent in the load itself (load(), unwrap()). Taken
+               --repeat times per row, the three ways interleaved in an
+               order that turns each round, each after the node is quiet
+               again (the last row's processes gone, the CPUs idle): the
+               table gives the median of the rounds
   PSS          summed /proc/PID/smaps_rollup Pss of the N actors after their
                first result (every weight read)
+  overhead     what a process costs besides the weights, two ways: N actors
+               that import the same libraries and load no model ("nothing"),
+               and the plain actors' summed PSS less their N private copies
+               of the weights (this one includes the forward pass's working
+               memory)
   throughput   rows/s of one fixed map_batches job over an actor pool of N,
                the wrapper passed through fn_constructor_kwargs (start-up
-               included: the job is what a user runs)
+               included: the job is what a user runs); once per row
 
 Needs the package on PYTHONPATH and ray-zerocopy importable (benchmarks/run.sh
 installs it into build-bench/peers, never into the project's environment):
@@ -106,6 +115,9 @@ class Worker:
     def load_seconds(self):
         return self.load_s
 
+    def pid(self):
+        return os.getpid()
+
     def first(self, x):
         with torch.no_grad():
             out = first_tensor(self.model(x))
@@ -143,9 +155,41 @@ def handles(kind, model, script, work, name):
             "nothing": name}
 
 
+def cpu_busy(interval):
+    """The fraction of all CPUs' time spent busy over the next interval seconds."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+    total0, idle0 = sample()
+    time.sleep(interval)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def quiesce(pids=(), busy=0.15, timeout=90):
+    """Waits until pids have exited and the CPUs have been idle (under busy)
+    for two half-second windows in a row: each measurement then starts from
+    the same state, not while the last one's processes are still dying.
+    Returns the seconds waited."""
+    started = time.perf_counter()
+    for pid in pids:
+        while time.perf_counter() - started < timeout:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+    calm = 0
+    while calm < 2 and time.perf_counter() - started < timeout:
+        calm = calm + 1 if cpu_busy(0.5) < busy else 0
+    return time.perf_counter() - started
+
+
 def startup_and_pss(method, handle, n, x):
     started = time.perf_counter()
     actors = [Worker.remote(method, handle) for _ in range(n)]
+    pids = []
     try:
         pending = {a.first.remote(x): a for a in actors}
         done_at = []
@@ -156,10 +200,13 @@ def startup_and_pss(method, handle, n, x):
             pending.pop(ready[0])
         pss = sum(ray.get([a.pss.remote() for a in actors]))
         loads = ray.get([a.load_seconds.remote() for a in actors])
+        pids = ray.get([a.pid.remote() for a in actors])
     finally:
         for a in actors:
             ray.kill(a)
-    return statistics.median(done_at), max(done_at), pss, statistics.median(loads), max(loads)
+        quiesce(pids)
+    return {"startup_median_s": statistics.median(done_at), "startup_max_s": max(done_at),
+            "load_median_s": statistics.median(loads), "load_max_s": max(loads), "summed_pss_bytes": pss}
 
 
 def throughput(method, handle, n, x, rows):
@@ -179,9 +226,9 @@ def main():
     parser.add_argument("--models", default="resnet50,big,bert")
     parser.add_argument("--kinds", default="eager,torchscript")
     parser.add_argument("--actors", default="2,4,8")
-    parser.add_argument("--methods", default="plain,ray-zerocopy,zcwrap",
-                        help="also: nothing (actors that import the model's library and load no model)")
+    parser.add_argument("--methods", default="plain,ray-zerocopy,zcwrap")
     parser.add_argument("--rows", type=int, default=32, help="rows of the map_batches job")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the start-up and PSS measurement per row")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="zcwrap-ray-bench-")
@@ -195,9 +242,29 @@ def main():
 
     # Warm-up, not measured: the first actors of a fresh Ray pay for its
     # worker pool; each row below then starts from the same state.
+    actor_counts = [int(v) for v in args.actors.split(",")]
+    methods = args.methods.split(",")
     warm_model, warm_x = make("resnet50")
-    startup_and_pss("zcwrap", zcwrap.ModelWrapper.from_model(warm_model), max(int(v) for v in args.actors.split(",")),
-                    warm_x)
+    startup_and_pss("zcwrap", zcwrap.ModelWrapper.from_model(warm_model), max(actor_counts), warm_x)
+
+    def save():
+        with open(os.path.join(args.out, "ray.json"), "w") as f:
+            json.dump({"torch": torch.__version__, "ray": ray.__version__, "zcwrap": zcwrap.__version__,
+                       "ray_zerocopy": getattr(ray_zerocopy, "__version__", "0.2.0"), "cpus": os.cpu_count(),
+                       "repeat": args.repeat, "baselines": baselines, "rows": rows}, f, indent=1)
+
+    def summary(runs):
+        keys = ("startup_median_s", "startup_max_s", "load_median_s", "load_max_s", "summed_pss_bytes")
+        return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+    # The per-process baseline: every actor imports the same libraries
+    # whatever it loads, so one per N serves every model.
+    baselines = {}
+    for n in actor_counts:
+        quiesce()
+        baselines[n] = summary([startup_and_pss("nothing", "nothing", n, torch.zeros(1)) for _ in range(args.repeat)])
+        print(f"no model   N={n} PSS {baselines[n]['summed_pss_bytes'] / 2**20:8.0f} MiB", flush=True)
+    save()
 
     for name in args.models.split(","):
         model, x = make(name)
@@ -205,32 +272,43 @@ def main():
         weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         for kind in args.kinds.split(","):
             ways = handles(kind, model, script, work, name)
-            for turn, n in enumerate(int(v) for v in args.actors.split(",")):
-                methods = args.methods.split(",")
-                methods = methods[turn % len(methods):] + methods[:turn % len(methods)]  # no method always first
+            for turn, n in enumerate(actor_counts):
+                t0 = time.perf_counter()
+                runs = {m: [] for m in methods}
+                failed = {}
+                for r in range(args.repeat):
+                    k = (turn + r) % len(methods)
+                    for method in methods[k:] + methods[:k]:  # no way always first
+                        if method in failed:
+                            continue
+                        try:
+                            runs[method].append(startup_and_pss(method, ways[method], n, x))
+                        except ray.exceptions.RayError as e:  # e.g. Ray's OOM killer: recorded, and the run goes on
+                            failed[method] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                            quiesce(timeout=30)
                 for method in methods:
-                    t0 = time.perf_counter()
                     row = {"model": name, "kind": kind, "actors": n, "method": method, "weights_bytes": weights}
-                    try:
-                        median, worst, pss, load_median, load_max = startup_and_pss(method, ways[method], n, x)
-                        rate = throughput(method, ways[method], n, x, args.rows)
-                    except ray.exceptions.RayError as e:  # e.g. Ray's OOM killer: recorded, and the run goes on
-                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-                        rows.append(row)
+                    if method in failed:
+                        row["error"] = failed[method]
                         print(f"{name:8} {kind:11} N={n} {method:12} failed: {row['error']}", flush=True)
-                        time.sleep(5)  # let Ray reap the killed workers
                     else:
-                        row.update({"startup_median_s": median, "startup_max_s": worst, "load_median_s": load_median,
-                                    "load_max_s": load_max, "summed_pss_bytes": pss, "rows_per_s": rate})
-                        rows.append(row)
-                        print(f"{name:8} {kind:11} N={n} {method:12} start-up {median:6.2f} / {worst:6.2f} s   "
-                              f"load {load_median * 1e3:7.1f} / {load_max * 1e3:7.1f} ms   "
-                              f"PSS {pss / 2**20:8.0f} MiB   {rate:7.2f} rows/s   ({time.perf_counter() - t0:.0f} s)",
+                        quiesce()
+                        row.update(summary(runs[method]))
+                        row["runs"] = runs[method]
+                        try:
+                            row["rows_per_s"] = throughput(method, ways[method], n, x, args.rows)
+                        except ray.exceptions.RayError as e:
+                            row["rows_per_s"] = float("nan")
+                            row["error"] = f"map_batches: {type(e).__name__}: {str(e).splitlines()[0]}"
+                        print(f"{name:8} {kind:11} N={n} {method:12} start-up {row['startup_median_s']:6.2f} / "
+                              f"{row['startup_max_s']:6.2f} s (rounds: "
+                              + " ".join(f"{r['startup_median_s']:.2f}" for r in runs[method]) + ")   "
+                              f"load {row['load_median_s'] * 1e3:7.1f} / {row['load_max_s'] * 1e3:7.1f} ms   "
+                              f"PSS {row['summed_pss_bytes'] / 2**20:8.0f} MiB   {row['rows_per_s']:7.2f} rows/s",
                               flush=True)
-                    with open(os.path.join(args.out, "ray.json"), "w") as f:
-                        json.dump({"torch": torch.__version__, "ray": ray.__version__, "zcwrap": zcwrap.__version__,
-                                   "ray_zerocopy": ray_zerocopy.__version__ if hasattr(ray_zerocopy, "__version__")
-                                   else "0.2.0", "cpus": os.cpu_count(), "rows": rows}, f, indent=1)
+                    rows.append(row)
+                save()
+                print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
             del ways
     ray.shutdown()
     # Ray Data's Prometheus poller (a daemon thread) would log into closed streams at exit.
