@@ -34,7 +34,7 @@
 #include <torch/version.h>
 
 #include "blob_file.hpp"
-#include "device_load.hpp"
+#include "placement.hpp"
 #include "pack.hpp"
 #include "zcwrap/zcwrap.hpp"
 
@@ -44,6 +44,7 @@ using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 using zcwrap::detail::BlobFile;
 using zcwrap::detail::FastLoadOptions;
+using zcwrap::detail::make_storages;
 
 constexpr int64_t kWidth = 4096;  // a layer: kWidth x kWidth weight + kWidth bias, float32
 
@@ -159,13 +160,9 @@ bool same_bytes(const BlobFile& blob, const std::vector<c10::Storage>& storages,
   return true;
 }
 
-// The per-storage path, as unwrap(device, false) does it.
-std::vector<c10::Storage> plain_storages(const BlobFile& blob, const c10::Device& device) {
-  std::vector<c10::Storage> out;
-  for (size_t i = 0; i < blob.manifest().storages.size(); ++i) {
-    const int64_t n = int64_t(blob.manifest().storages[i].nbytes);
-    out.push_back(at::from_blob(blob.storage_data(i), {n}, at::kByte).to(device).storage());
-  }
+// The per-storage path: unwrap(device, false)'s own (placement.hpp).
+std::vector<c10::Storage> plain_storages(const std::shared_ptr<const BlobFile>& blob, const c10::Device& device) {
+  std::vector<c10::Storage> out = make_storages(blob, device, /*use_fast_load=*/false);
   cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   return out;
 }
@@ -198,7 +195,7 @@ Timed time_plain(const std::string& path, const c10::Device& device, int reps) {
   for (int r = 0; r < reps + 1; ++r) {
     auto blob = BlobFile::open(path);
     const auto start = Clock::now();
-    std::vector<c10::Storage> storages = plain_storages(*blob, device);
+    std::vector<c10::Storage> storages = plain_storages(blob, device);
     const double s = seconds_since(start);
     if (r == 0) {
       t.first = s;

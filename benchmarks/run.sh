@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # zcwrap benchmarks: P1 unwrap latency, P2 sharing, P3 pack speed, cold
-# start (docs/BENCHMARKS.md says what each measures and the goals); with the
+# start, the cost of large manifests (manifest_bench)
+# (docs/BENCHMARKS.md says what each measures and the goals); with the
 # torch2 lane also the Python package (python_bench.py) and Ray
 # (ray_bench.py, against ray-zerocopy 0.2.0).
 #
@@ -52,6 +53,11 @@ for lane in "${lanes[@]}"; do
   show "$DEBIAN_PYTHON" benchmarks/run.py --zcwrap "$(lane_build_dir "$lane")/cli/zcwrap" --out "$out" "$@"
   results+=("$lane=$out/results.json")
 done
+
+section "Manifest size: open and inspect of manifests up to the 256 MiB cap"
+mkdir -p benchmarks/out/manifest
+show "$(lane_build_dir "${lanes[0]}")/benchmarks/manifest_bench" benchmarks/out/manifest \
+  --zcwrap "$(lane_build_dir "${lanes[0]}")/cli/zcwrap" | tee benchmarks/out/manifest/manifest.txt
 
 section "Side by side"
 show "$DEBIAN_PYTHON" benchmarks/lanes.py "${results[@]}" | tee benchmarks/out/lanes.md

@@ -184,7 +184,7 @@ void serve(const WorkerArgs& args) {
   } else {
     const auto start = Clock::now();
     for (const std::string& spec : args.loads) {
-      const std::string path = spec.substr(spec.find('=') + 1);
+      const std::string path = parse_name_path(spec).value().path;
       try {
         chain.push_back(torch::jit::load(path, device));
       } catch (const std::exception& e) {
@@ -195,7 +195,7 @@ void serve(const WorkerArgs& args) {
     load_ms = ms_since(start);
     if (!args.model.empty()) {
       for (size_t i = 0; i < args.loads.size(); ++i) {
-        if (args.loads[i].substr(0, args.loads[i].find('=')) == args.model) chain = {chain[i]};
+        if (parse_name_path(args.loads[i]).value().name == args.model) chain = {chain[i]};
       }
     }
   }

@@ -22,9 +22,10 @@
 #include "bench.hpp"
 #include "commands.hpp"
 #include "common.hpp"
+#include "input_check.hpp"
 #include "proc_memory.hpp"
 #include "worker_process.hpp"
-#include "zcwrap/internal/file_util.hpp"
+#include "file_util.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {
@@ -306,12 +307,12 @@ std::vector<std::string> baseline_loads(const BenchArgs& args, const ModelWrappe
   for (const std::string& name : names) {
     std::string path;
     for (const std::string& spec : args.baseline) {
-      const size_t eq = spec.find('=');
-      if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+      const std::optional<ModelFile> file = parse_name_path(spec);
+      if (!file) {
         throw Error(ErrorCode::kUsage, "--baseline " + spec + ": a pipeline needs NAME=PATH for each model (" +
                                            join(names) + ")");
       }
-      if (spec.compare(0, eq, name) == 0 && eq == name.size()) path = spec.substr(eq + 1);
+      if (file->name == name) path = file->path;
     }
     if (path.empty()) throw Error(ErrorCode::kUsage, "--baseline: no NAME=PATH for model '" + name + "' (models: " +
                                                          join(names) + ")");
@@ -333,7 +334,7 @@ int run_bench(const BenchArgs& args) {
   const ModelWrapper wrapper = ModelWrapper::open(args.path);
   const json info = describe(args.path);
   const uint64_t weight_bytes = info["storages"]["bytes"].get<uint64_t>();
-  if (!args.input.empty()) require_readable(args.input);
+  if (!args.input.empty()) check_input_file(args.input);
   if (args.calls > 1 && args.input.empty()) throw Error(ErrorCode::kUsage, "--calls needs --input");
   if (!args.model.empty()) {
     const auto names = wrapper.model_names();
@@ -356,7 +357,7 @@ int run_bench(const BenchArgs& args) {
   if (!args.baseline.empty()) {
     base_args = {kBenchWorkerCommand};
     for (const std::string& load : baseline_loads(args, wrapper)) {
-      base_files.push_back(load.substr(load.find('=') + 1));
+      base_files.push_back(parse_name_path(load)->path);
       require_readable(base_files.back());
       base_args.insert(base_args.end(), {"--load", load});
     }

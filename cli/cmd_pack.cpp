@@ -13,7 +13,7 @@
 
 #include "commands.hpp"
 #include "common.hpp"
-#include "zcwrap/internal/file_util.hpp"
+#include "file_util.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {
@@ -88,11 +88,9 @@ int run_pack(const PackArgs& args) {
     files.push_back({options.standalone_name, args.model_path});
   } else {
     for (const std::string& spec : args.models) {
-      const size_t eq = spec.find('=');
-      if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
-        throw Error(ErrorCode::kUsage, "--model " + spec + ": expected NAME=PATH");
-      }
-      files.push_back({spec.substr(0, eq), spec.substr(eq + 1)});
+      std::optional<ModelFile> file = parse_name_path(spec);
+      if (!file) throw Error(ErrorCode::kUsage, "--model " + spec + ": expected NAME=PATH");
+      files.push_back(std::move(*file));
     }
   }
   const std::string config_path = args.config.empty() ? default_config_path(args.output) : args.config;
@@ -109,11 +107,19 @@ int run_pack(const PackArgs& args) {
     options.progress = [&bar](uint64_t done, uint64_t total) { bar.update(done, total); };
   }
   const ModelWrapper wrapper = ModelWrapper::pack_files(files, standalone, args.output, options);
-  write_actor_config(wrapper.to_actor(), args.output, config_path);
+  write_actor_config(wrapper, config_path);
 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const nlohmann::json info = describe(args.output);
+  nlohmann::json info;
+  try {
+    info = describe(args.output);
+  } catch (const Error& e) {
+    // The blob and its config are in place: the pack worked, only its summary did not.
+    std::fprintf(stderr, "zcwrap: warning: packed %s, but reading it back for the summary failed: %s\n",
+                 printable(args.output).c_str(), printable(e.what()).c_str());
+    return 0;
+  }
   if (args.json) {
     std::printf("%s\n", nlohmann::json{{"blob", args.output},
                                        {"config", config_path},

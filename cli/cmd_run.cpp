@@ -10,7 +10,7 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "torch_io.hpp"
-#include "zcwrap/internal/file_util.hpp"
+#include "file_util.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {

@@ -10,10 +10,17 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "actor_config.hpp"
 #include "zcwrap/error.hpp"
-#include "zcwrap/internal/file_util.hpp"
+#include "file_util.hpp"
 
 namespace zcwrap::cli {
+
+std::optional<ModelFile> parse_name_path(const std::string& spec) {
+  const size_t eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) return std::nullopt;
+  return ModelFile{spec.substr(0, eq), spec.substr(eq + 1)};
+}
 
 std::string printable(const std::string& text) {
   std::string out;
@@ -112,14 +119,11 @@ void write_file_atomically(const std::string& path, const std::string& text) {
   file.commit();
 }
 
-void write_actor_config(nlohmann::json config, const std::string& blob_path,
-                        const std::string& config_path) {
-  const std::string blob_abs = detail::absolute_path(blob_path);
+void write_actor_config(const ModelWrapper& wrapper, const std::string& config_path) {
+  const detail::ActorConfig config{wrapper.blob_path(), wrapper.blob_size(), wrapper.meta_checksum(),
+                                   wrapper.is_standalone_module(), wrapper.model_names()};
   const std::string config_dir = detail::parent_dir(detail::absolute_path(config_path));
-  if (detail::parent_dir(blob_abs) == config_dir) {
-    config["blob"] = blob_abs.substr(config_dir.size() + (config_dir == "/" ? 0 : 1));
-  }
-  write_file_atomically(config_path, config.dump(2) + "\n");
+  write_file_atomically(config_path, detail::actor_config_json(config, config_dir).dump(2) + "\n");
 }
 
 namespace {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,10 @@ std::string printable(const std::string& text);
 // "1.5 MiB", "812 B".
 std::string human_bytes(uint64_t bytes);
 
+// NAME=PATH, as pack --model and bench --baseline take it; std::nullopt
+// when there is no '=' or either side is empty.
+std::optional<ModelFile> parse_name_path(const std::string& spec);
+
 // Parses "4096", "64K", "2M" (binary units). False when malformed.
 bool parse_size(const std::string& text, uint64_t* out);
 
@@ -40,11 +45,10 @@ void check_outputs(const std::vector<std::string>& outputs, const std::vector<st
 // Writes `text` to `path` atomically. Throws zcwrap::Error(kWrite).
 void write_file_atomically(const std::string& path, const std::string& text);
 
-// Writes an actor config for the blob at `blob_path` to `config_path`; the
-// blob is named relative to the config's folder when both share it, so the
-// pair can be moved together.
-void write_actor_config(nlohmann::json config, const std::string& blob_path,
-                        const std::string& config_path);
+// Writes the actor config of `wrapper` to `config_path` atomically; the blob
+// is named relative to the config's folder when both share it, so the pair
+// can be moved together.
+void write_actor_config(const ModelWrapper& wrapper, const std::string& config_path);
 
 // Adds --prefetch none|willneed|populate|lock (UnwrapOptions::prefetch).
 void add_prefetch_option(CLI::App* cmd, Prefetch* prefetch);

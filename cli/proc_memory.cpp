@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "zcwrap/error.hpp"
-#include "zcwrap/internal/file_util.hpp"
+#include "file_util.hpp"
 
 namespace zcwrap::cli {
 namespace {

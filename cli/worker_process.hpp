@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "zcwrap/internal/file_util.hpp"
+#include "file_util.hpp"
 
 namespace zcwrap::cli {
 

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "zcwrap/internal/file_util.hpp"
-#include "zcwrap/internal/format.hpp"
+#include "file_util.hpp"
+#include "format.hpp"
 
 namespace zcwrap::detail {
 

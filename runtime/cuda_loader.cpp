@@ -10,7 +10,7 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "device_load.hpp"
+#include "placement.hpp"
 #include "torch_util.hpp"
 #include "zcwrap/error.hpp"
 

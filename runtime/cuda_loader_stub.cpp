@@ -1,6 +1,6 @@
 // The CUDA loader's stand-in for builds without it (meson -Dcuda, or a
 // LibTorch without CUDA): runtime/cuda_loader.cpp defines the same functions.
-#include "device_load.hpp"
+#include "placement.hpp"
 #include "zcwrap/error.hpp"
 
 namespace zcwrap::detail {

@@ -13,7 +13,7 @@ nlohmann::json describe(const std::string& path) {
   using nlohmann::json;
   const ModelWrapper wrapper = ModelWrapper::open(path);
   const std::string& blob_path = wrapper.blob_path();
-  auto blob = detail::BlobFile::open(blob_path);
+  auto blob = detail::checked_blob(wrapper);
   const format::Header& h = blob->header();
   const format::Manifest& m = blob->manifest();
 
@@ -83,7 +83,7 @@ nlohmann::json verify(const std::string& path, unsigned threads) {
   using nlohmann::json;
   const auto start = std::chrono::steady_clock::now();
   const ModelWrapper wrapper = ModelWrapper::open(path);
-  auto blob = detail::BlobFile::open(wrapper.blob_path());
+  auto blob = detail::checked_blob(wrapper);
   const format::Manifest& m = blob->manifest();
   json bad = json::array();
   for (size_t i : blob->bad_storages(threads)) {

@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "zcwrap/internal/format.hpp"
+#include "format.hpp"
 
 namespace zcwrap::detail {
 

@@ -1,4 +1,4 @@
-#include "zcwrap/internal/file_util.hpp"
+#include "file_util.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -102,8 +102,9 @@ AtomicFile::AtomicFile(std::string destination) : destination_(std::move(destina
   }
   if (::stat(destination_.c_str(), &st) == 0) {
     if (S_ISDIR(st.st_mode)) fail("is a folder; name a file to write", EISDIR);
+    if (S_ISSOCK(st.st_mode)) fail("is a socket, which cannot be written as a file; name a file, device or FIFO", ENXIO);
     if (!S_ISREG(st.st_mode)) {
-      // A device, FIFO or socket (/dev/null, a pipe behind /dev/stdout): it
+      // A device or FIFO (/dev/null, a pipe behind /dev/stdout): it
       // cannot be replaced, so it is written in place, as `cp` would.
       fd_ = UniqueFd(::open(destination_.c_str(), O_WRONLY | O_CLOEXEC));
       if (!fd_.valid()) fail("cannot open for writing", errno);

@@ -1,8 +1,9 @@
 // Blob format v1: header codec and manifest checks. Nothing here trusts the
 // bytes it reads: every offset and length is checked for overflow before use.
-#include "zcwrap/internal/format.hpp"
+#include "format.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -168,22 +169,17 @@ void check_extent(const TensorEntry& t, const StorageEntry& s, size_t item,
   if (t.sizes.size() != t.strides.size()) {
     bad(path, where + ": " + u64s(t.sizes.size()) + " sizes but " + u64s(t.strides.size()) + " strides");
   }
-  using u128 = unsigned __int128;
-  u128 numel = 1;
-  u128 last = t.storage_offset;  // index of the last element reached
-  for (size_t d = 0; d < t.sizes.size(); ++d) {
-    numel *= static_cast<uint64_t>(t.sizes[d]);
-    if (numel > u128(UINT64_MAX)) bad(path, where + ": element count overflows");
+  if (t.storage_offset > uint64_t(INT64_MAX)) bad(path, where + ": extent overflows");
+  const Extent e = strided_extent(t.sizes, t.strides, static_cast<int64_t>(t.storage_offset), item);
+  switch (e.status) {
+    case Extent::Status::kNegative: bad(path, where + ": negative size or stride");
+    case Extent::Status::kCountOverflow: bad(path, where + ": element count overflows");
+    case Extent::Status::kExtentOverflow: bad(path, where + ": extent overflows");
+    case Extent::Status::kOk: break;
   }
-  if (numel == 0) return;
-  for (size_t d = 0; d < t.sizes.size(); ++d) {
-    last += u128(static_cast<uint64_t>(t.sizes[d]) - 1) * static_cast<uint64_t>(t.strides[d]);
-    if (last > u128(UINT64_MAX)) bad(path, where + ": extent overflows");
-  }
-  u128 end_bytes = (last + 1) * item;
-  if (end_bytes > s.nbytes) {
-    bad(path, where + ": reaches byte " + u64s(static_cast<uint64_t>(std::min<u128>(end_bytes, UINT64_MAX))) +
-                  " of storage " + u64s(t.storage) + ", which holds " + u64s(s.nbytes) + " bytes");
+  if (e.end_bytes > s.nbytes) {
+    bad(path, where + ": reaches byte " + u64s(e.end_bytes) + " of storage " + u64s(t.storage) + ", which holds " +
+                  u64s(s.nbytes) + " bytes");
   }
 }
 
@@ -208,9 +204,20 @@ void parse_quantization(const json& entry, TensorEntry* t, const std::string& pa
     if (!v.is_number_integer()) bad(path, f.where() + "." + what + ": expected an integer");
     return v.get<int64_t>();
   };
+  // A zero point is a value of the dtype's integers, as LibTorch requires.
+  const int64_t zero_min = t->dtype == "qint8" ? -128 : t->dtype == "quint8" ? 0 : INT32_MIN;
+  const int64_t zero_max = t->dtype == "qint8" ? 127 : t->dtype == "quint8" ? 255 : INT32_MAX;
+  auto zero_point = [&](const json& v, const char* what) {
+    const int64_t z = integer(v, what);
+    if (z < zero_min || z > zero_max) {
+      bad(path, f.where() + "." + what + ": " + std::to_string(z) + " is outside " + t->dtype + "'s range [" +
+                    std::to_string(zero_min) + ", " + std::to_string(zero_max) + "]");
+    }
+    return z;
+  };
   if (q.scheme == "per_tensor_affine") {
     q.scale = number(f.get("scale"), "scale");
-    q.zero_point = integer(f.get("zero_point"), "zero_point");
+    q.zero_point = zero_point(f.get("zero_point"), "zero_point");
   } else if (q.scheme == "per_channel_affine") {
     q.axis = integer(f.get("axis"), "axis");
     if (q.axis < 0 || static_cast<size_t>(q.axis) >= t->sizes.size()) {
@@ -224,10 +231,70 @@ void parse_quantization(const json& entry, TensorEntry* t, const std::string& pa
                     " zero points for " + u64s(channels) + " channels");
     }
     for (const json& s : scales) q.scales.push_back(number(s, "scales"));
-    for (const json& z : zero_points) q.zero_points.push_back(integer(z, "zero_points"));
+    for (const json& z : zero_points) q.zero_points.push_back(zero_point(z, "zero_points"));
   } else {
     bad(path, f.where() + ".scheme: unknown quantization scheme '" + q.scheme + "'");
   }
+}
+
+// One entry of a model's "tensors", checked against the storages.
+TensorEntry parse_tensor(const json& entry, const std::string& where, const std::vector<StorageEntry>& storages,
+                         const std::string& path) {
+  Fields tf(entry, where, path);
+  TensorEntry t;
+  t.path = tf.str("path");
+  t.kind = parse_kind(tf.str("kind"), path, tf.where());
+  t.dtype = tf.str("dtype");
+  size_t item = dtype_size(t.dtype);
+  if (item == 0) bad(path, tf.where() + " (" + t.path + "): unknown dtype '" + t.dtype + "'");
+  t.sizes = tf.dims("sizes");
+  t.strides = tf.dims("strides");
+  t.storage = tf.u64("storage");
+  t.storage_offset = tf.u64("storage_offset");
+  if (entry.contains("requires_grad")) {
+    const json& rg = entry["requires_grad"];
+    if (!rg.is_boolean()) bad(path, tf.where() + ".requires_grad: expected true or false");
+    t.requires_grad = rg.get<bool>();
+    // LibTorch allows gradients on floating and complex tensors only.
+    const bool differentiable = t.dtype.rfind("float", 0) == 0 || t.dtype == "bfloat16" ||
+                                t.dtype.rfind("complex", 0) == 0;
+    if (t.requires_grad && !differentiable) {
+      bad(path, tf.where() + " (" + t.path + "): requires_grad on a " + t.dtype +
+                    " tensor (only floating and complex tensors have gradients)");
+    }
+  }
+  if (t.storage >= storages.size()) {
+    bad(path, tf.where() + " (" + t.path + "): storage " + u64s(t.storage) + " does not exist (" +
+                  u64s(storages.size()) + " storages)");
+  }
+  check_extent(t, storages[t.storage], item, path, tf.where() + " (" + t.path + ")");
+  parse_quantization(entry, &t, path, tf.where() + " (" + t.path + ")");
+  return t;
+}
+
+// Where a JSON value sits in the manifest, from the parser's events: the key
+// at each depth. Tensor entries are the values at depth 4 under
+// "models": [ { "tensors": [ ... ] } ].
+class ManifestPosition {
+ public:
+  void on_event(int depth, json::parse_event_t event, const json& parsed) {
+    if (event == json::parse_event_t::key && depth >= 0 && depth < kDepth) {
+      keys_[static_cast<size_t>(depth)] = parsed.get<std::string>();
+    }
+  }
+  bool in_tensors(int depth) const { return depth == 4 && keys_[1] == "models" && keys_[3] == "tensors"; }
+  bool in_tensor(int depth) const { return depth > 4 && keys_[1] == "models" && keys_[3] == "tensors"; }
+  bool is_model(int depth) const { return depth == 2 && keys_[1] == "models"; }
+
+ private:
+  static constexpr int kDepth = 4;
+  std::array<std::string, kDepth> keys_;
+};
+
+// Whether an event closes a value (a scalar, an object or an array).
+bool closes_value(json::parse_event_t event) {
+  return event == json::parse_event_t::value || event == json::parse_event_t::object_end ||
+         event == json::parse_event_t::array_end;
 }
 
 }  // namespace
@@ -337,6 +404,32 @@ size_t dtype_size(const std::string& dtype) {
   return it == dtype_table().end() ? 0 : it->second;
 }
 
+Extent strided_extent(const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides, int64_t storage_offset,
+                      size_t item) {
+  using u128 = unsigned __int128;
+  Extent e;
+  if (storage_offset < 0) e.status = Extent::Status::kNegative;
+  for (size_t d = 0; d < sizes.size() && d < strides.size(); ++d) {
+    if (sizes[d] < 0 || strides[d] < 0) e.status = Extent::Status::kNegative;
+  }
+  if (e.status != Extent::Status::kOk) return e;
+  u128 numel = 1;
+  for (int64_t size : sizes) {
+    numel *= static_cast<uint64_t>(size);
+    if (numel > u128(UINT64_MAX)) return {Extent::Status::kCountOverflow, 0};
+  }
+  if (numel == 0) return e;
+  u128 last = static_cast<uint64_t>(storage_offset);  // index of the last element reached
+  for (size_t d = 0; d < sizes.size() && d < strides.size(); ++d) {
+    last += u128(static_cast<uint64_t>(sizes[d]) - 1) * static_cast<uint64_t>(strides[d]);
+    if (last > u128(UINT64_MAX)) return {Extent::Status::kExtentOverflow, 0};
+  }
+  const u128 end_bytes = (last + 1) * item;
+  if (end_bytes > u128(UINT64_MAX)) return {Extent::Status::kExtentOverflow, 0};
+  e.end_bytes = static_cast<uint64_t>(end_bytes);
+  return e;
+}
+
 std::string hex64(uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%016" PRIx64, v);
@@ -403,9 +496,18 @@ json manifest_to_json(const Manifest& m) {
 
 Manifest parse_manifest(const char* text, size_t length, const Header& h,
                         const std::string& path) {
+  // Two passes, so that memory stays bounded by the entries' own size rather
+  // than a JSON tree of every tensor (about 18 x the text): the first builds
+  // the tree without the tensor entries and checks everything else; the
+  // second keeps one tensor entry at a time, checks it against the storages
+  // and drops it.
   json doc;
   try {
-    doc = json::parse(text, text + length);
+    ManifestPosition position;
+    doc = json::parse(text, text + length, [&position](int depth, json::parse_event_t event, json& parsed) {
+      position.on_event(depth, event, parsed);
+      return !(position.in_tensors(depth) && closes_value(event));
+    });
   } catch (const json::exception& e) {
     bad(path, std::string("manifest is not valid JSON: ") + e.what());
   }
@@ -453,7 +555,6 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
   const json& models = top.array("models", kMaxModels);
   if (models.empty()) bad(path, "manifest.models: a blob holds at least one model");
   if (m.standalone && models.size() != 1) bad(path, "manifest: a standalone blob holds exactly one model");
-  size_t tensor_total = 0;
   for (size_t i = 0; i < models.size(); ++i) {
     Fields f(models[i], "models[" + u64s(i) + "]", path);
     ModelEntry model;
@@ -488,42 +589,36 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
                     u64s(model.skeleton.length) + " stored bytes (at most " + u64s(raw_cap) +
                     ": 256 x stored + 64 KiB, and 1 GiB)");
     }
-    const json& tensors = f.array("tensors", kMaxTensors);
-    tensor_total += tensors.size();
-    if (tensor_total > kMaxTensors) bad(path, "manifest: more than " + u64s(kMaxTensors) + " tensors");
-    for (size_t j = 0; j < tensors.size(); ++j) {
-      Fields tf(tensors[j], f.where() + ".tensors[" + u64s(j) + "]", path);
-      TensorEntry t;
-      t.path = tf.str("path");
-      t.kind = parse_kind(tf.str("kind"), path, tf.where());
-      t.dtype = tf.str("dtype");
-      size_t item = dtype_size(t.dtype);
-      if (item == 0) bad(path, tf.where() + " (" + t.path + "): unknown dtype '" + t.dtype + "'");
-      t.sizes = tf.dims("sizes");
-      t.strides = tf.dims("strides");
-      t.storage = tf.u64("storage");
-      t.storage_offset = tf.u64("storage_offset");
-      if (tensors[j].contains("requires_grad")) {
-        const json& rg = tensors[j]["requires_grad"];
-        if (!rg.is_boolean()) bad(path, tf.where() + ".requires_grad: expected true or false");
-        t.requires_grad = rg.get<bool>();
-        // LibTorch allows gradients on floating and complex tensors only.
-        const bool differentiable = t.dtype.rfind("float", 0) == 0 || t.dtype == "bfloat16" ||
-                                    t.dtype.rfind("complex", 0) == 0;
-        if (t.requires_grad && !differentiable) {
-          bad(path, tf.where() + " (" + t.path + "): requires_grad on a " + t.dtype +
-                        " tensor (only floating and complex tensors have gradients)");
-        }
-      }
-      if (t.storage >= m.storages.size()) {
-        bad(path, tf.where() + " (" + t.path + "): storage " + u64s(t.storage) + " does not exist (" +
-                      u64s(m.storages.size()) + " storages)");
-      }
-      check_extent(t, m.storages[t.storage], item, path, tf.where() + " (" + t.path + ")");
-      parse_quantization(tensors[j], &t, path, tf.where() + " (" + t.path + ")");
-      model.tensors.push_back(std::move(t));
-    }
+    f.array("tensors", kMaxTensors);  // entries come in the second pass
     m.models.push_back(std::move(model));
+  }
+
+  size_t model = 0;
+  size_t index = 0;  // of the entry in its model's "tensors"
+  size_t tensor_total = 0;
+  ManifestPosition position;
+  auto on_event = [&](int depth, json::parse_event_t event, json& parsed) {
+    position.on_event(depth, event, parsed);
+    if (position.in_tensor(depth)) return true;  // inside an entry: kept until it closes
+    if (position.in_tensors(depth) && closes_value(event)) {
+      if (model >= m.models.size()) bad(path, "manifest: tensors outside the models");  // not after pass 1
+      if (++tensor_total > kMaxTensors) bad(path, "manifest: more than " + u64s(kMaxTensors) + " tensors");
+      const std::string where = "models[" + u64s(model) + "].tensors[" + u64s(index++) + "]";
+      m.models[model].tensors.push_back(parse_tensor(parsed, where, m.storages, path));
+      return false;
+    }
+    if (position.is_model(depth) && event == json::parse_event_t::object_end) {
+      ++model;
+      index = 0;
+    }
+    // Containers are kept open, so that the parser reports what is inside
+    // them; every value outside a tensor entry is dropped once it closes.
+    return !closes_value(event);
+  };
+  try {
+    [[maybe_unused]] const json dropped = json::parse(text, text + length, on_event);  // all of it discarded
+  } catch (const json::exception& e) {
+    bad(path, std::string("manifest is not valid JSON: ") + e.what());
   }
   return m;
 }

@@ -23,7 +23,7 @@
 
 #include "constants.hpp"
 #include "torch_util.hpp"
-#include "zcwrap/internal/file_util.hpp"
+#include "file_util.hpp"
 
 namespace zcwrap::detail {
 namespace {

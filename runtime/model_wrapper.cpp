@@ -6,9 +6,11 @@
 
 #include <caffe2/serialize/inline_container.h>
 
+#include "actor_config.hpp"
 #include "blob_file.hpp"
 #include "constants.hpp"
 #include "pack.hpp"
+#include "placement.hpp"
 #include "rebind.hpp"
 #include "store.hpp"
 #include "torch_util.hpp"
@@ -22,25 +24,10 @@ using nlohmann::json;
 
 namespace {
 
-constexpr int kActorVersion = 1;
-
 std::string join_names(const std::vector<std::string>& names) {
   std::string out;
   for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
   return out;
-}
-
-json actor_config(const std::string& path, const detail::PreparedBlob& blob) {
-  return {{"zcwrap_actor", kActorVersion},
-          {"blob", detail::absolute_path(path)},
-          {"blob_size", blob.header.file_size},
-          {"meta_checksum", format::hex64(blob.header.meta_checksum)},
-          {"standalone", blob.standalone},
-          {"models", blob.names}};
-}
-
-[[noreturn]] void bad_config(const std::string& what) {
-  throw Error(ErrorCode::kBadBlob, "actor config: " + what);
 }
 
 }  // namespace
@@ -75,7 +62,7 @@ ModelWrapper ModelWrapper::from_model(const torch::jit::Module& model, const Pac
   std::vector<detail::PackInput> inputs;
   inputs.push_back(detail::copy_module(options.standalone_name, model));
   const detail::PreparedBlob blob = detail::prepare_blob(inputs, /*standalone=*/true, options);
-  return from_actor(actor_config(detail::store_blob(blob, options), blob));
+  return detail::written_wrapper(detail::store_blob(blob, options), blob);
 }
 
 ModelWrapper ModelWrapper::from_pipeline(
@@ -83,7 +70,7 @@ ModelWrapper ModelWrapper::from_pipeline(
   std::vector<detail::PackInput> inputs;
   for (const auto& [name, module] : models) inputs.push_back(detail::copy_module(name, module));
   const detail::PreparedBlob blob = detail::prepare_blob(inputs, /*standalone=*/false, options);
-  return from_actor(actor_config(detail::store_blob(blob, options), blob));
+  return detail::written_wrapper(detail::store_blob(blob, options), blob);
 }
 
 ModelWrapper ModelWrapper::pack_files(const std::vector<ModelFile>& models, bool standalone,
@@ -104,36 +91,28 @@ ModelWrapper ModelWrapper::pack_files(const std::vector<ModelFile>& models, bool
     blob = detail::prepare_blob(inputs, standalone, options);
   }
   detail::write_blob(blob, blob_path, options.progress);
-  return from_actor(actor_config(blob_path, blob));
+  return detail::written_wrapper(blob_path, blob);
 }
 
-ModelWrapper ModelWrapper::from_actor(const json& config) {
-  if (!config.is_object()) bad_config("expected a JSON object");
-  auto field = [&](const char* key) -> const json& {
-    auto it = config.find(key);
-    if (it == config.end()) bad_config(std::string("missing field '") + key + "'");
-    return *it;
-  };
-  const json& version = field("zcwrap_actor");
-  if (!version.is_number_integer() || version.get<int64_t>() != kActorVersion) {
-    bad_config("unsupported zcwrap_actor version " + version.dump() + " (this zcwrap reads 1)");
-  }
+ModelWrapper detail::written_wrapper(const std::string& path, const detail::PreparedBlob& blob) {
   ModelWrapper w;
-  try {
-    w.blob_path_ = detail::absolute_path(field("blob").get<std::string>());
-    const json& size = field("blob_size");
-    if (!size.is_number_integer() || (!size.is_number_unsigned() && size.get<int64_t>() < 0)) {
-      bad_config("blob_size is not a non-negative integer");
-    }
-    w.blob_size_ = field("blob_size").get<uint64_t>();
-    if (!format::parse_hex64(field("meta_checksum").get<std::string>(), &w.meta_checksum_)) {
-      bad_config("meta_checksum is not 16 lower-case hex digits");
-    }
-    w.standalone_ = field("standalone").get<bool>();
-    w.names_ = field("models").get<std::vector<std::string>>();
-  } catch (const json::exception& e) {
-    bad_config(std::string("a field has the wrong type: ") + e.what());
-  }
+  w.blob_path_ = detail::absolute_path(path);
+  w.blob_size_ = blob.header.file_size;
+  w.meta_checksum_ = blob.header.meta_checksum;
+  w.standalone_ = blob.standalone;
+  w.names_ = blob.names;
+  return w;
+}
+
+ModelWrapper ModelWrapper::from_actor(const json& config) { return from_config(detail::parse_actor_config(config)); }
+
+ModelWrapper ModelWrapper::from_config(const detail::ActorConfig& config) {
+  ModelWrapper w;
+  w.blob_path_ = config.blob;
+  w.blob_size_ = config.blob_size;
+  w.meta_checksum_ = config.meta_checksum;
+  w.standalone_ = config.standalone;
+  w.names_ = config.models;
   // Pin check: the blob named must still be the one the driver packed.
   std::shared_ptr<const BlobFile> blob;
   try {
@@ -155,6 +134,7 @@ ModelWrapper ModelWrapper::from_actor(const json& config) {
   if (names != w.names_ || blob->manifest().standalone != w.standalone_) {
     throw Error(ErrorCode::kStale, w.blob_path_ + ": models differ from those the actor config lists");
   }
+  w.opened_ = std::move(blob);
   return w;
 }
 
@@ -169,15 +149,16 @@ ModelWrapper ModelWrapper::from_memory(MemoryBlob memory) {
   return w;
 }
 
-std::shared_ptr<const BlobFile> ModelWrapper::open_checked(bool copy_on_write) const {
-  if (memory_) {
+std::shared_ptr<const BlobFile> detail::checked_blob(const ModelWrapper& w, bool copy_on_write) {
+  if (w.memory_) {
     if (copy_on_write) {
-      throw Error(ErrorCode::kUsage, blob_path_ + ": copy_on_write needs a blob file; a memory blob is "
-                                                  "read as the caller gave it");
+      throw Error(ErrorCode::kUsage, w.blob_path_ + ": copy_on_write needs a blob file; a memory blob is "
+                                                    "read as the caller gave it");
     }
-    return memory_;
+    return w.memory_;
   }
-  return BlobFile::open_pinned(blob_path_, blob_size_, meta_checksum_, copy_on_write);
+  if (w.opened_ && !copy_on_write) return w.opened_;
+  return BlobFile::open_pinned(w.blob_path_, w.blob_size_, w.meta_checksum_, copy_on_write);
 }
 
 ModelWrapper ModelWrapper::open(const std::string& path) {
@@ -189,6 +170,7 @@ ModelWrapper ModelWrapper::open(const std::string& path) {
     w.meta_checksum_ = blob->header().meta_checksum;
     w.standalone_ = blob->manifest().standalone;
     for (const format::ModelEntry& m : blob->manifest().models) w.names_.push_back(m.name);
+    w.opened_ = std::move(blob);
     return w;
   }
   json config;
@@ -197,12 +179,8 @@ ModelWrapper ModelWrapper::open(const std::string& path) {
   } catch (const json::exception&) {
     throw Error(ErrorCode::kBadBlob, path + ": neither a zcwrap blob nor an actor config (JSON)");
   }
-  if (config.is_object() && config.contains("blob") && config["blob"].is_string()) {
-    std::string blob = config["blob"].get<std::string>();
-    if (!blob.empty() && blob[0] != '/') config["blob"] = detail::parent_dir(path) + "/" + blob;
-  }
   try {
-    return from_actor(config);
+    return from_config(detail::parse_actor_config(config, detail::parent_dir(path)));
   } catch (const Error& e) {
     throw Error(e.code(), path + ": " + e.what());
   }
@@ -213,12 +191,7 @@ json ModelWrapper::to_actor() const {
     throw Error(ErrorCode::kUsage, blob_path_ + ": a blob in memory has no actor config; send the memory and "
                                                 "call from_memory where it arrives");
   }
-  return {{"zcwrap_actor", kActorVersion},
-          {"blob", blob_path_},
-          {"blob_size", blob_size_},
-          {"meta_checksum", format::hex64(meta_checksum_)},
-          {"standalone", standalone_},
-          {"models", names_}};
+  return detail::actor_config_json({blob_path_, blob_size_, meta_checksum_, standalone_, names_});
 }
 
 Unwrapped ModelWrapper::unwrap(const std::string& device, bool use_fast_load) const {
@@ -229,12 +202,12 @@ Unwrapped ModelWrapper::unwrap(const std::string& device, bool use_fast_load) co
 }
 
 Unwrapped ModelWrapper::unwrap(const UnwrapOptions& options) const {
-  auto state = detail::unwrap_blob(open_checked(options.copy_on_write), options);
+  auto state = detail::unwrap_blob(detail::checked_blob(*this, options.copy_on_write), options);
   return Unwrapped(std::move(state));
 }
 
 void ModelWrapper::unpack(const std::string& output_path, const std::string& model) const {
-  auto blob = open_checked();
+  auto blob = detail::checked_blob(*this);
   if (model.empty() && !standalone_) {
     throw Error(ErrorCode::kUsage, blob_path_ + ": holds a pipeline; name the model to unpack (one of: " +
                                        join_names(names_) + ")");

@@ -18,7 +18,7 @@
 #include "mapped_load.hpp"
 #include "torch_compat.hpp"
 #include "torch_util.hpp"
-#include "zcwrap/internal/file_util.hpp"
+#include "file_util.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/version.hpp"
 

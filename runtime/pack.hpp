@@ -7,7 +7,7 @@
 
 #include <torch/script.h>
 
-#include "zcwrap/internal/format.hpp"
+#include "format.hpp"
 #include "zcwrap/model_wrapper.hpp"
 
 namespace zcwrap::detail {

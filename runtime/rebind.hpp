@@ -31,16 +31,6 @@ namespace detail {
 inline constexpr const char* kTorchScriptSkeleton = "torchscript";
 inline constexpr const char* kPythonPickleSkeleton = "python_pickle";
 
-// "cpu", "cuda", "cuda:1" as a device this process has. Throws
-// Error(kDevice) naming what is missing.
-c10::Device parse_device(const std::string& device);
-
-// One c10::Storage per blob storage: on the CPU a view of the blob's bytes
-// whose deleter keeps the blob alive; elsewhere one copy per storage, or
-// with `use_fast_load` on CUDA views of one device buffer (device_load.hpp).
-std::vector<c10::Storage> make_storages(const std::shared_ptr<const BlobFile>& blob, const c10::Device& device,
-                                        bool use_fast_load = false);
-
 // Model `index`'s tensors, in manifest order, each bound to its storage with
 // the manifest's dtype, quantizer, sizes, strides and offset. With
 // `as_saved`, requires_grad as packed; otherwise false.

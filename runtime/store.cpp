@@ -6,7 +6,7 @@
 
 #include "blob_file.hpp"
 #include "zcwrap/error.hpp"
-#include "zcwrap/internal/file_util.hpp"
+#include "file_util.hpp"
 
 namespace zcwrap::detail {
 

@@ -2,13 +2,12 @@
 
 #include <unordered_set>
 
+#include "constants.hpp"
+
 namespace zcwrap::detail {
 namespace {
 
 using format::TensorKind;
-
-// Names of buffers that hold a frozen graph's constants (constants.hpp).
-constexpr const char* kHoistedMarker = "_zcwrap_const_";
 
 struct DtypeName {
   at::ScalarType type;
@@ -41,7 +40,7 @@ class Walker {
       if (value.isTensor()) {
         TensorKind kind = !is_module                                   ? TensorKind::kContainer
                           : type->is_parameter(i)                      ? TensorKind::kParameter
-                          : path.find(kHoistedMarker) != std::string::npos ? TensorKind::kConstant
+                          : path.find(kHoistedPrefix) != std::string::npos ? TensorKind::kConstant
                           : type->is_buffer(i)                         ? TensorKind::kBuffer
                                                                        : TensorKind::kAttribute;
         const at::Tensor& t = value.toTensor();
@@ -138,13 +137,20 @@ void rewrite_tensors(const torch::jit::Module& module, const TensorRewrite& fn) 
   Walker(fn).walk_object(module._ivalue(), "");
 }
 
-std::string first_line(const std::exception& e) {
+std::string message_line(const std::exception& e, MessageLine which) {
   const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
   std::string text = c10_error ? c10_error->what_without_backtrace() : e.what();
-  size_t end = text.find('\n');
-  if (end != std::string::npos) text.resize(end);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  if (which == MessageLine::kFirst) {
+    const size_t end = text.find('\n');
+    if (end != std::string::npos) text.resize(end);
+  } else if (const size_t nl = text.rfind('\n'); nl != std::string::npos) {
+    text.erase(0, nl + 1);
+  }
   return without_torch_notes(text);
 }
+
+std::string first_line(const std::exception& e) { return message_line(e, MessageLine::kFirst); }
 
 std::string without_torch_notes(std::string text) {
   // LibTorch appends "(Could this error message be improved? If so, please

@@ -8,7 +8,7 @@
 
 #include <torch/script.h>
 
-#include "zcwrap/internal/format.hpp"
+#include "format.hpp"
 
 namespace zcwrap::detail {
 
@@ -34,8 +34,12 @@ using TensorRewrite =
 // object reachable twice is walked once.
 void rewrite_tensors(const torch::jit::Module& module, const TensorRewrite& fn);
 
-// One line from a LibTorch exception, without its C++ backtrace and without
-// LibTorch's notes to its own developers (without_torch_notes).
+// One line of a LibTorch exception's message, without its C++ backtrace and
+// without LibTorch's notes to its own developers (without_torch_notes): the
+// first (what a load refused), or the last (what failed, after the
+// TorchScript traceback of an error raised while running a model).
+enum class MessageLine { kFirst, kLast };
+std::string message_line(const std::exception& e, MessageLine which);
 std::string first_line(const std::exception& e);
 
 // `text` without LibTorch's "(Could this error message be improved? ...)".

@@ -366,7 +366,7 @@ TEST_CASE("bench: failures are one error line with the worker's exit status, and
       {"BAD_PREFETCH", {"--prefetch", "always"}, 2, "--prefetch"},
       {"ZERO_WORKERS", {"--workers", "0"}, 2, "--workers"},
       {"MISSING_INPUT", {"--input", dir / "nope.pt"}, 3, "nope.pt"},
-      // Read by the worker, which reports the error over its socket.
+      // Checked once by bench before any worker starts (as run reads it).
       {"INPUT_NOT_TENSORS", {"--input", test::fixture("garbage.pt")}, 3, "not a tensor file"},
       {"WRONG_INPUT", {"--input", test::fixture("pipeline_a_in.pt")}, 5, "failed on this input"},
       {"BASELINE_MISSING", {"--baseline", dir / "nope.pt"}, 3, "nope.pt"},

@@ -16,7 +16,7 @@
 #include "fuzz/blob_checks.hpp"
 #include "support.hpp"
 #include "zcwrap/error.hpp"
-#include "zcwrap/internal/format.hpp"
+#include "format.hpp"
 
 using zcwrap::Error;
 using zcwrap::ErrorCode;

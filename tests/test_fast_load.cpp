@@ -12,7 +12,7 @@
 #include <torch/cuda.h>
 
 #include "blob_file.hpp"
-#include "device_load.hpp"
+#include "placement.hpp"
 #include "fast_load.hpp"
 #include "torch_util.hpp"
 
@@ -228,6 +228,9 @@ bool cuda_present() {
   }();
   return present;
 }
+
+// A GPU, and this zcwrap's CUDA loader built (-Dcuda) to use it.
+bool gpu_fast_load() { return cuda_present() && internal::fast_load_built(); }
 
 // The GPU cases compare with float32 on the CPU: no TF32 shortcuts.
 void strict_float32() {
@@ -510,11 +513,7 @@ TEST_CASE("use_fast_load on cpu is the zero-copy path") {
   }
 }
 
-TEST_CASE("use_fast_load on a LibTorch without CUDA is a device error") {
-  if (at::hasCUDA()) {
-    MESSAGE("this LibTorch has CUDA: nothing to check here");
-    return;
-  }
+TEST_CASE("use_fast_load on a LibTorch without CUDA is a device error" * doctest::skip(at::hasCUDA())) {
   auto packed = pack_edge_module();
   try {
     ModelWrapper::open(packed->blob).unwrap("cuda:0", /*use_fast_load=*/true);
@@ -538,8 +537,7 @@ TEST_CASE("GPU cases run only where CUDA is available") {
 }
 
 TEST_CASE("GPU: fast_load_storages puts the data section on the device byte for byte" *
-          doctest::skip(!cuda_present())) {
-  if (!internal::fast_load_built()) return;
+          doctest::skip(!gpu_fast_load())) {
   auto packed = pack_edge_module();
   auto blob = BlobFile::open(packed->blob);
   const format::Manifest& manifest = blob->manifest();
@@ -644,8 +642,7 @@ TEST_CASE("GPU: fixtures unwrapped on cuda:0 give the outputs of torch::jit::loa
   }
 }
 
-TEST_CASE("GPU: \"cuda\" without an index loads onto the current device" * doctest::skip(!cuda_present())) {
-  if (!internal::fast_load_built()) return;
+TEST_CASE("GPU: \"cuda\" without an index loads onto the current device" * doctest::skip(!gpu_fast_load())) {
   auto packed = pack_edge_module();
   auto blob = BlobFile::open(packed->blob);
   std::vector<c10::Storage> storages = internal::fast_load_storages(*blob, c10::Device("cuda"));
@@ -654,12 +651,9 @@ TEST_CASE("GPU: \"cuda\" without an index loads onto the current device" * docte
   CHECK(storages[0].device().has_index());
 }
 
-TEST_CASE("GPU: each worker picks its own cuda:N" * doctest::skip(!cuda_present())) {
+TEST_CASE("GPU: each worker picks its own cuda:N" *
+          doctest::skip(!cuda_present() || torch::cuda::device_count() < 2)) {
   const int count = static_cast<int>(torch::cuda::device_count());
-  if (count < 2) {
-    MESSAGE("one CUDA device: loading onto cuda:1 is not checked");
-    return;
-  }
   auto packed = pack_edge_module();
   Unwrapped u = ModelWrapper::open(packed->blob).unwrap("cuda:" + std::to_string(count - 1), true);
   for (const auto& [path, t] : tensors_of(u.module())) {

@@ -11,7 +11,7 @@
 #include "blob_file.hpp"
 #include "support.hpp"
 #include "zcwrap/error.hpp"
-#include "zcwrap/internal/format.hpp"
+#include "format.hpp"
 
 using nlohmann::json;
 using zcwrap::Error;
@@ -290,6 +290,20 @@ TEST_CASE("bad blobs are refused with a specific error") {
              {"scheme", "per_channel_affine"}, {"axis", 0}, {"scales", {0.1, 0.2}}, {"zero_points", {0, 1}}};
        },
        "2 scales and 2 zero points for 32 channels"},
+      {"QUANT_ZERO_POINT_RANGE",
+       [&](Parts& p) {
+         tensor(p, 0)["dtype"] = "qint8";
+         tensor(p, 0)["quantization"] = {{"scheme", "per_tensor_affine"}, {"scale", 0.1}, {"zero_point", 1ll << 40}};
+       },
+       "zero_point: 1099511627776 is outside qint8's range [-128, 127]"},
+      {"QUANT_CHANNEL_ZERO_POINT_RANGE",
+       [&](Parts& p) {
+         tensor(p, 0)["dtype"] = "quint8";
+         tensor(p, 0)["sizes"] = {2, 32};
+         tensor(p, 0)["quantization"] = {
+             {"scheme", "per_channel_affine"}, {"axis", 0}, {"scales", {0.1, 0.2}}, {"zero_points", {0, -1}}};
+       },
+       "zero_points: -1 is outside quint8's range [0, 255]"},
       {"QUANT_BAD_AXIS",
        [&](Parts& p) {
          tensor(p, 0)["dtype"] = "qint8";

@@ -4,9 +4,11 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/inotify.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <random>
@@ -264,4 +266,30 @@ TEST_CASE("prefetch modes unwrap the same model; a refused mlock is a warning") 
                           &why));
     for (const std::string& w : u.warnings()) CHECK(w.find("RLIMIT_MEMLOCK") != std::string::npos);
   }
+}
+
+TEST_CASE("pack opens nothing it wrote: the wrapper's pins come from what was written") {
+  // Mapping the new blob back (as from_actor did) could fail once the blob
+  // was in place, under a tight address-space limit, with a message blaming
+  // the actor config. inotify sees every open of the blob after its rename.
+  test::TempDir dir;
+  const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  REQUIRE(fd >= 0);
+  REQUIRE(::inotify_add_watch(fd, dir.path().c_str(), IN_OPEN | IN_MOVED_TO) >= 0);
+  const ModelWrapper w = ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, dir / "m.zcb");
+  std::vector<std::string> events;  // "moved" or "open", for m.zcb only, in order
+  alignas(inotify_event) char buffer[1 << 16];
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;) {
+    for (char* at = buffer; at < buffer + n;) {
+      const auto* e = reinterpret_cast<const inotify_event*>(at);
+      if (e->len > 0 && std::string(e->name) == "m.zcb") events.push_back(e->mask & IN_MOVED_TO ? "moved" : "open");
+      at += sizeof(inotify_event) + e->len;
+    }
+  }
+  ::close(fd);
+  REQUIRE(std::find(events.begin(), events.end(), "moved") != events.end());
+  CHECK(std::find(std::find(events.begin(), events.end(), "moved"), events.end(), "open") == events.end());
+  // The pins are right: the blob opens against them.
+  CHECK(w.blob_size() == test::read_bytes(dir / "m.zcb").size());
+  CHECK(ModelWrapper::from_actor(w.to_actor()).meta_checksum() == w.meta_checksum());
 }

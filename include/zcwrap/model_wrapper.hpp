@@ -21,8 +21,21 @@ struct Module;
 
 namespace zcwrap {
 
+class ModelWrapper;
+
 namespace detail {
 class BlobFile;
+struct ActorConfig;
+struct PreparedBlob;
+// For the runtime's own modules and the Python package, not for users.
+// The blob `wrapper` names, checked against its pins: the mapping that
+// from_actor or open checked (reused, so an operation opens a blob once), the
+// memory of from_memory, or a fresh mapping (a private one for copy_on_write).
+std::shared_ptr<const BlobFile> checked_blob(const ModelWrapper& wrapper, bool copy_on_write = false);
+// The wrapper of a blob just written to `path` from `blob`: its pins come from
+// what was written, so the file is not mapped and parsed back (a pack must not
+// fail once its blob is in place).
+ModelWrapper written_wrapper(const std::string& path, const PreparedBlob& blob);
 }  // namespace detail
 
 /// How to pack. The defaults suit almost everyone.
@@ -158,6 +171,10 @@ class ModelWrapper {
   /// has the size and meta checksum the config pins; throws Error(kStale)
   /// when it was replaced or truncated, Error(kBadBlob) for a malformed
   /// config. A relative "blob" path is taken relative to the current folder.
+  /// The wrapper keeps the mapping it checked, and unwrap() and unpack() use
+  /// it: the blob is opened once, and what they read is the blob the pins
+  /// name even if the file is replaced in between (a copy_on_write unwrap
+  /// maps the file afresh, and checks the pins again).
   static ModelWrapper from_actor(const nlohmann::json& actor_config);
 
   /// A wrapper over a blob in memory (see MemoryBlob), checked as from_actor
@@ -176,7 +193,9 @@ class ModelWrapper {
   /// "meta_checksum", "standalone", "models": [...]}. Small; send it to workers.
   nlohmann::json to_actor() const;
 
-  /// Maps the blob (or reads the memory of from_memory) and rebuilds the modules. "cpu": zero-copy (see
+  /// Rebuilds the modules from the blob (the mapping from_actor or open
+  /// checked, a fresh one for a wrapper made by packing, or the memory of
+  /// from_memory). "cpu": zero-copy (see
   /// Unwrapped). Another device ("cuda:0"): each storage is copied once, so
   /// aliasing survives. With `use_fast_load` on a CUDA device the whole data
   /// section goes to one device allocation instead, streamed in large chunks
@@ -215,12 +234,15 @@ class ModelWrapper {
  private:
   ModelWrapper() = default;
   friend class ActorWrapper;
+  friend std::shared_ptr<const detail::BlobFile> detail::checked_blob(const ModelWrapper&, bool);
+  friend ModelWrapper detail::written_wrapper(const std::string&, const detail::PreparedBlob&);
 
-  // The blob, checked against the pins: a fresh mapping of the file, or the
-  // memory of from_memory.
-  std::shared_ptr<const detail::BlobFile> open_checked(bool copy_on_write = false) const;
+  // from_actor and open, once the config is parsed: the pin check.
+  static ModelWrapper from_config(const detail::ActorConfig& config);
 
   std::shared_ptr<const detail::BlobFile> memory_;  // from_memory only
+  // The mapping from_actor or open checked; unwrap and unpack reuse it.
+  std::shared_ptr<const detail::BlobFile> opened_;
   std::string blob_path_;
   uint64_t blob_size_ = 0;
   uint64_t meta_checksum_ = 0;

@@ -98,7 +98,7 @@ std::string pack(const py::list& models, bool standalone, const std::string& blo
     } else {
       zcwrap::detail::write_blob(blob, path);
     }
-    return zcwrap::ModelWrapper::open(path).to_actor().dump();
+    return zcwrap::detail::written_wrapper(path, blob).to_actor().dump();
   });
 }
 
@@ -125,9 +125,8 @@ std::shared_ptr<const zcwrap::detail::BlobFile> open_config(const std::string& c
   } catch (const json::exception& e) {
     throw Error(ErrorCode::kBadBlob, std::string("actor config: not JSON: ") + e.what());
   }
-  // from_actor checks every field and the pins; then open it as it stands.
-  const zcwrap::ModelWrapper w = zcwrap::ModelWrapper::from_actor(config);
-  return zcwrap::detail::BlobFile::open_pinned(w.blob_path(), w.blob_size(), w.meta_checksum(), copy_on_write);
+  // from_actor checks every field and the pins, on the mapping unwrap then uses.
+  return zcwrap::detail::checked_blob(zcwrap::ModelWrapper::from_actor(config), copy_on_write);
 }
 
 // A Python buffer held for as long as the blob made from it: released

@@ -12,7 +12,7 @@
 
 #include "blob_file.hpp"
 #include "zcwrap/error.hpp"
-#include "zcwrap/internal/format.hpp"
+#include "format.hpp"
 
 namespace zcwrap::test {
 

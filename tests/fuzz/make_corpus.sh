@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates tests/fuzz/corpus/: real blobs packed by the zcwrap CLI from
-# the test fixtures (tests/fixtures/make_fixtures.py, fixed seeds).
+# Regenerates tests/fuzz/corpus/ (real blobs packed by the zcwrap CLI from the
+# test fixtures; tests/fixtures/make_fixtures.py, fixed seeds) and
+# tests/fuzz/corpus-input/ (the pickles of run inputs from the same fixtures).
 # Usage: tests/fuzz/make_corpus.sh [ZCWRAP_BIN]   (default: build/cli/zcwrap)
 # Packing is deterministic: with the same zcwrap and LibTorch the files come
 # out byte for byte the same; commit them only when the format changes.
@@ -33,3 +34,21 @@ pack pipeline_align64 --align 64 --model a="$fx/pipeline_a.pt" --model b="$fx/pi
 # Storages larger than the 4 KiB alignment, on page boundaries.
 pack lstm --name lstm "$fx/lstm.pt"
 ls -l "$out"
+
+# fuzz_input's seeds: the data.pkl of real run inputs (a tensor, a tuple of
+# tensors, a strided view, several dtypes) and of the crafted bad inputs.
+inputs=tests/fuzz/corpus-input
+rm -f "$inputs"/*.pkl
+mkdir -p "$inputs"
+/usr/bin/python3 - "$fx" "$inputs" <<'PY'
+import os, sys, zipfile
+fx, out = sys.argv[1:]
+names = ["lstm_in.pt", "edge_in.pt", "edge_strided_in.pt", "pipeline_a_in.pt", "resnet18_scripted_in.pt", "three_methods_in.pt",
+         "input_past_storage.pt", "input_global.pt", "input_persid.pt", "input_memo.pt"]
+for name in names:
+    with zipfile.ZipFile(os.path.join(fx, name)) as z:
+        pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        with open(os.path.join(out, name[:-3] + ".pkl"), "wb") as f:
+            f.write(z.read(pkl))
+PY
+ls -l "$inputs"

@@ -153,6 +153,18 @@ struct Manifest {
   std::vector<ModelEntry> models;
 };
 
+// How far a strided view reaches into its storage, computed in 128 bits:
+// the manifest check and `zcwrap run`'s input check both use it.
+struct Extent {
+  enum class Status { kOk, kNegative, kCountOverflow, kExtentOverflow };
+  Status status = Status::kOk;
+  uint64_t end_bytes = 0;  // one past the last byte reached; 0 for no element
+};
+// A dims mismatch is the caller's to check: sizes and strides have one entry
+// per dimension. Negative sizes, strides or offset give kNegative.
+Extent strided_extent(const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides, int64_t storage_offset,
+                      size_t item);
+
 // Bytes per element of a dtype name ("float32", "bfloat16", ...); 0 when the
 // name is unknown.
 size_t dtype_size(const std::string& dtype);

@@ -1,7 +1,11 @@
-// Placing a blob's storages on a device as views of one allocation: what
-// unwrap(device, use_fast_load = true) builds. Internal.
+// Placement: a blob's storages on a device. On the CPU, views of the blob's
+// bytes; elsewhere one copy per storage; with use_fast_load on CUDA, views of
+// one device allocation streamed through pinned buffers (fast_load.hpp, with
+// the CUDA side in cuda_loader.cpp, or cuda_loader_stub.cpp without -Dcuda).
+// The one interface unwrap and benchmarks/fast_load_bench.cpp use. Internal.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -10,9 +14,19 @@
 
 #include "blob_file.hpp"
 #include "fast_load.hpp"
-#include "zcwrap/internal/format.hpp"
+#include "format.hpp"
 
 namespace zcwrap::detail {
+
+// "cpu", "cuda", "cuda:1" as a device this process has. Throws
+// Error(kDevice) naming what is missing.
+c10::Device parse_device(const std::string& device);
+
+// One c10::Storage per blob storage: on the CPU a view of the blob's bytes
+// whose deleter keeps the blob alive; elsewhere one copy per storage, or
+// with `use_fast_load` on CUDA views of one device buffer.
+std::vector<c10::Storage> make_storages(const std::shared_ptr<const BlobFile>& blob, const c10::Device& device,
+                                        bool use_fast_load = false);
 
 // One Storage per manifest storage, each a view of `owner` at the storage's
 // offset with its byte size, on owner's device. Every view holds a reference

@@ -1,0 +1,36 @@
+// The actor config: the small JSON a driver sends its workers to name a blob
+// and pin it (size and meta checksum). One struct, its JSON and the rule for
+// relative "blob" paths, in one place. Internal; torch-free.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace zcwrap::detail {
+
+inline constexpr int kActorConfigVersion = 1;
+
+struct ActorConfig {
+  std::string blob;  // absolute once parsed
+  uint64_t blob_size = 0;
+  uint64_t meta_checksum = 0;
+  bool standalone = false;
+  std::vector<std::string> models;
+};
+
+// {"zcwrap_actor": 1, "blob", "blob_size", "meta_checksum", "standalone",
+// "models"}. With `config_dir` (the folder the config is written to), a blob
+// in that same folder is named relative to it, so the two can move together.
+nlohmann::json actor_config_json(const ActorConfig& config, const std::string& config_dir = "");
+
+// Checks every field of `json` and returns the config, its blob made
+// absolute: a relative "blob" is taken relative to `base_dir` (a config
+// file's folder), or the current folder when that is empty. Unknown fields
+// are ignored (the Python package adds its own). Throws Error(kBadBlob)
+// "actor config: ...".
+ActorConfig parse_actor_config(const nlohmann::json& json, const std::string& base_dir = "");
+
+}  // namespace zcwrap::detail
