@@ -55,9 +55,8 @@ for lane in "${lanes[@]}"; do
 done
 
 section "Manifest size: open and inspect of manifests up to the 256 MiB cap"
-mkdir -p benchmarks/out/manifest
-show "$(lane_build_dir "${lanes[0]}")/benchmarks/manifest_bench" benchmarks/out/manifest \
-  --zcwrap "$(lane_build_dir "${lanes[0]}")/cli/zcwrap" | tee benchmarks/out/manifest/manifest.txt
+show "$DEBIAN_PYTHON" benchmarks/manifest_bench.py "$(lane_build_dir "${lanes[0]}")" benchmarks/out/manifest |
+  tee benchmarks/out/manifest/manifest.md
 
 section "Side by side"
 show "$DEBIAN_PYTHON" benchmarks/lanes.py "${results[@]}" | tee benchmarks/out/lanes.md

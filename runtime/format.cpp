@@ -237,6 +237,30 @@ void parse_quantization(const json& entry, TensorEntry* t, const std::string& pa
   }
 }
 
+// Entry `index` of "storages", checked against the header and against the
+// storage before it, which ends at `next_free`.
+StorageEntry parse_storage(const json& entry, size_t index, uint64_t next_free, uint64_t alignment,
+                           const Header& h, const std::string& path) {
+  Fields f(entry, "storages[" + u64s(index) + "]", path);
+  StorageEntry s;
+  s.offset = f.u64("offset");
+  s.nbytes = f.u64("nbytes");
+  s.xxh3 = checked_hex64(f.str("xxh3"), path, f.where() + ".xxh3");
+  const uint64_t required = storage_alignment(s.nbytes, alignment);
+  if (s.offset % required != 0) {
+    bad(path, f.where() + ": offset " + u64s(s.offset) + " is not a multiple of " + u64s(required));
+  }
+  if (s.offset < next_free) {
+    bad(path, f.where() + ": offset " + u64s(s.offset) + " overlaps the previous storage, which ends at " +
+                  u64s(next_free));
+  }
+  if (s.offset > h.data_length || s.nbytes > h.data_length - s.offset) {
+    bad(path, f.where() + ": [" + u64s(s.offset) + ", +" + u64s(s.nbytes) + ") lies outside the data section of " +
+                  u64s(h.data_length) + " bytes");
+  }
+  return s;
+}
+
 // One entry of a model's "tensors", checked against the storages.
 TensorEntry parse_tensor(const json& entry, const std::string& where, const std::vector<StorageEntry>& storages,
                          const std::string& path) {
@@ -273,7 +297,8 @@ TensorEntry parse_tensor(const json& entry, const std::string& where, const std:
 }
 
 // Where a JSON value sits in the manifest, from the parser's events: the key
-// at each depth. Tensor entries are the values at depth 4 under
+// at each depth. Storage entries are the values at depth 2 under
+// "storages": [ ... ]; tensor entries those at depth 4 under
 // "models": [ { "tensors": [ ... ] } ].
 class ManifestPosition {
  public:
@@ -282,6 +307,8 @@ class ManifestPosition {
       keys_[static_cast<size_t>(depth)] = parsed.get<std::string>();
     }
   }
+  bool in_storages(int depth) const { return depth == 2 && keys_[1] == "storages"; }
+  bool in_storage(int depth) const { return depth > 2 && keys_[1] == "storages"; }
   bool in_tensors(int depth) const { return depth == 4 && keys_[1] == "models" && keys_[3] == "tensors"; }
   bool in_tensor(int depth) const { return depth > 4 && keys_[1] == "models" && keys_[3] == "tensors"; }
   bool is_model(int depth) const { return depth == 2 && keys_[1] == "models"; }
@@ -496,17 +523,33 @@ json manifest_to_json(const Manifest& m) {
 
 Manifest parse_manifest(const char* text, size_t length, const Header& h,
                         const std::string& path) {
-  // Two passes, so that memory stays bounded by the entries' own size rather
-  // than a JSON tree of every tensor (about 18 x the text): the first builds
-  // the tree without the tensor entries and checks everything else; the
-  // second keeps one tensor entry at a time, checks it against the storages
-  // and drops it.
+  // Three passes, so that memory follows the entries' own size rather than
+  // a JSON tree of every one (several times the text): the first builds the
+  // tree without the storage and tensor entries and checks everything else;
+  // the second keeps one storage entry at a time, checks it and drops it; the
+  // third does the same for the tensor entries, against the storages.
+  // (nlohmann's callback parser scans a kept array for dropped values after
+  // each object in it: kept, the entries would cost time quadratic in their
+  // number.)
   json doc;
+  // The entries counted in the first pass, so that the vectors that receive
+  // them are allocated once (not doubled, with two copies alive at the peak).
+  size_t storage_count = 0;
+  std::vector<size_t> tensor_counts(1, 0);  // by model, in order
   try {
     ManifestPosition position;
-    doc = json::parse(text, text + length, [&position](int depth, json::parse_event_t event, json& parsed) {
+    doc = json::parse(text, text + length, [&](int depth, json::parse_event_t event, json& parsed) {
       position.on_event(depth, event, parsed);
-      return !(position.in_tensors(depth) && closes_value(event));
+      if (position.in_storages(depth) && closes_value(event)) {
+        ++storage_count;
+        return false;
+      }
+      if (position.in_tensors(depth) && closes_value(event)) {
+        ++tensor_counts.back();
+        return false;
+      }
+      if (position.is_model(depth) && event == json::parse_event_t::object_end) tensor_counts.push_back(0);
+      return true;
     });
   } catch (const json::exception& e) {
     bad(path, std::string("manifest is not valid JSON: ") + e.what());
@@ -528,29 +571,7 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
   if (!standalone.is_boolean()) bad(path, "manifest.standalone: expected true or false");
   m.standalone = standalone.get<bool>();
 
-  uint64_t next_free = 0;
-  const json& storages = top.array("storages", kMaxStorages);
-  for (size_t i = 0; i < storages.size(); ++i) {
-    Fields f(storages[i], "storages[" + u64s(i) + "]", path);
-    StorageEntry s;
-    s.offset = f.u64("offset");
-    s.nbytes = f.u64("nbytes");
-    s.xxh3 = checked_hex64(f.str("xxh3"), path, f.where() + ".xxh3");
-    const uint64_t required = storage_alignment(s.nbytes, m.alignment);
-    if (s.offset % required != 0) {
-      bad(path, f.where() + ": offset " + u64s(s.offset) + " is not a multiple of " + u64s(required));
-    }
-    if (s.offset < next_free) {
-      bad(path, f.where() + ": offset " + u64s(s.offset) + " overlaps the previous storage, which ends at " +
-                    u64s(next_free));
-    }
-    if (s.offset > h.data_length || s.nbytes > h.data_length - s.offset) {
-      bad(path, f.where() + ": [" + u64s(s.offset) + ", +" + u64s(s.nbytes) +
-                    ") lies outside the data section of " + u64s(h.data_length) + " bytes");
-    }
-    next_free = s.offset + s.nbytes;
-    m.storages.push_back(s);
-  }
+  top.array("storages", kMaxStorages);  // entries come in the second pass
 
   const json& models = top.array("models", kMaxModels);
   if (models.empty()) bad(path, "manifest.models: a blob holds at least one model");
@@ -593,11 +614,33 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
     m.models.push_back(std::move(model));
   }
 
+  m.storages.reserve(std::min(storage_count, kMaxStorages));
+  for (size_t i = 0; i < m.models.size() && i < tensor_counts.size(); ++i) {
+    m.models[i].tensors.reserve(std::min(tensor_counts[i], kMaxTensors));
+  }
+  ManifestPosition position;
+  auto on_storage = [&](int depth, json::parse_event_t event, json& parsed) {
+    position.on_event(depth, event, parsed);
+    if (position.in_storage(depth)) return true;  // inside an entry: kept until it closes
+    if (position.in_storages(depth) && closes_value(event)) {
+      if (m.storages.size() >= kMaxStorages) bad(path, "manifest: more than " + u64s(kMaxStorages) + " storages");
+      const uint64_t next_free = m.storages.empty() ? 0 : m.storages.back().offset + m.storages.back().nbytes;
+      m.storages.push_back(parse_storage(parsed, m.storages.size(), next_free, m.alignment, h, path));
+      return false;
+    }
+    return !closes_value(event);
+  };
+  try {
+    [[maybe_unused]] const json dropped = json::parse(text, text + length, on_storage);  // all of it discarded
+  } catch (const json::exception& e) {
+    bad(path, std::string("manifest is not valid JSON: ") + e.what());
+  }
+
   size_t model = 0;
   size_t index = 0;  // of the entry in its model's "tensors"
   size_t tensor_total = 0;
-  ManifestPosition position;
-  auto on_event = [&](int depth, json::parse_event_t event, json& parsed) {
+  position = ManifestPosition();
+  auto on_tensor = [&](int depth, json::parse_event_t event, json& parsed) {
     position.on_event(depth, event, parsed);
     if (position.in_tensor(depth)) return true;  // inside an entry: kept until it closes
     if (position.in_tensors(depth) && closes_value(event)) {
@@ -616,7 +659,7 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
     return !closes_value(event);
   };
   try {
-    [[maybe_unused]] const json dropped = json::parse(text, text + length, on_event);  // all of it discarded
+    [[maybe_unused]] const json dropped = json::parse(text, text + length, on_tensor);  // all of it discarded
   } catch (const json::exception& e) {
     bad(path, std::string("manifest is not valid JSON: ") + e.what());
   }
