@@ -2,12 +2,15 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "describe.hpp"
+#include "file_util.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {
@@ -19,18 +22,23 @@ struct InspectArgs {
   bool brief = false;
 };
 
-std::string shape_text(const nlohmann::json& shape) {
+std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i].get<int64_t>());
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
   return out + "]";
 }
 
 int run_inspect(const InspectArgs& args) {
-  const nlohmann::json info = describe(args.path);
   if (args.json) {
-    std::printf("%s\n", info.dump(2).c_str());
+    std::printf("%s\n", describe(args.path).dump(2).c_str());
     return 0;
   }
+  // The table is printed a tensor at a time from the manifest, so a large
+  // one costs no JSON of every tensor (describe() builds that).
+  const ModelWrapper wrapper = ModelWrapper::open(args.path);
+  const std::shared_ptr<const detail::BlobFile> blob = detail::checked_blob(wrapper);
+  const std::string config = detail::absolute_path(args.path) == wrapper.blob_path() ? "" : args.path;
+  const nlohmann::json info = detail::describe_blob(wrapper, config, /*with_tensors=*/false);
   const auto& h = info["header"];
   std::printf("blob        %s\n", printable(info["blob"].get<std::string>()).c_str());
   if (!info["config"].is_null()) std::printf("config      %s\n", printable(info["config"].get<std::string>()).c_str());
@@ -50,7 +58,8 @@ int run_inspect(const InspectArgs& args) {
   std::printf("storages    %zu, %s; dedup saved %s\n", info["storages"]["count"].get<size_t>(),
               human_bytes(info["storages"]["bytes"]).c_str(), human_bytes(info["dedup_saved_bytes"]).c_str());
   std::printf("kind        %s\n", info["standalone"].get<bool>() ? "standalone module" : "pipeline");
-  for (const auto& model : info["models"]) {
+  for (size_t index = 0; index < info["models"].size(); ++index) {
+    const nlohmann::json& model = info["models"][index];
     std::printf("\nmodel '%s': %zu tensors, %s shared, %s left in the skeleton (%.1f%% shared); "
                 "skeleton %s %s (%s raw)\n",
                 printable(model["name"].get<std::string>()).c_str(), model["tensor_count"].get<size_t>(),
@@ -66,12 +75,13 @@ int run_inspect(const InspectArgs& args) {
     if (args.brief) continue;
     std::printf("  %-40s %-9s %-10s %-18s %10s %12s %s\n", "TENSOR", "KIND", "DTYPE", "SHAPE", "BYTES",
                 "OFFSET", "STORAGE");
-    for (const auto& t : model["tensors"]) {
-      std::printf("  %-40s %-9s %-10s %-18s %10llu %12llu %llu\n", printable(t["path"].get<std::string>()).c_str(),
-                  printable(t["kind"].get<std::string>()).c_str(), printable(t["dtype"].get<std::string>()).c_str(),
-                  shape_text(t["shape"]).c_str(), static_cast<unsigned long long>(t["bytes"].get<uint64_t>()),
-                  static_cast<unsigned long long>(t["offset"].get<uint64_t>()),
-                  static_cast<unsigned long long>(t["storage"].get<uint64_t>()));
+    const format::Manifest& m = blob->manifest();
+    for (const format::TensorEntry& t : m.models[index].tensors) {
+      const detail::TensorPlace place = detail::tensor_place(t, m, blob->header());
+      std::printf("  %-40s %-9s %-10s %-18s %10llu %12llu %llu\n", printable(t.path).c_str(),
+                  format::tensor_kind_name(t.kind), printable(t.dtype).c_str(), shape_text(t.sizes).c_str(),
+                  static_cast<unsigned long long>(place.bytes), static_cast<unsigned long long>(place.offset),
+                  static_cast<unsigned long long>(t.storage));
     }
   }
   return 0;

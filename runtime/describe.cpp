@@ -4,16 +4,25 @@
 #include <xxhash.h>
 
 #include "blob_file.hpp"
+#include "describe.hpp"
+#include "file_util.hpp"
 #include "zcwrap/inspect.hpp"
 #include "zcwrap/model_wrapper.hpp"
 
 namespace zcwrap {
 
-nlohmann::json describe(const std::string& path) {
+namespace detail {
+
+TensorPlace tensor_place(const format::TensorEntry& t, const format::Manifest& m, const format::Header& h) {
+  const uint64_t item = format::dtype_size(t.dtype);
+  uint64_t numel = 1;
+  for (int64_t d : t.sizes) numel *= static_cast<uint64_t>(d);  // bounded by parse_manifest
+  return {numel * item, h.data_offset + m.storages[t.storage].offset + t.storage_offset * item};
+}
+
+nlohmann::json describe_blob(const ModelWrapper& wrapper, const std::string& config, bool with_tensors) {
   using nlohmann::json;
-  const ModelWrapper wrapper = ModelWrapper::open(path);
-  const std::string& blob_path = wrapper.blob_path();
-  auto blob = detail::checked_blob(wrapper);
+  const std::shared_ptr<const BlobFile> blob = checked_blob(wrapper);
   const format::Header& h = blob->header();
   const format::Manifest& m = blob->manifest();
 
@@ -27,37 +36,36 @@ nlohmann::json describe(const std::string& path) {
     json tensors = json::array();
     uint64_t shared = 0;
     for (const format::TensorEntry& t : model.tensors) {
-      const uint64_t item = format::dtype_size(t.dtype);
-      uint64_t numel = 1;
-      for (int64_t d : t.sizes) numel *= static_cast<uint64_t>(d);  // bounded by parse_manifest
-      const uint64_t bytes = numel * item;
-      shared += bytes;
+      const TensorPlace place = tensor_place(t, m, h);
+      shared += place.bytes;
+      if (!with_tensors) continue;
       tensors.push_back({{"path", t.path},
                          {"kind", format::tensor_kind_name(t.kind)},
                          {"dtype", t.dtype},
                          {"shape", t.sizes},
                          {"strides", t.strides},
-                         {"bytes", bytes},
+                         {"bytes", place.bytes},
                          {"storage", t.storage},
-                         {"offset", h.data_offset + m.storages[t.storage].offset + t.storage_offset * item}});
+                         {"offset", place.offset}});
     }
     tensor_bytes_total += shared;
     unshared_total += model.skeleton.unshared_bytes;
     const uint64_t all = shared + model.skeleton.unshared_bytes;
-    models.push_back({{"name", model.name},
-                      {"skeleton",
-                       {{"kind", model.skeleton.kind},
-                        {"compression", model.skeleton.compression},
-                        {"stored_bytes", model.skeleton.length},
-                        {"raw_bytes", model.skeleton.raw_length}}},
-                      {"tensor_count", model.tensors.size()},
-                      {"shared_bytes", shared},
-                      {"unshared_bytes", model.skeleton.unshared_bytes},
-                      {"shared_fraction", all == 0 ? 1.0 : double(shared) / double(all)},
-                      {"tensors", std::move(tensors)}});
+    json entry = {{"name", model.name},
+                  {"skeleton",
+                   {{"kind", model.skeleton.kind},
+                    {"compression", model.skeleton.compression},
+                    {"stored_bytes", model.skeleton.length},
+                    {"raw_bytes", model.skeleton.raw_length}}},
+                  {"tensor_count", model.tensors.size()},
+                  {"shared_bytes", shared},
+                  {"unshared_bytes", model.skeleton.unshared_bytes},
+                  {"shared_fraction", all == 0 ? 1.0 : double(shared) / double(all)}};
+    if (with_tensors) entry["tensors"] = std::move(tensors);
+    models.push_back(std::move(entry));
   }
-  return {{"blob", blob_path},
-          {"config", detail::absolute_path(path) == blob_path ? json(nullptr) : json(path)},
+  return {{"blob", wrapper.blob_path()},
+          {"config", config.empty() ? json(nullptr) : json(config)},
           {"format_version", m.version},
           {"producer", m.producer},
           {"file_size", h.file_size},
@@ -77,6 +85,14 @@ nlohmann::json describe(const std::string& path) {
           {"dedup_saved_bytes", tensor_bytes_total > storage_bytes ? tensor_bytes_total - storage_bytes : 0},
           {"unshared_bytes", unshared_total},
           {"models", std::move(models)}};
+}
+
+}  // namespace detail
+
+nlohmann::json describe(const std::string& path) {
+  const ModelWrapper wrapper = ModelWrapper::open(path);
+  const std::string config = detail::absolute_path(path) == wrapper.blob_path() ? "" : path;
+  return detail::describe_blob(wrapper, config, /*with_tensors=*/true);
 }
 
 nlohmann::json verify(const std::string& path, unsigned threads) {
