@@ -106,7 +106,8 @@ int run_pack(const PackArgs& args) {
   if (!args.quiet && !args.json && ::isatty(STDERR_FILENO)) {
     options.progress = [&bar](uint64_t done, uint64_t total) { bar.update(done, total); };
   }
-  const ModelWrapper wrapper = ModelWrapper::pack_files(files, standalone, args.output, options);
+  const Layout layout = standalone ? Layout::kStandalone : Layout::kPipeline;
+  const ModelWrapper wrapper = ModelWrapper::pack_files(files, layout, args.output, options);
   write_actor_config(wrapper, config_path);
 
   const double seconds =

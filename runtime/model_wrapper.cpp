@@ -73,8 +73,9 @@ ModelWrapper ModelWrapper::from_pipeline(
   return detail::written_wrapper(detail::store_blob(blob, options), blob);
 }
 
-ModelWrapper ModelWrapper::pack_files(const std::vector<ModelFile>& models, bool standalone,
+ModelWrapper ModelWrapper::pack_files(const std::vector<ModelFile>& models, Layout layout,
                                       const std::string& blob_path, const PackOptions& options) {
+  const bool standalone = layout == Layout::kStandalone;
   auto load_all = [&](bool mapped) {
     std::vector<detail::PackInput> inputs;
     for (const ModelFile& file : models) {

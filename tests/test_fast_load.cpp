@@ -18,6 +18,7 @@
 
 using zcwrap::Error;
 using zcwrap::ErrorCode;
+using zcwrap::Layout;
 using zcwrap::ModelWrapper;
 using zcwrap::PackOptions;
 using zcwrap::Unwrapped;
@@ -613,14 +614,13 @@ TEST_CASE("GPU: fixtures unwrapped on cuda:0 give the outputs of torch::jit::loa
       if (!blobs.count(key)) {
         blobs[key] = dir / (key + ".zcb");
         ModelWrapper::pack_files({{"pipeline_a", test::fixture("pipeline_a.pt")},
-                                  {"pipeline_b", test::fixture("pipeline_b.pt")}},
-                                 false, blobs[key]);
+                                  {"pipeline_b", test::fixture("pipeline_b.pt")}}, Layout::kPipeline, blobs[key]);
       }
       file = key;
       model_name = name;
     } else if (!blobs.count(file)) {
       blobs[file] = dir / (name + ".zcb");
-      ModelWrapper::pack_files({{"model", test::fixture(file)}}, true, blobs[file]);
+      ModelWrapper::pack_files({{"model", test::fixture(file)}}, Layout::kStandalone, blobs[file]);
     }
     const std::string reference_file = test::fixture(m["file"].get<std::string>());
     const c10::IValue reference =

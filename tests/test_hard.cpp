@@ -16,6 +16,7 @@
 #include "torch_util.hpp"
 
 using nlohmann::json;
+using zcwrap::Layout;
 using zcwrap::ModelWrapper;
 namespace test = zcwrap::test;
 
@@ -77,7 +78,7 @@ TEST_CASE("hard models unwrap bit-equal to torch::jit::load, sharing what LibTor
     const std::string model_path = test::fixture(fx["file"]);
     const std::string input = test::fixture(fx["input"]);
     test::TempDir dir;
-    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, true, dir / "m.zcb");
+    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, Layout::kStandalone, dir / "m.zcb");
     zcwrap::Unwrapped u = w.unwrap();
     // Eval even when saved in training mode (frozen modules have no flag).
     if (u.module().hasattr("training")) CHECK_FALSE(u.module().is_training());
@@ -129,7 +130,7 @@ TEST_CASE("unpack gives back an equal TorchScript file: outputs, tensors, method
     const std::string model_path = test::fixture(fx["file"]);
     const std::string input = test::fixture(fx["input"]);
     test::TempDir dir;
-    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, true, dir / "m.zcb");
+    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, Layout::kStandalone, dir / "m.zcb");
     w.unpack(dir / "back.pt");
 
     torch::jit::Module original = torch::jit::load(model_path);
@@ -184,7 +185,7 @@ TEST_CASE("unpacked files open in Python's torch.jit.load with outputs equal to 
 TEST_CASE("unpack of a pipeline needs --model; unknown names are refused") {
   test::TempDir dir;
   ModelWrapper w = ModelWrapper::pack_files(
-      {{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, false, dir / "p.zcb");
+      {{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, Layout::kPipeline, dir / "p.zcb");
   CHECK_THROWS_AS(w.unpack(dir / "x.pt"), zcwrap::Error);
   CHECK_THROWS_AS(w.unpack(dir / "x.pt", "c"), zcwrap::Error);
   auto r = test::run_process({test::zcwrap_bin(), "unpack", dir / "p.zcb", "-o", dir / "x.pt"});

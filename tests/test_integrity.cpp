@@ -20,6 +20,7 @@
 using nlohmann::json;
 using zcwrap::Error;
 using zcwrap::ErrorCode;
+using zcwrap::Layout;
 using zcwrap::ModelWrapper;
 namespace test = zcwrap::test;
 
@@ -172,7 +173,7 @@ TEST_CASE("re-packing under 4 live workers: they keep the old weights, new worke
 TEST_CASE("a blob truncated under a worker kills it with one line saying so, not a bare SIGBUS") {
   test::TempDir dir;
   const std::string blob = dir / "t.zcb";
-  ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, blob);
+  ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, Layout::kStandalone, blob);
   const test::ProcessResult crashed = test::run_process({"/proc/self/exe", "--child", "truncate", blob});
   CHECK(crashed.status == 128 + SIGBUS);
   CHECK_MESSAGE(crashed.err.find("zcwrap: fatal: " + blob + " shrank while mapped (SIGBUS reading a weight)") !=
@@ -184,7 +185,7 @@ TEST_CASE("a blob truncated under a worker kills it with one line saying so, not
 TEST_CASE("a write to a shared weight fails that worker only, with a clear message") {
   test::TempDir dir;
   const std::string blob = dir / "w.zcb";
-  ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, blob);
+  ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, Layout::kStandalone, blob);
   const std::string self = "/proc/self/exe";
 
   const test::ProcessResult crashed = test::run_process({self, "--child", "write", blob});
@@ -213,7 +214,7 @@ TEST_CASE("a write to a shared weight fails that worker only, with a clear messa
 TEST_CASE("a flipped data byte is caught by verify and by unwrap with verification, not by a plain open") {
   test::TempDir dir;
   const std::string blob = dir / "d.zcb";
-  ModelWrapper::pack_files({{"m", test::fixture("edge.pt")}}, true, blob);
+  ModelWrapper::pack_files({{"m", test::fixture("edge.pt")}}, Layout::kStandalone, blob);
   const json info = zcwrap::describe(blob);
   std::string bytes = test::read_bytes(blob);
   // Flip a bit inside the weights of a.weight.
@@ -253,7 +254,7 @@ TEST_CASE("a flipped data byte is caught by verify and by unwrap with verificati
 TEST_CASE("prefetch modes unwrap the same model; a refused mlock is a warning") {
   test::TempDir dir;
   const std::string blob = dir / "p.zcb";
-  ModelWrapper::pack_files({{"m", test::fixture("transformer.pt")}}, true, blob);
+  ModelWrapper::pack_files({{"m", test::fixture("transformer.pt")}}, Layout::kStandalone, blob);
   const c10::IValue expected =
       test::reference_output(test::fixture("transformer.pt"), "forward", test::fixture("transformer_in.pt"));
   for (zcwrap::Prefetch mode : {zcwrap::Prefetch::kNone, zcwrap::Prefetch::kWillNeed, zcwrap::Prefetch::kPopulate,
@@ -276,7 +277,8 @@ TEST_CASE("pack opens nothing it wrote: the wrapper's pins come from what was wr
   const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   REQUIRE(fd >= 0);
   REQUIRE(::inotify_add_watch(fd, dir.path().c_str(), IN_OPEN | IN_MOVED_TO) >= 0);
-  const ModelWrapper w = ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, dir / "m.zcb");
+  const ModelWrapper w =
+      ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, Layout::kStandalone, dir / "m.zcb");
   std::vector<std::string> events;  // "moved" or "open", for m.zcb only, in order
   alignas(inotify_event) char buffer[1 << 16];
   for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;) {

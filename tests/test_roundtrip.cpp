@@ -15,6 +15,7 @@
 using nlohmann::json;
 using zcwrap::Error;
 using zcwrap::ErrorCode;
+using zcwrap::Layout;
 using zcwrap::ModelWrapper;
 using zcwrap::PackOptions;
 using zcwrap::Unwrapped;
@@ -71,7 +72,7 @@ TEST_CASE("every fixture model comes back bit-equal to torch::jit::load, weights
     CAPTURE(name);
     test::TempDir dir;
     const std::string blob = dir / "m.zcb";
-    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, true, blob);
+    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, Layout::kStandalone, blob);
     CHECK(w.is_standalone_module());
     CHECK((w.model_names() == std::vector<std::string>{"model"}));
 
@@ -96,7 +97,8 @@ TEST_CASE("every fixture model comes back bit-equal to torch::jit::load, weights
 
 TEST_CASE("edge cases keep dtype, views, aliasing, 0-dim, empty and container tensors") {
   test::TempDir dir;
-  ModelWrapper w = ModelWrapper::pack_files({{"edge", test::fixture("edge.pt")}}, true, dir / "edge.zcb");
+  ModelWrapper w =
+      ModelWrapper::pack_files({{"edge", test::fixture("edge.pt")}}, Layout::kStandalone, dir / "edge.zcb");
   Unwrapped u = w.unwrap();
   torch::jit::Module& m = u.module();
 
@@ -158,7 +160,7 @@ TEST_CASE("edge cases keep dtype, views, aliasing, 0-dim, empty and container te
 TEST_CASE("a pipeline shares a tensor tied across its models, and names its models") {
   test::TempDir dir;
   ModelWrapper w = ModelWrapper::pack_files(
-      {{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, false, dir / "p.zcb");
+      {{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, Layout::kPipeline, dir / "p.zcb");
   CHECK_FALSE(w.is_standalone_module());
   CHECK((w.model_names() == std::vector<std::string>{"a", "b"}));
   Unwrapped u = w.unwrap();
@@ -275,8 +277,8 @@ TEST_CASE("from_pipeline and ActorWrapper round-trip through the actor config") 
 TEST_CASE("an actor config that no longer matches its blob is refused") {
   test::TempDir dir;
   const std::string blob = dir / "m.zcb";
-  const json config = ModelWrapper::pack_files({{"m", test::fixture("edge.pt")}}, true, blob).to_actor();
-  ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, blob);
+  const json config = ModelWrapper::pack_files({{"m", test::fixture("edge.pt")}}, Layout::kStandalone, blob).to_actor();
+  ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, Layout::kStandalone, blob);
   std::string message;
   CHECK(error_code_of([&] { ModelWrapper::from_actor(config); }, &message) == ErrorCode::kStale);
   CHECK(message.find("re-packed or replaced") != std::string::npos);
@@ -290,7 +292,7 @@ TEST_CASE("an actor config that no longer matches its blob is refused") {
 
 TEST_CASE("devices that do not exist are clear errors") {
   test::TempDir dir;
-  ModelWrapper w = ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, dir / "m.zcb");
+  ModelWrapper w = ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, Layout::kStandalone, dir / "m.zcb");
   std::string message;
   CHECK(error_code_of([&] { w.unwrap("banana"); }, &message) == ErrorCode::kDevice);
   CHECK(message.find("banana") != std::string::npos);
@@ -304,7 +306,8 @@ TEST_CASE("the mapping outlives Unwrapped and the blob file") {
   const std::string blob = dir / "m.zcb";
   torch::jit::Module kept;
   {
-    Unwrapped u = ModelWrapper::pack_files({{"m", test::fixture("transformer.pt")}}, true, blob).unwrap();
+    Unwrapped u =
+        ModelWrapper::pack_files({{"m", test::fixture("transformer.pt")}}, Layout::kStandalone, blob).unwrap();
     kept = u.module();
   }
   ::unlink(blob.c_str());
@@ -318,7 +321,7 @@ TEST_CASE("the mapping outlives Unwrapped and the blob file") {
 TEST_CASE("from_memory unwraps a blob in caller-owned memory and keeps its owner alive") {
   test::TempDir dir;
   const std::string model = test::fixture("transformer.pt");
-  ModelWrapper::pack_files({{"m", model}}, true, dir / "m.zcb");
+  ModelWrapper::pack_files({{"m", model}}, Layout::kStandalone, dir / "m.zcb");
   const std::string bytes = test::read_bytes(dir / "m.zcb");
   // 64-byte aligned memory the test owns; its deleter records the release.
   bool released = false;
@@ -381,10 +384,10 @@ TEST_CASE("from_memory unwraps a blob in caller-owned memory and keeps its owner
 
 TEST_CASE("packing is deterministic") {
   test::TempDir dir;
-  ModelWrapper::pack_files({{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, false,
-                           dir / "1.zcb");
-  ModelWrapper::pack_files({{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, false,
-                           dir / "2.zcb");
+  ModelWrapper::pack_files({{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}},
+                           Layout::kPipeline, dir / "1.zcb");
+  ModelWrapper::pack_files({{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}},
+                           Layout::kPipeline, dir / "2.zcb");
   CHECK(test::read_bytes(dir / "1.zcb") == test::read_bytes(dir / "2.zcb"));
 }
 
@@ -394,12 +397,16 @@ TEST_CASE("bad alignment and bad model files are refused before anything is writ
   for (uint64_t align : {0ull, 32ull, 3000ull, 4ull << 20}) {
     options.alignment = align;
     CAPTURE(align);
-    CHECK(error_code_of([&] { ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, true, dir / "x.zcb", options); }) ==
+    CHECK(error_code_of([&] {
+            ModelWrapper::pack_files({{"m", test::fixture("lstm.pt")}}, Layout::kStandalone, dir / "x.zcb", options);
+          }) ==
           ErrorCode::kUsage);
   }
   for (const json& bad : test::fixtures_index()["bad"]) {
     CAPTURE(bad["file"].get<std::string>());
-    CHECK(error_code_of([&] { ModelWrapper::pack_files({{"m", test::fixture(bad["file"])}}, true, dir / "x.zcb"); }) ==
+    CHECK(error_code_of([&] {
+            ModelWrapper::pack_files({{"m", test::fixture(bad["file"])}}, Layout::kStandalone, dir / "x.zcb");
+          }) ==
           ErrorCode::kBadModel);
   }
   CHECK(test::list_dir(dir.path()).empty());

@@ -65,7 +65,7 @@ std::pair<long, long> mapping_memory(pid_t pid, const std::string& blob) {
 TEST_CASE("two processes that unwrap one blob share its pages") {
   test::TempDir dir;
   const std::string blob = dir / "resnet.zcb";
-  zcwrap::ModelWrapper::pack_files({{"m", test::fixture("resnet18_scripted.pt")}}, true, blob);
+  zcwrap::ModelWrapper::pack_files({{"m", test::fixture("resnet18_scripted.pt")}}, zcwrap::Layout::kStandalone, blob);
   const long weights_kb = static_cast<long>(zcwrap::describe(blob)["storages"]["bytes"].get<uint64_t>() / 1024);
 
   const std::vector<std::string> child = {"/proc/self/exe", "--child", blob};

@@ -38,6 +38,10 @@ std::shared_ptr<const BlobFile> checked_blob(const ModelWrapper& wrapper, bool c
 ModelWrapper written_wrapper(const std::string& path, const PreparedBlob& blob);
 }  // namespace detail
 
+/// What a blob holds: one model on its own (is_standalone_module() is true,
+/// as for from_model), or a pipeline of named models.
+enum class Layout { kStandalone, kPipeline };
+
 /// How to pack. The defaults suit almost everyone.
 struct PackOptions {
   /// Alignment of every storage in the data section: a power of two from 64
@@ -46,7 +50,7 @@ struct PackOptions {
   /// from_model/from_pipeline only: the folder that holds in-process packed
   /// blobs. Empty means $ZCWRAP_STORE, or /dev/shm/zcwrap when that is unset.
   std::string store_dir;
-  /// Name of a standalone model (pack_files with standalone = true, from_model).
+  /// Name of a standalone model (pack_files with Layout::kStandalone, from_model).
   std::string standalone_name = "model";
   /// Called from the packing thread as the data section is written: bytes
   /// written so far and in all (at least once, at the end). Empty: no calls.
@@ -161,10 +165,10 @@ class ModelWrapper {
 
   /// Packs TorchScript files into the blob at `blob_path` (what `zcwrap pack`
   /// does): written beside it and renamed into place when complete. With
-  /// `standalone`, `models` holds one file and its name is ignored for
+  /// Layout::kStandalone, `models` holds one file and its name is ignored for
   /// options.standalone_name. Throws Error(kInput / kBadModel / kUsage /
   /// kWrite) naming the file at fault.
-  static ModelWrapper pack_files(const std::vector<ModelFile>& models, bool standalone,
+  static ModelWrapper pack_files(const std::vector<ModelFile>& models, Layout layout,
                                  const std::string& blob_path, const PackOptions& options = {});
 
   /// Opens what to_actor() produced. Checks that the blob exists and still
