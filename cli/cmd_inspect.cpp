@@ -10,7 +10,6 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "describe.hpp"
-#include "file_util.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {
@@ -37,8 +36,7 @@ int run_inspect(const InspectArgs& args) {
   // one costs no JSON of every tensor (describe() builds that).
   const ModelWrapper wrapper = ModelWrapper::open(args.path);
   const std::shared_ptr<const detail::BlobFile> blob = detail::checked_blob(wrapper);
-  const std::string config = detail::absolute_path(args.path) == wrapper.blob_path() ? "" : args.path;
-  const nlohmann::json info = detail::describe_blob(wrapper, config, /*with_tensors=*/false);
+  const nlohmann::json info = detail::describe_blob(wrapper, args.path, /*with_tensors=*/false);
   const auto& h = info["header"];
   std::printf("blob        %s\n", printable(info["blob"].get<std::string>()).c_str());
   if (!info["config"].is_null()) std::printf("config      %s\n", printable(info["config"].get<std::string>()).c_str());

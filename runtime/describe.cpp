@@ -20,8 +20,9 @@ TensorPlace tensor_place(const format::TensorEntry& t, const format::Manifest& m
   return {numel * item, h.data_offset + m.storages[t.storage].offset + t.storage_offset * item};
 }
 
-nlohmann::json describe_blob(const ModelWrapper& wrapper, const std::string& config, bool with_tensors) {
+nlohmann::json describe_blob(const ModelWrapper& wrapper, const std::string& path, bool with_tensors) {
   using nlohmann::json;
+  const bool from_config = absolute_path(path) != wrapper.blob_path();
   const std::shared_ptr<const BlobFile> blob = checked_blob(wrapper);
   const format::Header& h = blob->header();
   const format::Manifest& m = blob->manifest();
@@ -65,7 +66,7 @@ nlohmann::json describe_blob(const ModelWrapper& wrapper, const std::string& con
     models.push_back(std::move(entry));
   }
   return {{"blob", wrapper.blob_path()},
-          {"config", config.empty() ? json(nullptr) : json(config)},
+          {"config", from_config ? json(path) : json(nullptr)},
           {"format_version", m.version},
           {"producer", m.producer},
           {"file_size", h.file_size},
@@ -90,9 +91,7 @@ nlohmann::json describe_blob(const ModelWrapper& wrapper, const std::string& con
 }  // namespace detail
 
 nlohmann::json describe(const std::string& path) {
-  const ModelWrapper wrapper = ModelWrapper::open(path);
-  const std::string config = detail::absolute_path(path) == wrapper.blob_path() ? "" : path;
-  return detail::describe_blob(wrapper, config, /*with_tensors=*/true);
+  return detail::describe_blob(ModelWrapper::open(path), path, /*with_tensors=*/true);
 }
 
 nlohmann::json verify(const std::string& path, unsigned threads) {

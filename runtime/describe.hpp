@@ -13,10 +13,10 @@
 
 namespace zcwrap::detail {
 
-// describe()'s JSON for `wrapper`'s blob; with `with_tensors` false, each
-// model's "tensors" is left out (everything else, counts included, is
-// there). `config` is the actor config file's path, or empty.
-nlohmann::json describe_blob(const ModelWrapper& wrapper, const std::string& config, bool with_tensors);
+// describe()'s JSON for `wrapper`, opened from `path` (a blob, or an actor
+// config naming one); with `with_tensors` false, each model's "tensors" is
+// left out (everything else, counts included, is there).
+nlohmann::json describe_blob(const ModelWrapper& wrapper, const std::string& path, bool with_tensors);
 
 // A tensor's bytes (numel x element size) and its absolute offset in the file.
 struct TensorPlace {
