@@ -9,7 +9,6 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
-#include <map>
 
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
@@ -78,16 +77,6 @@ void check_section(const std::string& path, const char* name, uint64_t offset,
                   ", +" + u64s(length) + ") lies outside [" + u64s(lo) + ", " +
                   u64s(hi) + ")");
   }
-}
-
-const std::map<std::string, size_t>& dtype_table() {
-  static const std::map<std::string, size_t> table = {
-      {"bool", 1},      {"uint8", 1},     {"int8", 1},       {"int16", 2},
-      {"int32", 4},     {"int64", 8},     {"float16", 2},    {"bfloat16", 2},
-      {"float32", 4},   {"float64", 8},   {"complex32", 4},  {"complex64", 8},
-      {"complex128", 16}, {"qint8", 1},      {"quint8", 1},     {"qint32", 4},
-  };
-  return table;
 }
 
 const char* const kKindNames[] = {"parameter", "buffer", "attribute", "container", "constant"};
@@ -422,13 +411,21 @@ uint64_t meta_checksum(const uint8_t* blob, const Header& h) {
 
 const char* tensor_kind_name(TensorKind kind) { return kKindNames[static_cast<int>(kind)]; }
 
-bool is_quantized_dtype(const std::string& dtype) {
-  return dtype == "qint8" || dtype == "quint8" || dtype == "qint32";
+const Dtype* find_dtype(std::string_view name) {
+  for (const Dtype& d : kDtypes) {
+    if (d.name == name) return &d;
+  }
+  return nullptr;
 }
 
-size_t dtype_size(const std::string& dtype) {
-  auto it = dtype_table().find(dtype);
-  return it == dtype_table().end() ? 0 : it->second;
+bool is_quantized_dtype(std::string_view dtype) {
+  const Dtype* d = find_dtype(dtype);
+  return d != nullptr && d->quantized;
+}
+
+size_t dtype_size(std::string_view dtype) {
+  const Dtype* d = find_dtype(dtype);
+  return d == nullptr ? 0 : d->size;
 }
 
 Extent strided_extent(const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides, int64_t storage_offset,

@@ -1,43 +1,16 @@
 // zcwrap blob format v1: constants, header codec and manifest model.
 //
 // Internal to the zcwrap build (shared by runtime/ and cli/), not installed.
-// docs/FORMAT.md and man/zcwrap-format.5 are the user-facing copies of this
-// layout; change all three together.
-//
-// Layout of a blob (all integers little-endian):
-//
-//   1. Header, `header_length` bytes (96 in v1):
-//        off  size  field
-//          0     8  magic "ZCWRAP01" (the digits are the major version:
-//                   bumped only for changes an old reader cannot skip)
-//          8     4  header_length     u32, >= 96; later fields go at the end
-//         12     4  flags             u32, 0 in v1
-//         16     8  file_size         u64, the whole blob
-//         24     8  alignment         u64, of every storage: power of two,
-//                                     64 .. 2 MiB
-//         32     8  manifest_offset   u64
-//         40     8  manifest_length   u64
-//         48     8  skeletons_offset  u64
-//         56     8  skeletons_length  u64
-//         64     8  data_offset       u64, multiple of 4096 and of alignment
-//         72     8  data_length       u64
-//         80     8  meta_checksum     u64, XXH3-64 over header bytes [0, 80)
-//                                     and [88, header_length), then the
-//                                     manifest, then the skeletons section
-//         88     8  reserved, 0
-//   2. Manifest: UTF-8 JSON (see Manifest below and docs/FORMAT.md).
-//   3. Skeletons: one record per model, each a TorchScript archive whose
-//      shared tensors were replaced by empty placeholders, zstd-compressed.
-//   4. Padding with zeros up to data_offset.
-//   5. Data: the storages in increasing order, not overlapping, each at an
-//      offset (relative to data_offset) that is a multiple of alignment, or
-//      of 64 for a storage smaller than alignment (storage_alignment()).
-//      data_offset + data_length == file_size.
+// The layout is specified once, in docs/FORMAT.md ("1. Layout"): the header
+// table there is what encode_header() writes (tests/test_format.cpp reads the
+// table and checks every field's offset and size against it), and
+// man/zcwrap-format.5 is generated from it at build time.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -165,10 +138,33 @@ struct Extent {
 Extent strided_extent(const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides, int64_t storage_offset,
                       size_t item);
 
+// The dtypes a blob can hold: the name the manifest uses, bytes per element,
+// and LibTorch's number for it (c10::ScalarType's value, which TorchScript
+// archives store, so it does not change between releases). The one table of
+// dtypes: torch_util.cpp maps names to at::ScalarType through `torch_code`,
+// and a test checks each size against LibTorch's own.
+struct Dtype {
+  std::string_view name;
+  uint8_t size;
+  int8_t torch_code;
+  bool quantized;
+};
+inline constexpr Dtype kDtypes[] = {
+    {"uint8", 1, 0, false},     {"int8", 1, 1, false},       {"int16", 2, 2, false},
+    {"int32", 4, 3, false},     {"int64", 8, 4, false},      {"float16", 2, 5, false},
+    {"float32", 4, 6, false},   {"float64", 8, 7, false},    {"complex32", 4, 8, false},
+    {"complex64", 8, 9, false}, {"complex128", 16, 10, false}, {"bool", 1, 11, false},
+    {"qint8", 1, 12, true},     {"quint8", 1, 13, true},     {"qint32", 4, 14, true},
+    {"bfloat16", 2, 15, false},
+};
+
+// The entry of kDtypes named `name`; nullptr when there is none.
+const Dtype* find_dtype(std::string_view name);
+
 // Bytes per element of a dtype name ("float32", "bfloat16", ...); 0 when the
 // name is unknown.
-size_t dtype_size(const std::string& dtype);
-bool is_quantized_dtype(const std::string& dtype);
+size_t dtype_size(std::string_view dtype);
+bool is_quantized_dtype(std::string_view dtype);
 
 nlohmann::json manifest_to_json(const Manifest& m);
 

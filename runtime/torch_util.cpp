@@ -9,23 +9,6 @@ namespace {
 
 using format::TensorKind;
 
-struct DtypeName {
-  at::ScalarType type;
-  const char* name;
-};
-
-constexpr DtypeName kDtypes[] = {
-    {at::kBool, "bool"},          {at::kByte, "uint8"},
-    {at::kChar, "int8"},          {at::kShort, "int16"},
-    {at::kInt, "int32"},          {at::kLong, "int64"},
-    {at::kHalf, "float16"},       {at::kBFloat16, "bfloat16"},
-    {at::kFloat, "float32"},      {at::kDouble, "float64"},
-    {at::kComplexHalf, "complex32"}, {at::kComplexFloat, "complex64"},
-    {at::kComplexDouble, "complex128"},
-    {at::kQInt8, "qint8"},           {at::kQUInt8, "quint8"},
-    {at::kQInt32, "qint32"},
-};
-
 class Walker {
  public:
   explicit Walker(const TensorRewrite& fn) : fn_(fn) {}
@@ -111,17 +94,16 @@ class Walker {
 }  // namespace
 
 std::string dtype_name(at::ScalarType type) {
-  for (const DtypeName& d : kDtypes) {
-    if (d.type == type) return d.name;
+  for (const format::Dtype& d : format::kDtypes) {
+    if (d.torch_code == static_cast<int>(type)) return std::string(d.name);
   }
   return {};
 }
 
 at::ScalarType dtype_from_name(const std::string& name) {
-  for (const DtypeName& d : kDtypes) {
-    if (name == d.name) return d.type;
-  }
-  throw std::invalid_argument("unknown dtype " + name);  // the manifest check rules this out
+  const format::Dtype* d = format::find_dtype(name);
+  if (d == nullptr) throw std::invalid_argument("unknown dtype " + name);  // the manifest check rules this out
+  return static_cast<at::ScalarType>(d->torch_code);
 }
 
 bool is_shareable(const at::Tensor& t) {

@@ -12,6 +12,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "format.hpp"
+#include "torch_util.hpp"
+
 using nlohmann::json;
 using zcwrap::Error;
 using zcwrap::ErrorCode;
@@ -61,6 +64,25 @@ at::Tensor attr_tensor(const torch::jit::Module& m, const std::string& dotted) {
 }
 
 }  // namespace
+
+TEST_CASE("the format's dtype table agrees with LibTorch's dtypes") {
+  for (const zcwrap::format::Dtype& d : zcwrap::format::kDtypes) {
+    const std::string name(d.name);
+    CAPTURE(name);
+    const at::ScalarType type = zcwrap::detail::dtype_from_name(name);
+    CHECK(static_cast<int>(type) == d.torch_code);
+    CHECK(c10::elementSize(type) == d.size);
+    CHECK(c10::isQIntType(type) == d.quantized);
+    CHECK(zcwrap::detail::dtype_name(type) == name);
+  }
+  // What LibTorch calls these, for the codes that matter most.
+  CHECK(zcwrap::detail::dtype_name(at::kFloat) == "float32");
+  CHECK(zcwrap::detail::dtype_name(at::kBFloat16) == "bfloat16");
+  CHECK(zcwrap::detail::dtype_name(at::kBool) == "bool");
+  CHECK(zcwrap::detail::dtype_name(at::kQUInt8) == "quint8");
+  CHECK(zcwrap::detail::dtype_name(at::kComplexHalf) == "complex32");
+  CHECK(zcwrap::detail::dtype_name(at::kQUInt4x2).empty());
+}
 
 TEST_CASE("every fixture model comes back bit-equal to torch::jit::load, weights in the mapping") {
   for (const json& fx : test::fixtures_index()["models"]) {
