@@ -2,9 +2,15 @@
 // handcrafted bad blobs that BlobFile::open must refuse with a specific error.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <random>
+#include <regex>
+#include <sstream>
+#include <stdexcept>
 
 #include <zstd.h>
 
@@ -155,6 +161,155 @@ TEST_CASE("header encodes and decodes field for field") {
   CHECK(back.skeletons_length == 13);
   CHECK(back.data_offset == 65536);
   CHECK(back.meta_checksum == h.meta_checksum);
+}
+
+namespace {
+
+// A row of the header table in docs/FORMAT.md's "1. Layout".
+struct LayoutRow {
+  size_t offset = 0;
+  size_t size = 0;
+  std::string field;
+  std::string line;
+};
+
+// The table's rows, found as man/make_format_page.py finds the table: in the
+// fenced block after "## 1. Layout", from the "off  size  field" line to the
+// next numbered item ("2. Manifest").
+std::vector<LayoutRow> layout_rows() {
+  const char* root = std::getenv("ZCWRAP_SOURCE_ROOT");
+  if (root == nullptr || *root == '\0') {
+    throw std::runtime_error("ZCWRAP_SOURCE_ROOT is not set; run the tests with 'meson test'");
+  }
+  std::istringstream md(test::read_bytes(std::string(root) + "/docs/FORMAT.md"));
+  static const std::regex table_head(R"(\s*off\s+size\s+field\s*)");
+  static const std::regex next_item(R"(\s*\d+\.\s.*)");
+  static const std::regex row(R"(\s*(\d+)\s+(\d+)\s+(\w+).*)");
+  bool in_section = false, in_block = false, in_table = false;
+  std::vector<LayoutRow> rows;
+  std::string line;
+  while (std::getline(md, line)) {
+    if (!in_section) {
+      in_section = line == "## 1. Layout";
+    } else if (line.starts_with("```")) {
+      if (in_block) break;
+      in_block = true;
+    } else if (in_block && !in_table) {
+      in_table = std::regex_match(line, table_head);
+    } else if (in_table) {
+      if (std::regex_match(line, next_item)) break;
+      std::smatch m;
+      if (std::regex_match(line, m, row)) rows.push_back({std::stoul(m[1]), std::stoul(m[2]), m[3], line});
+    }
+  }
+  return rows;
+}
+
+// Bytes as hex ("08 07 06"), so a failed comparison shows them.
+std::string hex(const uint8_t* bytes, size_t n) {
+  std::string out;
+  static const char kDigits[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; ++i) {
+    if (i > 0) out += ' ';
+    out += kDigits[bytes[i] >> 4];
+    out += kDigits[bytes[i] & 15];
+  }
+  return out;
+}
+
+// A member of format::Header, named as in C++, which is the name the table
+// gives the field.
+struct HeaderMember {
+  std::string name;
+  size_t size = 0;
+  std::function<void(format::Header&, uint64_t)> set;
+};
+#define HEADER_MEMBER(m) \
+  HeaderMember{#m, sizeof(format::Header::m), \
+               [](format::Header& h, uint64_t v) { h.m = static_cast<decltype(h.m)>(v); }}
+
+const std::vector<HeaderMember>& header_members() {
+  static const std::vector<HeaderMember> members = {
+      HEADER_MEMBER(header_length),    HEADER_MEMBER(flags),           HEADER_MEMBER(file_size),
+      HEADER_MEMBER(alignment),        HEADER_MEMBER(manifest_offset), HEADER_MEMBER(manifest_length),
+      HEADER_MEMBER(skeletons_offset), HEADER_MEMBER(skeletons_length), HEADER_MEMBER(data_offset),
+      HEADER_MEMBER(data_length),      HEADER_MEMBER(meta_checksum),
+  };
+  return members;
+}
+#undef HEADER_MEMBER
+
+// Every member's value, in declaration order. The structured binding stops
+// compiling when Header gains or loses a member, so this cannot fall behind.
+std::vector<uint64_t> member_values(const format::Header& h) {
+  const auto& [m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10] = h;
+  return {m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10};
+}
+
+}  // namespace
+
+TEST_CASE("docs/FORMAT.md's header table is what encode_header writes, field for field") {
+  const std::vector<LayoutRow> rows = layout_rows();
+  REQUIRE_MESSAGE(!rows.empty(), "no header table under '## 1. Layout' in docs/FORMAT.md");
+
+  // Member i gets bytes 0x11 * (i + 1) + k, k = 0, 1, ...: no two bytes of
+  // the header alike (but header_length's, see below), none a default value.
+  format::Header h;
+  std::map<std::string, uint64_t> values;
+  for (size_t i = 0; i < header_members().size(); ++i) {
+    const HeaderMember& member = header_members()[i];
+    uint64_t value = 0;
+    for (size_t k = 0; k < member.size; ++k) value |= uint64_t(0x11 * (i + 1) + k) << (8 * k);
+    // encode_header pads to header_length: keep it below 64 KiB.
+    if (member.name == "header_length") value &= 0xffff;
+    member.set(h, value);
+    values[member.name] = value;
+  }
+  // The list above sets every member of Header: none keeps its default.
+  std::vector<uint64_t> set_values, got_values = member_values(h);
+  for (const auto& [name, value] : values) set_values.push_back(value);
+  std::sort(set_values.begin(), set_values.end());
+  std::sort(got_values.begin(), got_values.end());
+  REQUIRE_MESSAGE(set_values == got_values, "a member of format::Header is missing from header_members()");
+
+  const std::vector<uint8_t> bytes = format::encode_header(h);
+  REQUIRE(bytes.size() >= format::kHeaderLengthV1);
+  size_t end = 0;
+  std::map<std::string, int> listed;
+  for (const LayoutRow& row : rows) {
+    CAPTURE(row.line);
+    ++listed[row.field];
+    // The rows cover the fixed header without gaps or overlaps.
+    CHECK(row.offset == end);
+    end = row.offset + row.size;
+    REQUIRE(end <= format::kHeaderLengthV1);
+    const std::string at = hex(bytes.data() + row.offset, row.size);
+    if (row.field == "magic") {
+      CHECK(row.size == sizeof(format::kMagic));
+      CHECK(at == hex(reinterpret_cast<const uint8_t*>(format::kMagic), sizeof(format::kMagic)));
+      CHECK(row.line.find('"' + std::string(format::kMagic, sizeof(format::kMagic)) + '"') != std::string::npos);
+    } else if (row.field == "reserved") {
+      const std::vector<uint8_t> zeros(row.size, 0);
+      CHECK(at == hex(zeros.data(), zeros.size()));
+    } else {
+      const auto member = std::find_if(header_members().begin(), header_members().end(),
+                                       [&](const HeaderMember& m) { return m.name == row.field; });
+      REQUIRE_MESSAGE(member != header_members().end(), "docs/FORMAT.md lists '" << row.field
+                                                            << "', which format::Header does not have");
+      CHECK(row.size == member->size);
+      std::vector<uint8_t> little_endian;
+      for (size_t k = 0; k < row.size; ++k) little_endian.push_back(uint8_t(values[row.field] >> (8 * k)));
+      CHECK(at == hex(little_endian.data(), row.size));
+      if (row.field == "meta_checksum") CHECK(row.offset == format::kChecksumFieldOffset);
+    }
+  }
+  CHECK(end == format::kHeaderLengthV1);
+  for (const HeaderMember& member : header_members()) {
+    CHECK_MESSAGE(listed[member.name] == 1, "docs/FORMAT.md's header table lists format::Header::" << member.name
+                                                << " " << listed[member.name] << " times, not once");
+  }
+  CHECK(listed["magic"] == 1);
+  CHECK(listed["reserved"] == 1);
 }
 
 TEST_CASE("helpers: alignment, dtypes, model names") {
