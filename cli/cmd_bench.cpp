@@ -332,8 +332,8 @@ void require_readable(const std::string& path) {
 
 int run_bench(const BenchArgs& args) {
   const ModelWrapper wrapper = ModelWrapper::open(args.path);
-  const json info = describe(args.path);
-  const uint64_t weight_bytes = info["storages"]["bytes"].get<uint64_t>();
+  const BlobInfo info = describe(args.path, {.tensors = false});
+  const uint64_t weight_bytes = info.storage_bytes;
   if (!args.input.empty()) check_input_file(args.input);
   if (args.calls > 1 && args.input.empty()) throw Error(ErrorCode::kUsage, "--calls needs --input");
   if (!args.model.empty()) {
@@ -383,10 +383,10 @@ int run_bench(const BenchArgs& args) {
     json out = {{"zcwrap_bench", 1},
                 {"blob", wrapper.blob_path()},
                 {"models", wrapper.model_names()},
-                {"blob_bytes", info["file_size"]},
+                {"blob_bytes", info.file_size},
                 {"weight_bytes", weight_bytes},
-                {"storages", info["storages"]["count"]},
-                {"alignment", info["alignment"]},
+                {"storages", info.storage_count},
+                {"alignment", info.alignment},
                 {"workers", args.workers},
                 {"threads", args.threads},
                 {"calls", args.calls},
@@ -415,9 +415,9 @@ int run_bench(const BenchArgs& args) {
     }
     std::printf("%s\n", out.dump(2).c_str());
   } else {
-    std::printf("blob      %s: %s of weights in %zu storages, alignment %s\n", wrapper.blob_path().c_str(),
-                human_bytes(weight_bytes).c_str(), info["storages"]["count"].get<size_t>(),
-                human_bytes(info["alignment"].get<uint64_t>()).c_str());
+    std::printf("blob      %s: %s of weights in %llu storages, alignment %s\n", wrapper.blob_path().c_str(),
+                human_bytes(weight_bytes).c_str(), static_cast<unsigned long long>(info.storage_count),
+                human_bytes(info.alignment).c_str());
     std::printf("workers   %d per group, %s, %d thread%s each, device %s, prefetch %s%s%s\n", args.workers,
                 args.concurrent ? "started at once" : "started one after another", args.threads,
                 args.threads == 1 ? "" : "s", args.device.c_str(), prefetch_name(args.prefetch),

@@ -9,7 +9,9 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "blob_file.hpp"
 #include "describe.hpp"
+#include "format.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {
@@ -27,59 +29,84 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return out + "]";
 }
 
+// Prints to_json(describe(path)).dump(2), byte for byte, but writes each
+// model's tensors one at a time from the manifest: the JSON of a million
+// tensors is never held at once.
+void print_json(const ModelWrapper& wrapper, const std::string& path) {
+  const std::shared_ptr<const detail::BlobFile> blob = detail::checked_blob(wrapper);
+  const format::Manifest& m = blob->manifest();
+  const std::string text = nlohmann::json(detail::describe_blob(wrapper, path, {.tensors = false})).dump(2);
+  // Each model's empty list, in model order. Strings in the dump are escaped
+  // (a newline is "\\n"), so this newline-led line is only ever the key.
+  const std::string empty = "\n      \"tensors\": []";
+  size_t done = 0;
+  for (const format::ModelEntry& model : m.models) {
+    const size_t at = text.find(empty, done);
+    if (at == std::string::npos) throw Error(ErrorCode::kInternal, "inspect --json: no tensor list for model " + model.name);
+    std::fwrite(text.data() + done, 1, at - done, stdout);
+    done = at + empty.size();
+    if (model.tensors.empty()) {
+      std::fputs(empty.c_str(), stdout);
+      continue;
+    }
+    std::fputs("\n      \"tensors\": [", stdout);
+    for (size_t i = 0; i < model.tensors.size(); ++i) {
+      std::string tensor = nlohmann::json(detail::tensor_info(model.tensors[i], m, blob->header())).dump(2);
+      for (size_t nl = tensor.find('\n'); nl != std::string::npos; nl = tensor.find('\n', nl + 1)) {
+        tensor.insert(nl + 1, 8, ' ');
+      }
+      std::printf("%s\n        %s", i ? "," : "", tensor.c_str());
+    }
+    std::fputs("\n      ]", stdout);
+  }
+  std::fwrite(text.data() + done, 1, text.size() - done, stdout);
+  std::fputc('\n', stdout);
+}
+
 int run_inspect(const InspectArgs& args) {
+  const ModelWrapper wrapper = ModelWrapper::open(args.path);
   if (args.json) {
-    std::printf("%s\n", describe(args.path).dump(2).c_str());
+    print_json(wrapper, args.path);
     return 0;
   }
-  // The table is printed a tensor at a time from the manifest, so a large
-  // one costs no JSON of every tensor (describe() builds that).
-  const ModelWrapper wrapper = ModelWrapper::open(args.path);
+  // The table too is printed a tensor at a time from the manifest.
   const std::shared_ptr<const detail::BlobFile> blob = detail::checked_blob(wrapper);
-  const nlohmann::json info = detail::describe_blob(wrapper, args.path, /*with_tensors=*/false);
-  const auto& h = info["header"];
-  std::printf("blob        %s\n", printable(info["blob"].get<std::string>()).c_str());
-  if (!info["config"].is_null()) std::printf("config      %s\n", printable(info["config"].get<std::string>()).c_str());
-  std::printf("format      v%d, made by %s\n", info["format_version"].get<int>(),
-              printable(info["producer"].get<std::string>()).c_str());
-  std::printf("size        %s (%llu bytes), checksum %s\n", human_bytes(info["file_size"]).c_str(),
-              static_cast<unsigned long long>(info["file_size"].get<uint64_t>()),
-              h["meta_checksum"].get<std::string>().c_str());
+  const BlobInfo info = detail::describe_blob(wrapper, args.path, {.tensors = false});
+  const SectionsInfo& h = info.header;
+  std::printf("blob        %s\n", printable(info.blob).c_str());
+  if (info.config) std::printf("config      %s\n", printable(*info.config).c_str());
+  std::printf("format      v%d, made by %s\n", info.format_version, printable(info.producer).c_str());
+  std::printf("size        %s (%llu bytes), checksum %s\n", human_bytes(info.file_size).c_str(),
+              static_cast<unsigned long long>(info.file_size), format::hex64(h.meta_checksum).c_str());
   std::printf("sections    manifest %s at %llu, skeletons %s at %llu, data %s at %llu\n",
-              human_bytes(h["manifest_length"]).c_str(),
-              static_cast<unsigned long long>(h["manifest_offset"].get<uint64_t>()),
-              human_bytes(h["skeletons_length"]).c_str(),
-              static_cast<unsigned long long>(h["skeletons_offset"].get<uint64_t>()),
-              human_bytes(h["data_length"]).c_str(),
-              static_cast<unsigned long long>(h["data_offset"].get<uint64_t>()));
-  std::printf("alignment   %llu\n", static_cast<unsigned long long>(info["alignment"].get<uint64_t>()));
-  std::printf("storages    %zu, %s; dedup saved %s\n", info["storages"]["count"].get<size_t>(),
-              human_bytes(info["storages"]["bytes"]).c_str(), human_bytes(info["dedup_saved_bytes"]).c_str());
-  std::printf("kind        %s\n", info["standalone"].get<bool>() ? "standalone module" : "pipeline");
-  for (size_t index = 0; index < info["models"].size(); ++index) {
-    const nlohmann::json& model = info["models"][index];
-    std::printf("\nmodel '%s': %zu tensors, %s shared, %s left in the skeleton (%.1f%% shared); "
+              human_bytes(h.manifest_length).c_str(), static_cast<unsigned long long>(h.manifest_offset),
+              human_bytes(h.skeletons_length).c_str(), static_cast<unsigned long long>(h.skeletons_offset),
+              human_bytes(h.data_length).c_str(), static_cast<unsigned long long>(h.data_offset));
+  std::printf("alignment   %llu\n", static_cast<unsigned long long>(info.alignment));
+  std::printf("storages    %llu, %s; dedup saved %s\n", static_cast<unsigned long long>(info.storage_count),
+              human_bytes(info.storage_bytes).c_str(), human_bytes(info.dedup_saved_bytes).c_str());
+  std::printf("kind        %s\n", info.standalone ? "standalone module" : "pipeline");
+  const format::Manifest& m = blob->manifest();
+  for (size_t index = 0; index < info.models.size(); ++index) {
+    const ModelInfo& model = info.models[index];
+    std::printf("\nmodel '%s': %llu tensors, %s shared, %s left in the skeleton (%.1f%% shared); "
                 "skeleton %s %s (%s raw)\n",
-                printable(model["name"].get<std::string>()).c_str(), model["tensor_count"].get<size_t>(),
-                human_bytes(model["shared_bytes"]).c_str(), human_bytes(model["unshared_bytes"]).c_str(),
-                100.0 * model["shared_fraction"].get<double>(),
-                printable(model["skeleton"]["kind"].get<std::string>()).c_str(),
-                human_bytes(model["skeleton"]["stored_bytes"]).c_str(),
-                human_bytes(model["skeleton"]["raw_bytes"]).c_str());
-    if (model["skeleton"]["kind"] == "python_pickle") {
+                printable(model.name).c_str(), static_cast<unsigned long long>(model.tensor_count),
+                human_bytes(model.shared_bytes).c_str(), human_bytes(model.unshared_bytes).c_str(),
+                100.0 * model.shared_fraction, printable(model.skeleton.kind).c_str(),
+                human_bytes(model.skeleton.stored_bytes).c_str(), human_bytes(model.skeleton.raw_bytes).c_str());
+    if (model.skeleton.kind == "python_pickle") {
       std::printf("  an eager PyTorch module packed from Python: unwrap it with the zcwrap Python package "
                   "(zcwrap run and unpack cannot)\n");
     }
     if (args.brief) continue;
     std::printf("  %-40s %-9s %-10s %-18s %10s %12s %s\n", "TENSOR", "KIND", "DTYPE", "SHAPE", "BYTES",
                 "OFFSET", "STORAGE");
-    const format::Manifest& m = blob->manifest();
-    for (const format::TensorEntry& t : m.models[index].tensors) {
-      const detail::TensorPlace place = detail::tensor_place(t, m, blob->header());
-      std::printf("  %-40s %-9s %-10s %-18s %10llu %12llu %llu\n", printable(t.path).c_str(),
-                  format::tensor_kind_name(t.kind), printable(t.dtype).c_str(), shape_text(t.sizes).c_str(),
-                  static_cast<unsigned long long>(place.bytes), static_cast<unsigned long long>(place.offset),
-                  static_cast<unsigned long long>(t.storage));
+    for (const format::TensorEntry& entry : m.models[index].tensors) {
+      const TensorInfo t = detail::tensor_info(entry, m, blob->header());
+      std::printf("  %-40s %-9s %-10s %-18s %10llu %12llu %llu\n", printable(t.path).c_str(), t.kind.c_str(),
+                  printable(t.dtype).c_str(), shape_text(t.shape).c_str(), static_cast<unsigned long long>(t.bytes),
+                  static_cast<unsigned long long>(t.offset), static_cast<unsigned long long>(t.storage));
     }
   }
   return 0;

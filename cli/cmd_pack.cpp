@@ -112,9 +112,9 @@ int run_pack(const PackArgs& args) {
 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  nlohmann::json info;
+  BlobInfo info;
   try {
-    info = describe(args.output);
+    info = describe(args.output, {.tensors = false});
   } catch (const Error& e) {
     // The blob and its config are in place: the pack worked, only its summary did not.
     std::fprintf(stderr, "zcwrap: warning: packed %s, but reading it back for the summary failed: %s\n",
@@ -125,27 +125,24 @@ int run_pack(const PackArgs& args) {
     std::printf("%s\n", nlohmann::json{{"blob", args.output},
                                        {"config", config_path},
                                        {"models", wrapper.model_names()},
-                                       {"file_size", info["file_size"]},
-                                       {"storages", info["storages"]},
-                                       {"dedup_saved_bytes", info["dedup_saved_bytes"]},
-                                       {"unshared_bytes", info["unshared_bytes"]},
+                                       {"file_size", info.file_size},
+                                       {"storages", {{"count", info.storage_count}, {"bytes", info.storage_bytes}}},
+                                       {"dedup_saved_bytes", info.dedup_saved_bytes},
+                                       {"unshared_bytes", info.unshared_bytes},
                                        {"seconds", seconds}}
                             .dump(2)
                             .c_str());
   } else if (!args.quiet) {
-    size_t tensors = 0;
-    for (const auto& m : info["models"]) tensors += m["tensor_count"].get<size_t>();
-    std::printf("packed %zu model%s (%zu tensors, %s in %zu storages) into %s (%s) in %.2f s\n",
-                files.size(), files.size() == 1 ? "" : "s", tensors,
-                human_bytes(info["storages"]["bytes"]).c_str(),
-                info["storages"]["count"].get<size_t>(), args.output.c_str(),
-                human_bytes(info["file_size"]).c_str(), seconds);
-    if (info["dedup_saved_bytes"].get<uint64_t>() > 0) {
-      std::printf("  dedup saved %s\n", human_bytes(info["dedup_saved_bytes"]).c_str());
-    }
-    if (info["unshared_bytes"].get<uint64_t>() > 0) {
+    uint64_t tensors = 0;
+    for (const ModelInfo& m : info.models) tensors += m.tensor_count;
+    std::printf("packed %zu model%s (%llu tensors, %s in %llu storages) into %s (%s) in %.2f s\n", files.size(),
+                files.size() == 1 ? "" : "s", static_cast<unsigned long long>(tensors),
+                human_bytes(info.storage_bytes).c_str(), static_cast<unsigned long long>(info.storage_count),
+                args.output.c_str(), human_bytes(info.file_size).c_str(), seconds);
+    if (info.dedup_saved_bytes > 0) std::printf("  dedup saved %s\n", human_bytes(info.dedup_saved_bytes).c_str());
+    if (info.unshared_bytes > 0) {
       std::printf("  warning: %s of tensor data stayed in skeletons (not shared); see zcwrap inspect\n",
-                  human_bytes(info["unshared_bytes"]).c_str());
+                  human_bytes(info.unshared_bytes).c_str());
     }
     std::printf("  actor config: %s\n", config_path.c_str());
   }

@@ -8,6 +8,7 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "format.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {
@@ -22,25 +23,20 @@ struct VerifyArgs {
 int run_verify(const VerifyArgs& args) {
   // Opening checks the header, manifest and skeletons (the meta checksum);
   // verify() then hashes every storage.
-  const nlohmann::json report = verify(args.path, args.threads);
-  const auto& bad = report["bad"];
-  if (args.json) std::printf("%s\n", report.dump(2).c_str());
-  if (!bad.empty()) {
-    const auto& first = bad[0];
+  const VerifyReport report = verify(args.path, args.threads);
+  if (args.json) std::printf("%s\n", nlohmann::json(report).dump(2).c_str());
+  if (!report.bad.empty()) {
+    const BadStorage& first = report.bad.front();
     throw Error(ErrorCode::kBadBlob,
-                report["blob"].get<std::string>() + ": storage " + std::to_string(first["storage"].get<size_t>()) +
-                    " (" + first["tensor"].get<std::string>() + ") fails its checksum (stored " +
-                    first["expected"].get<std::string>() + ", computed " + first["actual"].get<std::string>() +
-                    "); " + std::to_string(bad.size()) + " of " + std::to_string(report["storages"].get<size_t>()) +
-                    " storages are bad: re-pack the blob");
+                report.blob + ": storage " + std::to_string(first.storage) + " (" + first.tensor +
+                    ") fails its checksum (stored " + format::hex64(first.expected) + ", computed " +
+                    format::hex64(first.actual) + "); " + std::to_string(report.bad.size()) + " of " +
+                    std::to_string(report.storages) + " storages are bad: re-pack the blob");
   }
   if (!args.json) {
-    const double seconds = report["seconds"].get<double>();
-    const double bytes = report["bytes"].get<double>();
-    std::printf("ok: %s: %zu storages, %s, all checksums match (%.2f s, %.1f GiB/s)\n",
-                report["blob"].get<std::string>().c_str(), report["storages"].get<size_t>(),
-                human_bytes(report["bytes"]).c_str(), seconds,
-                seconds > 0 ? bytes / seconds / (1024.0 * 1024 * 1024) : 0.0);
+    std::printf("ok: %s: %llu storages, %s, all checksums match (%.2f s, %.1f GiB/s)\n", report.blob.c_str(),
+                static_cast<unsigned long long>(report.storages), human_bytes(report.bytes).c_str(), report.seconds,
+                report.seconds > 0 ? double(report.bytes) / report.seconds / (1024.0 * 1024 * 1024) : 0.0);
   }
   return 0;
 }

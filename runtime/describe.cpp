@@ -1,117 +1,151 @@
+#include "describe.hpp"
+
 #include <chrono>
 
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
 
 #include "blob_file.hpp"
-#include "describe.hpp"
 #include "file_util.hpp"
-#include "zcwrap/inspect.hpp"
-#include "zcwrap/model_wrapper.hpp"
 
 namespace zcwrap {
 
 namespace detail {
 
-TensorPlace tensor_place(const format::TensorEntry& t, const format::Manifest& m, const format::Header& h) {
+TensorInfo tensor_info(const format::TensorEntry& t, const format::Manifest& m, const format::Header& h) {
   const uint64_t item = format::dtype_size(t.dtype);
   uint64_t numel = 1;
   for (int64_t d : t.sizes) numel *= static_cast<uint64_t>(d);  // bounded by parse_manifest
-  return {numel * item, h.data_offset + m.storages[t.storage].offset + t.storage_offset * item};
+  return {t.path,
+          format::tensor_kind_name(t.kind),
+          t.dtype,
+          t.sizes,
+          t.strides,
+          numel * item,
+          t.storage,
+          h.data_offset + m.storages[t.storage].offset + t.storage_offset * item};
 }
 
-nlohmann::json describe_blob(const ModelWrapper& wrapper, const std::string& path, bool with_tensors) {
-  using nlohmann::json;
-  const bool from_config = absolute_path(path) != wrapper.blob_path();
+BlobInfo describe_blob(const ModelWrapper& wrapper, const std::string& path, const DescribeOptions& options) {
   const std::shared_ptr<const BlobFile> blob = checked_blob(wrapper);
   const format::Header& h = blob->header();
   const format::Manifest& m = blob->manifest();
 
-  uint64_t storage_bytes = 0;
-  for (const format::StorageEntry& s : m.storages) storage_bytes += s.nbytes;
+  BlobInfo info;
+  info.blob = wrapper.blob_path();
+  if (absolute_path(path) != wrapper.blob_path()) info.config = path;
+  info.format_version = m.version;
+  info.producer = m.producer;
+  info.file_size = h.file_size;
+  info.alignment = h.alignment;
+  info.standalone = m.standalone;
+  info.header = {h.header_length,    h.manifest_offset, h.manifest_length, h.skeletons_offset,
+                 h.skeletons_length, h.data_offset,     h.data_length,     h.meta_checksum};
+  info.storage_count = m.storages.size();
+  for (const format::StorageEntry& s : m.storages) info.storage_bytes += s.nbytes;
 
-  uint64_t tensor_bytes_total = 0;
-  uint64_t unshared_total = 0;
-  json models = json::array();
-  for (const format::ModelEntry& model : m.models) {
-    json tensors = json::array();
-    uint64_t shared = 0;
-    for (const format::TensorEntry& t : model.tensors) {
-      const TensorPlace place = tensor_place(t, m, h);
-      shared += place.bytes;
-      if (!with_tensors) continue;
-      tensors.push_back({{"path", t.path},
-                         {"kind", format::tensor_kind_name(t.kind)},
-                         {"dtype", t.dtype},
-                         {"shape", t.sizes},
-                         {"strides", t.strides},
-                         {"bytes", place.bytes},
-                         {"storage", t.storage},
-                         {"offset", place.offset}});
+  info.models.reserve(m.models.size());
+  for (const format::ModelEntry& entry : m.models) {
+    ModelInfo model;
+    model.name = entry.name;
+    model.skeleton = {entry.skeleton.kind, entry.skeleton.compression, entry.skeleton.length,
+                      entry.skeleton.raw_length};
+    model.tensor_count = entry.tensors.size();
+    if (options.tensors) model.tensors.reserve(entry.tensors.size());
+    for (const format::TensorEntry& t : entry.tensors) {
+      TensorInfo tensor = tensor_info(t, m, h);
+      model.shared_bytes += tensor.bytes;
+      if (options.tensors) model.tensors.push_back(std::move(tensor));
     }
-    tensor_bytes_total += shared;
-    unshared_total += model.skeleton.unshared_bytes;
-    const uint64_t all = shared + model.skeleton.unshared_bytes;
-    json entry = {{"name", model.name},
-                  {"skeleton",
-                   {{"kind", model.skeleton.kind},
-                    {"compression", model.skeleton.compression},
-                    {"stored_bytes", model.skeleton.length},
-                    {"raw_bytes", model.skeleton.raw_length}}},
-                  {"tensor_count", model.tensors.size()},
-                  {"shared_bytes", shared},
-                  {"unshared_bytes", model.skeleton.unshared_bytes},
-                  {"shared_fraction", all == 0 ? 1.0 : double(shared) / double(all)}};
-    if (with_tensors) entry["tensors"] = std::move(tensors);
-    models.push_back(std::move(entry));
+    model.unshared_bytes = entry.skeleton.unshared_bytes;
+    const uint64_t all = model.shared_bytes + model.unshared_bytes;
+    model.shared_fraction = all == 0 ? 1.0 : double(model.shared_bytes) / double(all);
+    info.tensor_bytes += model.shared_bytes;
+    info.unshared_bytes += model.unshared_bytes;
+    info.models.push_back(std::move(model));
   }
-  return {{"blob", wrapper.blob_path()},
-          {"config", from_config ? json(path) : json(nullptr)},
-          {"format_version", m.version},
-          {"producer", m.producer},
-          {"file_size", h.file_size},
-          {"alignment", h.alignment},
-          {"standalone", m.standalone},
-          {"header",
-           {{"header_length", h.header_length},
-            {"manifest_offset", h.manifest_offset},
-            {"manifest_length", h.manifest_length},
-            {"skeletons_offset", h.skeletons_offset},
-            {"skeletons_length", h.skeletons_length},
-            {"data_offset", h.data_offset},
-            {"data_length", h.data_length},
-            {"meta_checksum", format::hex64(h.meta_checksum)}}},
-          {"storages", {{"count", m.storages.size()}, {"bytes", storage_bytes}}},
-          {"tensor_bytes", tensor_bytes_total},
-          {"dedup_saved_bytes", tensor_bytes_total > storage_bytes ? tensor_bytes_total - storage_bytes : 0},
-          {"unshared_bytes", unshared_total},
-          {"models", std::move(models)}};
+  info.dedup_saved_bytes = info.tensor_bytes > info.storage_bytes ? info.tensor_bytes - info.storage_bytes : 0;
+  return info;
 }
 
 }  // namespace detail
 
-nlohmann::json describe(const std::string& path) {
-  return detail::describe_blob(ModelWrapper::open(path), path, /*with_tensors=*/true);
+BlobInfo describe(const std::string& path, const DescribeOptions& options) {
+  return detail::describe_blob(ModelWrapper::open(path), path, options);
 }
 
-nlohmann::json verify(const std::string& path, unsigned threads) {
-  using nlohmann::json;
+VerifyReport verify(const std::string& path, unsigned threads) {
   const auto start = std::chrono::steady_clock::now();
   const ModelWrapper wrapper = ModelWrapper::open(path);
-  auto blob = detail::checked_blob(wrapper);
+  const std::shared_ptr<const detail::BlobFile> blob = detail::checked_blob(wrapper);
   const format::Manifest& m = blob->manifest();
-  json bad = json::array();
+  VerifyReport report;
+  report.blob = wrapper.blob_path();
+  report.storages = m.storages.size();
   for (size_t i : blob->bad_storages(threads)) {
-    bad.push_back({{"storage", i},
-                   {"tensor", blob->storage_user(i)},
-                   {"expected", format::hex64(m.storages[i].xxh3)},
-                   {"actual", format::hex64(XXH3_64bits(blob->storage_data(i), m.storages[i].nbytes))}});
+    report.bad.push_back({i, blob->storage_user(i), m.storages[i].xxh3,
+                          XXH3_64bits(blob->storage_data(i), m.storages[i].nbytes)});
   }
-  uint64_t bytes = 0;
-  for (const format::StorageEntry& s : m.storages) bytes += s.nbytes;
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return {{"blob", wrapper.blob_path()}, {"ok", bad.empty()},     {"storages", m.storages.size()},
-          {"bytes", bytes},              {"seconds", seconds},     {"bad", std::move(bad)}};
+  for (const format::StorageEntry& s : m.storages) report.bytes += s.nbytes;
+  report.ok = report.bad.empty();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+void to_json(nlohmann::json& j, const TensorInfo& t) {
+  j = {{"path", t.path},         {"kind", t.kind},   {"dtype", t.dtype},       {"shape", t.shape},
+       {"strides", t.strides},   {"bytes", t.bytes}, {"storage", t.storage},   {"offset", t.offset}};
+}
+
+void to_json(nlohmann::json& j, const ModelInfo& model) {
+  j = {{"name", model.name},
+       {"skeleton",
+        {{"kind", model.skeleton.kind},
+         {"compression", model.skeleton.compression},
+         {"stored_bytes", model.skeleton.stored_bytes},
+         {"raw_bytes", model.skeleton.raw_bytes}}},
+       {"tensor_count", model.tensor_count},
+       {"shared_bytes", model.shared_bytes},
+       {"unshared_bytes", model.unshared_bytes},
+       {"shared_fraction", model.shared_fraction},
+       {"tensors", model.tensors}};
+}
+
+void to_json(nlohmann::json& j, const BlobInfo& info) {
+  const SectionsInfo& h = info.header;
+  j = {{"blob", info.blob},
+       {"config", info.config ? nlohmann::json(*info.config) : nlohmann::json(nullptr)},
+       {"format_version", info.format_version},
+       {"producer", info.producer},
+       {"file_size", info.file_size},
+       {"alignment", info.alignment},
+       {"standalone", info.standalone},
+       {"header",
+        {{"header_length", h.header_length},
+         {"manifest_offset", h.manifest_offset},
+         {"manifest_length", h.manifest_length},
+         {"skeletons_offset", h.skeletons_offset},
+         {"skeletons_length", h.skeletons_length},
+         {"data_offset", h.data_offset},
+         {"data_length", h.data_length},
+         {"meta_checksum", format::hex64(h.meta_checksum)}}},
+       {"storages", {{"count", info.storage_count}, {"bytes", info.storage_bytes}}},
+       {"tensor_bytes", info.tensor_bytes},
+       {"dedup_saved_bytes", info.dedup_saved_bytes},
+       {"unshared_bytes", info.unshared_bytes},
+       {"models", info.models}};
+}
+
+void to_json(nlohmann::json& j, const VerifyReport& report) {
+  nlohmann::json bad = nlohmann::json::array();
+  for (const BadStorage& b : report.bad) {
+    bad.push_back({{"storage", b.storage},
+                   {"tensor", b.tensor},
+                   {"expected", format::hex64(b.expected)},
+                   {"actual", format::hex64(b.actual)}});
+  }
+  j = {{"blob", report.blob},         {"ok", report.ok},           {"storages", report.storages},
+       {"bytes", report.bytes},       {"seconds", report.seconds}, {"bad", std::move(bad)}};
 }
 
 }  // namespace zcwrap

@@ -184,8 +184,8 @@ int drive(const DriveOptions& options) {
     for (const std::string& name : names) list += (list.empty() ? "" : ", ") + name;
     throw Error(ErrorCode::kUsage, options.config + ": no model '" + options.model + "' (models: " + list + ")");
   }
-  const nlohmann::json info = zcwrap::describe(options.config);
-  const double weights_mib = info["storages"]["bytes"].get<double>() / (1024 * 1024);
+  const zcwrap::BlobInfo info = zcwrap::describe(options.config, {.tensors = false});
+  const double weights_mib = static_cast<double>(info.storage_bytes) / (1024 * 1024);
 
   std::vector<std::string> args = {"--actor", config.dump(), "--input", options.input,
                                    "--batches", std::to_string(options.batches), "--threads",

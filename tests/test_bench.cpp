@@ -267,7 +267,7 @@ TEST_CASE("bench: 3 workers share one copy of the blob; torch::jit::load workers
   REQUIRE_MESSAGE(r.status == 0, r.err);
   const json out = json::parse(r.out);
   const uint64_t weights = out["weight_bytes"];
-  CHECK(weights == zcwrap::describe(blob)["storages"]["bytes"].get<uint64_t>());
+  CHECK(weights == zcwrap::describe(blob).storage_bytes);
   CHECK(weights > 40u << 20);  // resnet18: 11.7 M parameters
   const json& zc = out["zcwrap"];
   REQUIRE(zc["workers"].size() == 3);

@@ -31,6 +31,8 @@ TEST_CASE("pack, inspect and run every fixture; outputs equal torch::jit::load")
     auto inspected = run_cli({"inspect", dir / "m.actor.json", "--json"});
     REQUIRE(inspected.status == 0);
     const json info = json::parse(inspected.out);
+    CHECK(inspected.out == json(zcwrap::describe(dir / "m.actor.json")).dump(2) + "\n");
+    CHECK(info["config"] == dir / "m.actor.json");
     CHECK(info["models"][0]["unshared_bytes"] == 0);
     CHECK(info["header"]["data_offset"].get<uint64_t>() % 4096 == 0);
 
@@ -75,6 +77,33 @@ TEST_CASE("a pipeline: pack with --model, run each model, config moves with its 
   check_failure(run_cli({"run", moved / "p.zcb", "--model", "c", "-i", test::fixture("pipeline_a_in.pt"), "-o",
                         moved / "o.pt"}),
                 2, "no model named 'c'");
+}
+
+TEST_CASE("inspect --json prints describe()'s JSON byte for byte, a model without tensors included") {
+  test::TempDir dir;
+  torch::jit::Module bare("Bare");
+  bare.define("def forward(self, x):\n    return x + 1\n");
+  zcwrap::PackOptions options;
+  options.store_dir = dir.path();
+  const zcwrap::ModelWrapper wrapper = zcwrap::ModelWrapper::from_pipeline(
+      {{"edge", torch::jit::load(test::fixture("edge.pt"))}, {"bare", bare}}, options);
+  const zcwrap::BlobInfo info = zcwrap::describe(wrapper.blob_path());
+  REQUIRE(info.models.size() == 2);
+  CHECK(info.models[0].tensors.size() == info.models[0].tensor_count);
+  CHECK(info.models[0].tensor_count > 10);
+  CHECK(info.models[1].tensor_count == 0);
+
+  auto inspected = run_cli({"inspect", wrapper.blob_path(), "--json"});
+  REQUIRE_MESSAGE(inspected.status == 0, inspected.err);
+  CHECK(inspected.out == json(info).dump(2) + "\n");
+
+  // Without tensors: the same counts and sums, no tensor list.
+  const zcwrap::BlobInfo brief = zcwrap::describe(wrapper.blob_path(), {.tensors = false});
+  CHECK(brief.models[0].tensors.empty());
+  CHECK(brief.models[0].tensor_count == info.models[0].tensor_count);
+  CHECK(brief.models[0].shared_bytes == info.models[0].shared_bytes);
+  CHECK(brief.tensor_bytes == info.tensor_bytes);
+  CHECK(!brief.config);
 }
 
 TEST_CASE("run's output opens with Python's torch.load") {

@@ -66,7 +66,7 @@ TEST_CASE("two processes that unwrap one blob share its pages") {
   test::TempDir dir;
   const std::string blob = dir / "resnet.zcb";
   zcwrap::ModelWrapper::pack_files({{"m", test::fixture("resnet18_scripted.pt")}}, zcwrap::Layout::kStandalone, blob);
-  const long weights_kb = static_cast<long>(zcwrap::describe(blob)["storages"]["bytes"].get<uint64_t>() / 1024);
+  const long weights_kb = static_cast<long>(zcwrap::describe(blob).storage_bytes / 1024);
 
   const std::vector<std::string> child = {"/proc/self/exe", "--child", blob};
   test::Child a = test::spawn_child(child);

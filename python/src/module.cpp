@@ -237,10 +237,10 @@ PYBIND11_MODULE(_C, m) {
     return unwrap(blob, device, use_fast_load, verify, false, prefetch);
   });
   m.def("describe", [](const std::string& path) {
-    return without_gil([&] { return zcwrap::describe(path).dump(); });
+    return without_gil([&] { return nlohmann::json(zcwrap::describe(path)).dump(); });
   });
   m.def("verify", [](const std::string& path) {
-    return without_gil([&] { return zcwrap::verify(path).dump(); });
+    return without_gil([&] { return nlohmann::json(zcwrap::verify(path)).dump(); });
   });
   m.def("unpack", [](const std::string& config, const std::string& output, const std::string& model) {
     without_gil([&] {
