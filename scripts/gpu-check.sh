@@ -12,9 +12,7 @@
 #
 # Usage: bash scripts/gpu-check.sh [--quick]     --quick: the 1 GiB blob only
 # Environment: PYTHON (python3), ZCWRAP_GPU_BUILD (build-gpu), and for a dry
-# run without a pip torch: ZCWRAP_TORCH_DIR, ZCWRAP_CUDART, ZCWRAP_CUDA_INCLUDE,
-# ZCWRAP_PKG_CONFIG_LITE=1 (use scripts/pkg-config-lite.py even if there is a
-# pkg-config).
+# run without a pip torch: ZCWRAP_TORCH_DIR, ZCWRAP_CUDART, ZCWRAP_CUDA_INCLUDE.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
@@ -25,8 +23,8 @@ exec > >(tee -a "$OUT/gpu-check.log") 2>&1
 
 PY=${PYTHON:-python3}
 DEPS=$ROOT/.deps
-# Made on each run: .pc files, library links, the CUDA prefix. Outside the
-# source tree, where Meson refuses include folders given by absolute path.
+# Made on each run: library links and the CUDA prefix. Outside the source
+# tree, where Meson refuses include folders given by absolute path.
 LOCAL=${ZCWRAP_GPU_LOCAL:-${TMPDIR:-/tmp}/zcwrap-gpu-check}
 BUILD=${ZCWRAP_GPU_BUILD:-build-gpu}
 SIZES=1,8
@@ -98,7 +96,7 @@ fi
 
 section "Local prefix ($LOCAL)"
 rm -rf "$LOCAL"
-mkdir -p "$LOCAL/lib" "$LOCAL/pkgconfig" "$LOCAL/bin" "$LOCAL/cuda/lib"
+mkdir -p "$LOCAL/lib" "$LOCAL/cuda/lib"
 # CUDA: the runtime torch loaded, and headers of the same major version:
 # beside it (nvidia pip packages), the toolkit's, or the ones carried.
 ln -s "$CUDART" "$LOCAL/cuda/lib/libcudart.so"
@@ -133,47 +131,17 @@ for soname in libzstd.so.1 libxxhash.so.0; do
   echo "$soname: $lib"
 done
 inc=$DEPS/usr/include
-cat >"$LOCAL/pkgconfig/libzstd.pc" <<EOF
-Name: zstd
-Description: carried for zcwrap
-Version: 1.5.4
-Cflags: -isystem $inc
-Libs: -L$LOCAL/lib -lzstd -Wl,-rpath,$LOCAL/lib
-EOF
-cat >"$LOCAL/pkgconfig/libxxhash.pc" <<EOF
-Name: xxhash
-Description: carried for zcwrap
-Version: 0.8.1
-Cflags: -isystem $inc
-Libs: -L$LOCAL/lib -lxxhash -Wl,-rpath,$LOCAL/lib
-EOF
-cat >"$LOCAL/pkgconfig/CLI11.pc" <<EOF
-Name: CLI11
-Description: carried for zcwrap
-Version: 2.1.2
-Cflags: -isystem $inc
-EOF
-cat >"$LOCAL/pkgconfig/nlohmann_json.pc" <<EOF
-Name: nlohmann_json
-Description: carried for zcwrap
-Version: 3.11.2
-Cflags: -isystem $inc
-EOF
-export PKG_CONFIG_PATH=$LOCAL/pkgconfig
-if [[ -n ${ZCWRAP_PKG_CONFIG_LITE:-} ]] || { ! command -v pkg-config >/dev/null && ! command -v pkgconf >/dev/null; }; then
-  ln -s "$ROOT/scripts/pkg-config-lite.py" "$LOCAL/bin/pkg-config"
-  export PATH=$LOCAL/bin:$PATH
-  echo "no pkg-config here: using scripts/pkg-config-lite.py"
-fi
 
 section "Configure and build ($BUILD)"
 # -Dpython picks this torch (meson.build reads its folder, version and C++
-# ABI flag from it, and the nvidia-* library folders it loads from).
+# ABI flag from it, and the nvidia-* library folders it loads from). The
+# carried headers and the library links are on the compiler's search path,
+# where meson.build looks for what pkg-config does not find.
 cpp_args="-isystem $inc"
-link_args="-Wl,-rpath,$LOCAL/lib"
+link_args="-L$LOCAL/lib -Wl,-rpath,$LOCAL/lib"
 for dir in $LIB_DIRS; do link_args+=" -Wl,-rpath-link,$dir"; done
 setup=(setup "$BUILD" -Dpython="$(command -v "$PY")" -Dcuda=enabled -Dcudart_prefix="$LOCAL/cuda"
-       -Dpkg_config_path="$LOCAL/pkgconfig" -Dsamples=disabled -Dpython_package=disabled -Dcpp_args="$cpp_args" -Dcpp_link_args="$link_args")
+       -Dsamples=disabled -Dpython_package=disabled -Dcpp_args="$cpp_args" -Dcpp_link_args="$link_args")
 if [[ -n ${ZCWRAP_TORCH_DIR:-} ]]; then setup+=(-Dtorch_prefix="$ZCWRAP_TORCH_DIR"); fi
 if [[ -f $BUILD/meson-private/coredata.dat ]]; then
   # Dependencies found before may point into an older $LOCAL.
