@@ -30,19 +30,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-struct WorkerArgs {
-  std::string actor;               // zcwrap mode: the actor config, as JSON text
-  std::vector<std::string> loads;  // baseline mode: NAME=PATH, in order
-  std::string input;
-  std::string model;
-  std::string device = "cpu";
-  Prefetch prefetch = Prefetch::kNone;
-  bool fast_load = false;
-  int threads = 1;
-  int calls = 1;
-  bool warm_up = false;
-};
-
 double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
@@ -153,7 +140,7 @@ double median(std::vector<double> values) {
 
 // Loads, calls, touches, reports, then waits for the driver while the
 // modules stay alive and resident.
-void serve(const WorkerArgs& args) {
+void serve(const WorkerSpec& args) {
   // N workers each with a pool as wide as the machine would oversubscribe
   // the cores and make every latency a measure of contention.
   at::set_num_threads(args.threads);
@@ -164,18 +151,16 @@ void serve(const WorkerArgs& args) {
 
   std::optional<Unwrapped> unwrapped;
   std::vector<torch::jit::Module> chain;  // called in order, each fed the last one's output
-  std::vector<std::string> warnings;
-  double load_ms = 0;
-  if (!args.actor.empty()) {
-    const nlohmann::json config = nlohmann::json::parse(args.actor);
+  WorkerReport report;
+  if (!args.actor.is_null()) {
     UnwrapOptions options;
     options.device = args.device;
     options.prefetch = args.prefetch;
     options.use_fast_load = args.fast_load;
     const auto start = Clock::now();
-    unwrapped = ModelWrapper::from_actor(config).unwrap(options);
-    load_ms = ms_since(start);
-    warnings = unwrapped->warnings();
+    unwrapped = ModelWrapper::from_actor(args.actor).unwrap(options);
+    report.load_ms = ms_since(start);
+    report.warnings = unwrapped->warnings();
     if (!args.model.empty()) {
       chain.push_back(unwrapped->at(args.model));
     } else {
@@ -183,26 +168,22 @@ void serve(const WorkerArgs& args) {
     }
   } else {
     const auto start = Clock::now();
-    for (const std::string& spec : args.loads) {
-      const std::string path = parse_name_path(spec).value().path;
+    for (const ModelFile& file : args.loads) {
       try {
-        chain.push_back(torch::jit::load(path, device));
+        chain.push_back(torch::jit::load(file.path, device));
       } catch (const std::exception& e) {
-        throw Error(ErrorCode::kBadModel, path + ": torch::jit::load failed: " + torch_message(e));
+        throw Error(ErrorCode::kBadModel, file.path + ": torch::jit::load failed: " + torch_message(e));
       }
       chain.back().eval();  // as unwrap hands modules back
     }
-    load_ms = ms_since(start);
+    report.load_ms = ms_since(start);
     if (!args.model.empty()) {
       for (size_t i = 0; i < args.loads.size(); ++i) {
-        if (parse_name_path(args.loads[i]).value().name == args.model) chain = {chain[i]};
+        if (args.loads[i].name == args.model) chain = {chain[i]};
       }
     }
   }
 
-  nlohmann::json report = {{"ok", true},      {"load_ms", load_ms},       {"first_call_ms", nullptr},
-                           {"call_ms", nullptr}, {"output", nullptr},      {"output_digest", nullptr},
-                           {"warnings", warnings}};
   if (!args.input.empty()) {
     torch::NoGradGuard no_grad;
     std::vector<double> call_ms;
@@ -222,29 +203,36 @@ void serve(const WorkerArgs& args) {
     }
     Digest digest;
     digest.add(result);
-    report["first_call_ms"] = call_ms.front();
-    if (call_ms.size() > 1) report["call_ms"] = median(std::vector<double>(call_ms.begin() + 1, call_ms.end()));
-    report["output"] = describe_output(result);
-    report["output_digest"] = digest.hex();
+    report.first_call_ms = call_ms.front();
+    if (call_ms.size() > 1) report.call_ms = median(std::vector<double>(call_ms.begin() + 1, call_ms.end()));
+    report.output = describe_output(result);
+    report.output_digest = digest.hex();
   }
   const bool on_cpu = device.is_cpu();
   const WeightBytes weights = touch_weights(chain, unwrapped ? &*unwrapped : nullptr, on_cpu);
   // The whole mapping too: weights of graph constants (frozen modules) are
   // in it as well, but not among the attributes.
   if (unwrapped && on_cpu) touch_pages(unwrapped->mapping_data(), unwrapped->mapping_size());
-  report["weight_bytes"] = weights.total;
-  report["weight_bytes_in_mapping"] = weights.in_mapping;
+  report.weight_bytes = weights.total;
+  report.weight_bytes_in_mapping = weights.in_mapping;
   if (!send_report(report)) throw Error(ErrorCode::kInternal, "the bench driver is gone");
   wait_for_driver();
 }
 
-int run_bench_worker(const WorkerArgs& args) {
+int run_bench_worker(const std::string& spec_text) {
   nlohmann::json failure;
   try {
-    if (args.actor.empty() == args.loads.empty()) {
-      throw Error(ErrorCode::kUsage, "bench-worker needs either --actor or --load (it is started by zcwrap bench)");
+    WorkerSpec spec;
+    try {
+      spec = nlohmann::json::parse(spec_text).get<WorkerSpec>();
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(ErrorCode::kUsage, std::string("bench-worker: not a worker spec (it is started by zcwrap bench): ") +
+                                         e.what());
     }
-    serve(args);
+    if (spec.actor.is_null() == spec.loads.empty()) {
+      throw Error(ErrorCode::kUsage, "bench-worker: the spec needs either an actor or loads");
+    }
+    serve(spec);
     return 0;
   } catch (const Error& e) {
     failure = {{"ok", false}, {"code", static_cast<int>(e.code())}, {"error", e.what()}};
@@ -258,20 +246,11 @@ int run_bench_worker(const WorkerArgs& args) {
 }  // namespace
 
 void setup_bench_worker(CLI::App& app, int& status) {
-  auto args = std::make_shared<WorkerArgs>();
+  auto spec = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand(kBenchWorkerCommand, "One worker of zcwrap bench (started by it)");
   cmd->group("");  // hidden from --help
-  cmd->add_option("--actor", args->actor);
-  cmd->add_option("--load", args->loads);
-  cmd->add_option("--input", args->input);
-  cmd->add_option("--model", args->model);
-  cmd->add_option("--device", args->device);
-  add_prefetch_option(cmd, &args->prefetch);
-  cmd->add_flag("--fast-load", args->fast_load);
-  cmd->add_option("--threads", args->threads)->check(CLI::Range(1, 1024));
-  cmd->add_option("--calls", args->calls)->check(CLI::Range(1, 1000000));
-  cmd->add_flag("--warm-up", args->warm_up);
-  cmd->callback([args, &status] { status = run_bench_worker(*args); });
+  cmd->add_option("SPEC", *spec, "The worker spec, as JSON (bench.hpp)")->required();
+  cmd->callback([spec, &status] { status = run_bench_worker(*spec); });
 }
 
 }  // namespace zcwrap::cli

@@ -16,6 +16,12 @@
 
 namespace zcwrap::cli {
 
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const std::string& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
 std::optional<ModelFile> parse_name_path(const std::string& spec) {
   const size_t eq = spec.find('=');
   if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) return std::nullopt;
@@ -150,6 +156,12 @@ const char* prefetch_name(Prefetch prefetch) {
     if (value == prefetch) return name.c_str();
   }
   return "?";
+}
+
+std::optional<Prefetch> parse_prefetch(const std::string& name) {
+  auto it = kPrefetchNames.find(name);
+  if (it == kPrefetchNames.end()) return std::nullopt;
+  return it->second;
 }
 
 }  // namespace zcwrap::cli

@@ -24,6 +24,9 @@ std::string printable(const std::string& text);
 // "1.5 MiB", "812 B".
 std::string human_bytes(uint64_t bytes);
 
+// "a, b, c".
+std::string join(const std::vector<std::string>& items);
+
 // NAME=PATH, as pack --model and bench --baseline take it; std::nullopt
 // when there is no '=' or either side is empty.
 std::optional<ModelFile> parse_name_path(const std::string& spec);
@@ -53,7 +56,8 @@ void write_actor_config(const ModelWrapper& wrapper, const std::string& config_p
 // Adds --prefetch none|willneed|populate|lock (UnwrapOptions::prefetch).
 void add_prefetch_option(CLI::App* cmd, Prefetch* prefetch);
 
-// The --prefetch name of a mode ("willneed").
+// The --prefetch name of a mode ("willneed"), and back.
 const char* prefetch_name(Prefetch prefetch);
+std::optional<Prefetch> parse_prefetch(const std::string& name);
 
 }  // namespace zcwrap::cli
