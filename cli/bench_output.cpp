@@ -17,11 +17,6 @@ json stats_json(const std::optional<Stats>& s) {
   return {{"min", s->min}, {"median", s->median}, {"max", s->max}};
 }
 
-template <typename T>
-json optional_json(const std::optional<T>& value) {
-  return value ? json(*value) : json(nullptr);
-}
-
 json memory_json(const MemoryUsage& m) {
   return {{"rss", m.rss},     {"pss", m.pss},   {"private", m.private_bytes()}, {"shared", m.shared_bytes()},
           {"swap", m.swap}, {"file_pmd_mapped", m.file_pmd_mapped}};
@@ -30,17 +25,10 @@ json memory_json(const MemoryUsage& m) {
 json group_json(const Group& g, bool with_blob, uint64_t weight_bytes) {
   json workers = json::array();
   for (const WorkerResult& w : g.workers) {
-    const WorkerReport& r = w.report;
-    json entry = {{"pid", w.pid},
-                  {"load_ms", r.load_ms},
-                  {"first_call_ms", optional_json(r.first_call_ms)},
-                  {"call_ms", optional_json(r.call_ms)},
-                  {"output", optional_json(r.output)},
-                  {"output_digest", optional_json(r.output_digest)},
-                  {"weight_bytes", r.weight_bytes},
-                  {"weight_bytes_in_mapping", r.weight_bytes_in_mapping},
-                  {"warnings", r.warnings},
-                  {"memory", memory_json(w.process)}};
+    json entry = w.report;  // its fields as the worker sent them, less "ok"
+    entry.erase("ok");
+    entry["pid"] = w.pid;
+    entry["memory"] = memory_json(w.process);
     if (with_blob) entry["blob_mapping"] = memory_json(w.blob);
     workers.push_back(entry);
   }
@@ -145,16 +133,16 @@ json bench_json(const BenchResult& r) {
               {"storages", r.blob.storage_count},
               {"alignment", r.blob.alignment},
               {"workers", args.workers},
-              {"threads", args.threads},
-              {"calls", args.calls},
-              {"prefetch", prefetch_name(args.prefetch)},
-              {"device", args.device},
-              {"fast_load", args.fast_load},
-              {"input", args.input.empty() ? json(nullptr) : json(args.input)},
-              {"model", args.model.empty() ? json(nullptr) : json(args.model)},
+              {"threads", args.worker.threads},
+              {"calls", args.worker.calls},
+              {"prefetch", prefetch_name(args.worker.prefetch)},
+              {"device", args.worker.device},
+              {"fast_load", args.worker.fast_load},
+              {"input", args.worker.input.empty() ? json(nullptr) : json(args.worker.input)},
+              {"model", args.worker.model.empty() ? json(nullptr) : json(args.worker.model)},
               {"cold", args.cold},
               {"concurrent", args.concurrent},
-              {"warm_up", args.warm_up},
+              {"warm_up", args.worker.warm_up},
               {"zcwrap", group_json(r.zcwrap, true, weight_bytes)},
               {"baseline", r.baseline ? group_json(*r.baseline, false, weight_bytes) : json(nullptr)},
               {"ratios", nullptr},
@@ -180,15 +168,15 @@ void print_bench_table(const BenchResult& r) {
               human_bytes(weight_bytes).c_str(), static_cast<unsigned long long>(r.blob.storage_count),
               human_bytes(r.blob.alignment).c_str());
   std::printf("workers   %d per group, %s, %d thread%s each, device %s, prefetch %s%s%s\n", args.workers,
-              args.concurrent ? "started at once" : "started one after another", args.threads,
-              args.threads == 1 ? "" : "s", args.device.c_str(), prefetch_name(args.prefetch),
+              args.concurrent ? "started at once" : "started one after another", args.worker.threads,
+              args.worker.threads == 1 ? "" : "s", args.worker.device.c_str(), prefetch_name(args.worker.prefetch),
               args.cold ? ", page cache emptied of the model files first (--cold)" : "",
-              args.warm_up ? ", LibTorch warmed up before the timed load" : "");
-  std::printf("load      zcwrap: from_actor(config).unwrap()%s%s\n", args.fast_load ? " with fast load" : "",
+              args.worker.warm_up ? ", LibTorch warmed up before the timed load" : "");
+  std::printf("load      zcwrap: from_actor(config).unwrap()%s%s\n", args.worker.fast_load ? " with fast load" : "",
               r.baseline ? ("; torch::jit::load: " + join(r.baseline_files)).c_str() : "");
-  std::printf("call      %s\n", args.input.empty() ? "none (no --input)"
-                                                   : ("first call on " + args.input +
-                                                      (args.model.empty() ? std::string() : " of model " + args.model))
+  std::printf("call      %s\n", args.worker.input.empty() ? "none (no --input)"
+                                                   : ("first call on " + args.worker.input +
+                                                      (args.worker.model.empty() ? std::string() : " of model " + args.worker.model))
                                                          .c_str());
   std::printf("memory    /proc/PID/smaps_rollup, read while all workers are alive and have read every weight page\n\n");
   print_table(zc, r.baseline);

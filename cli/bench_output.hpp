@@ -13,21 +13,15 @@
 
 namespace zcwrap::cli {
 
-// The command line of `zcwrap bench`.
+// The command line of `zcwrap bench`. What each worker does (input, model,
+// device, threads, ...) is the WorkerSpec both groups start from.
 struct BenchArgs {
   std::string path;
   int workers = 4;
   std::vector<std::string> baseline;  // PATH, or NAME=PATH per model of a pipeline
-  std::string input;
-  std::string model;
-  std::string device = "cpu";
-  Prefetch prefetch = Prefetch::kNone;
-  bool fast_load = false;
-  int threads = 1;
-  int calls = 1;
+  WorkerSpec worker;
   bool cold = false;
   bool concurrent = false;
-  bool warm_up = false;
   int timeout_s = 600;
   bool json = false;
 };

@@ -70,26 +70,18 @@ void require_readable(const std::string& path) {
 int run_bench(const BenchArgs& args) {
   const ModelWrapper wrapper = ModelWrapper::open(args.path);
   const BlobInfo info = describe(args.path, {.tensors = false});
-  if (!args.input.empty()) check_input_file(args.input);
-  if (args.calls > 1 && args.input.empty()) throw Error(ErrorCode::kUsage, "--calls needs --input");
+  if (!args.worker.input.empty()) check_input_file(args.worker.input);
+  if (args.worker.calls > 1 && args.worker.input.empty()) throw Error(ErrorCode::kUsage, "--calls needs --input");
   const std::vector<std::string> names = wrapper.model_names();
-  if (!args.model.empty() && std::find(names.begin(), names.end(), args.model) == names.end()) {
-    throw Error(ErrorCode::kUsage, args.path + ": no model '" + args.model + "' (models: " + join(names) + ")");
+  if (!args.worker.model.empty() && std::find(names.begin(), names.end(), args.worker.model) == names.end()) {
+    throw Error(ErrorCode::kUsage, args.path + ": no model '" + args.worker.model + "' (models: " + join(names) + ")");
   }
-  WorkerSpec spec;
-  spec.input = args.input;
-  spec.model = args.model;
-  spec.device = args.device;
-  spec.threads = args.threads;
-  spec.calls = args.calls;
-  spec.warm_up = args.warm_up;
-
   // open() names the blob by its absolute path: workers may run anywhere.
-  WorkerSpec zc_spec = spec;
+  WorkerSpec zc_spec = args.worker;
   zc_spec.actor = wrapper.to_actor();
-  zc_spec.prefetch = args.prefetch;
-  zc_spec.fast_load = args.fast_load;
-  WorkerSpec base_spec = spec;
+  WorkerSpec base_spec = args.worker;  // --prefetch and --fast-load are zcwrap's
+  base_spec.prefetch = Prefetch::kNone;
+  base_spec.fast_load = false;
   std::vector<std::string> base_files;
   if (!args.baseline.empty()) {
     base_spec.loads = baseline_loads(args, wrapper);
@@ -142,22 +134,22 @@ void setup_bench(CLI::App& app, int& status) {
                   "Also run N workers that torch::jit::load the original file; for a pipeline NAME=PATH once per "
                   "model")
       ->type_name("ORIGINAL.pt");
-  cmd->add_option("-i,--input", args->input, "torch.save of a tensor or tuple: each worker calls the model on it")
+  cmd->add_option("-i,--input", args->worker.input, "torch.save of a tensor or tuple: each worker calls the model on it")
       ->type_name("IN.pt");
-  cmd->add_option("--model", args->model, "Call only this model of a pipeline [default: each in order, fed the "
+  cmd->add_option("--model", args->worker.model, "Call only this model of a pipeline [default: each in order, fed the "
                                           "previous one's output]")
       ->type_name("NAME");
-  cmd->add_option("--device", args->device, "Device to unwrap onto (cpu, cuda:N); memory figures are host memory")
+  cmd->add_option("--device", args->worker.device, "Device to unwrap onto (cpu, cuda:N); memory figures are host memory")
       ->type_name("DEV")
       ->capture_default_str();
-  add_prefetch_option(cmd, &args->prefetch);
-  cmd->add_flag("--fast-load", args->fast_load,
+  add_prefetch_option(cmd, &args->worker.prefetch);
+  cmd->add_flag("--fast-load", args->worker.fast_load,
                 "zcwrap workers on cuda:N: one device buffer streamed through pinned memory (needs -Dcuda)");
-  cmd->add_option("--threads", args->threads, "LibTorch intra-op threads per worker")
+  cmd->add_option("--threads", args->worker.threads, "LibTorch intra-op threads per worker")
       ->check(CLI::Range(1, 1024).description(""))
       ->type_name("N")
       ->capture_default_str();
-  cmd->add_option("--calls", args->calls, "Calls of --input per worker; the first is timed apart")
+  cmd->add_option("--calls", args->worker.calls, "Calls of --input per worker; the first is timed apart")
       ->check(CLI::Range(1, 1000000).description(""))
       ->type_name("K")
       ->capture_default_str();
@@ -165,7 +157,7 @@ void setup_bench(CLI::App& app, int& status) {
                 "Drop the model files from the page cache before each group (POSIX_FADV_DONTNEED; not on tmpfs)");
   cmd->add_flag("--concurrent", args->concurrent,
                 "Start a group's workers all at once [default: one after another, so latencies are not contention]");
-  cmd->add_flag("--warm-up", args->warm_up,
+  cmd->add_flag("--warm-up", args->worker.warm_up,
                 "Load a tiny TorchScript module before the timed load, so LibTorch's one-time set-up (paid by\n"
                 "a process's first load of anything) is left out of both groups' figures");
   cmd->add_option("--timeout", args->timeout_s, "Seconds to wait for a group's reports")
