@@ -262,7 +262,7 @@ json device_info(const c10::Device& device) {
 
 int run(const Args& args) {
   const c10::Device device(args.device);
-  if (!device.is_cuda() || !torch::cuda::is_available()) {
+  if (!device.is_cuda() || !zcwrap::detail::load_cuda_backend() || !torch::cuda::is_available()) {
     std::fprintf(stderr, "fast_load_bench: no CUDA device (%s): nothing to measure\n", args.device.c_str());
     return 77;
   }

@@ -21,6 +21,7 @@
 
 #include "bench.hpp"
 #include "common.hpp"
+#include "placement.hpp"
 #include "torch_io.hpp"
 #include "worker_process.hpp"
 #include "zcwrap/zcwrap.hpp"
@@ -144,7 +145,7 @@ void serve(const WorkerSpec& args) {
   // N workers each with a pool as wide as the machine would oversubscribe
   // the cores and make every latency a measure of contention.
   at::set_num_threads(args.threads);
-  const c10::Device device(args.device);
+  const c10::Device device = detail::parse_device(args.device);
   std::vector<c10::IValue> inputs;
   if (!args.input.empty()) inputs = read_inputs(args.input, device);
   if (args.warm_up) warm_up();

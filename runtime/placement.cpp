@@ -1,10 +1,41 @@
 #include "placement.hpp"
 
+#include <dlfcn.h>
+
 #include <ATen/ATen.h>
 
+#include "file_util.hpp"
 #include "zcwrap/error.hpp"
+#include "zcwrap/version.hpp"
 
 namespace zcwrap::detail {
+
+bool load_cuda_backend(std::string* why) {
+  struct Result {
+    bool loaded = false;
+    std::string why;
+  };
+  static const Result result = [] {
+    constexpr int kFlags = RTLD_NOW | RTLD_GLOBAL;
+    if (::dlopen("libtorch_cuda.so", kFlags | RTLD_NOLOAD) != nullptr) return Result{true, ""};
+    // Beside the LibTorch this process runs (libtorch_cpu.so's folder), then
+    // wherever the loader looks.
+    std::vector<std::string> candidates;
+    Dl_info info{};
+    if (::dladdr(reinterpret_cast<void*>(&at::globalContext), &info) != 0 && info.dli_fname != nullptr) {
+      candidates.push_back(parent_dir(info.dli_fname) + "/libtorch_cuda.so");
+    }
+    candidates.push_back("libtorch_cuda.so");
+    std::string why;
+    for (const std::string& candidate : candidates) {
+      if (::dlopen(candidate.c_str(), kFlags) != nullptr) return Result{true, ""};
+      if (const char* error = ::dlerror(); error != nullptr && why.empty()) why = error;
+    }
+    return Result{false, why};
+  }();
+  if (why != nullptr) *why = result.why;
+  return result.loaded;
+}
 
 c10::Device parse_device(const std::string& device) {
   c10::Device parsed(c10::kCPU);
@@ -14,8 +45,13 @@ c10::Device parse_device(const std::string& device) {
     throw Error(ErrorCode::kDevice, "device '" + device + "': not a device name (try cpu or cuda:0)");
   }
   if (parsed.is_cuda()) {
+    std::string why;
+    if (!load_cuda_backend(&why)) {
+      throw Error(ErrorCode::kDevice, "device '" + device + "': this LibTorch has no CUDA support (" + why + ")");
+    }
     if (!at::hasCUDA()) {
-      throw Error(ErrorCode::kDevice, "device '" + device + "': this LibTorch has no CUDA support");
+      throw Error(ErrorCode::kDevice, "device '" + device + "': no CUDA device is present (LibTorch " +
+                                          kLibTorchVersion + " has CUDA support, but finds no GPU)");
     }
     const int count = at::detail::getCUDAHooks().getNumGPUs();
     if (parsed.has_index() ? parsed.index() >= count : count == 0) {

@@ -18,8 +18,17 @@
 
 namespace zcwrap::detail {
 
-// "cpu", "cuda", "cuda:1" as a device this process has. Throws
-// Error(kDevice) naming what is missing.
+// Loads LibTorch's CUDA backend (libtorch_cuda.so, whose static
+// initializers register the CUDA kernels and hooks) the first time it is
+// called, so that a process that stays on the CPU never maps it: with the pip
+// torch 2.14 that is 0.15 s of start-up and about 270 MiB of RSS (130 MiB of
+// it private) per process. True once it is loaded, also when something else
+// (Python's torch) loaded it first; false for a CPU-only LibTorch, with
+// `why` (may be null) set to the loader's message. Thread-safe.
+bool load_cuda_backend(std::string* why = nullptr);
+
+// "cpu", "cuda", "cuda:1" as a device this process has (loading the CUDA
+// backend for a CUDA one). Throws Error(kDevice) naming what is missing.
 c10::Device parse_device(const std::string& device);
 
 // One c10::Storage per blob storage: on the CPU a view of the blob's bytes

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_support.hpp"
+#include "placement.hpp"
 
 using nlohmann::json;
 namespace test = zcwrap::test;
@@ -104,6 +105,31 @@ TEST_CASE("inspect --json prints describe()'s JSON byte for byte, a model withou
   CHECK(brief.models[0].shared_bytes == info.models[0].shared_bytes);
   CHECK(brief.tensor_bytes == info.tensor_bytes);
   CHECK(!brief.config);
+}
+
+TEST_CASE("LibTorch's CUDA backend is loaded only when a CUDA device is asked for") {
+  test::TempDir dir;
+  auto packed = run_cli({"pack", test::fixture("lstm.pt"), "-o", dir / "m.zcb", "-q"});
+  REQUIRE_MESSAGE(packed.status == 0, packed.err);
+  // The dynamic loader names every object it loads (LD_DEBUG=files).
+  auto loaded = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"/usr/bin/env", "LD_DEBUG=files", test::zcwrap_bin()});
+    return test::run_process(args);
+  };
+  const auto cpu = loaded({"run", dir / "m.zcb", "-i", test::fixture("lstm_in.pt"), "-o", dir / "out.pt"});
+  REQUIRE_MESSAGE(cpu.status == 0, cpu.err);
+  CHECK(cpu.err.find("libtorch_cpu.so") != std::string::npos);  // the loader did report
+  CHECK(cpu.err.find("libtorch_cuda.so") == std::string::npos);
+  CHECK(cpu.err.find("libcublas") == std::string::npos);
+
+  const auto cuda = loaded({"run", dir / "m.zcb", "-i", test::fixture("lstm_in.pt"), "-o", dir / "out.pt",
+                            "--device", "cuda:0"});
+  if (zcwrap::detail::load_cuda_backend()) {
+    CHECK(cuda.err.find("libtorch_cuda.so") != std::string::npos);
+  } else {
+    CHECK(cuda.status == 7);  // kDevice
+    CHECK(cuda.err.find("no CUDA support") != std::string::npos);
+  }
 }
 
 TEST_CASE("run's output opens with Python's torch.load") {

@@ -222,7 +222,7 @@ void check_same_aliasing(const std::vector<std::pair<std::string, at::Tensor>>& 
 bool cuda_present() {
   static const bool present = [] {
     try {
-      return torch::cuda::is_available();
+      return internal::load_cuda_backend() && torch::cuda::is_available();
     } catch (const std::exception&) {
       return false;
     }
@@ -524,7 +524,7 @@ TEST_CASE("use_fast_load on cpu is the zero-copy path") {
   }
 }
 
-TEST_CASE("use_fast_load on a LibTorch without CUDA is a device error" * doctest::skip(at::hasCUDA())) {
+TEST_CASE("use_fast_load on a LibTorch without CUDA is a device error" * doctest::skip(internal::load_cuda_backend())) {
   auto packed = pack_edge_module();
   try {
     ModelWrapper::open(packed->blob).unwrap("cuda:0", /*use_fast_load=*/true);

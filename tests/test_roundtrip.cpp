@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "format.hpp"
+#include "placement.hpp"
 #include "torch_util.hpp"
 
 using nlohmann::json;
@@ -318,8 +319,11 @@ TEST_CASE("devices that do not exist are clear errors") {
   std::string message;
   CHECK(error_code_of([&] { w.unwrap("banana"); }, &message) == ErrorCode::kDevice);
   CHECK(message.find("banana") != std::string::npos);
-  if (!at::hasCUDA()) {
-    CHECK(error_code_of([&] { w.unwrap("cuda:0"); }) == ErrorCode::kDevice);
+  if (!zcwrap::detail::load_cuda_backend() || !at::hasCUDA()) {
+    CHECK(error_code_of([&] { w.unwrap("cuda:0"); }, &message) == ErrorCode::kDevice);
+    CHECK(message.find("cuda:0") != std::string::npos);
+    CHECK(message.find(zcwrap::detail::load_cuda_backend() ? "no CUDA device" : "no CUDA support") !=
+          std::string::npos);
   }
 }
 
