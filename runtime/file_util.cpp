@@ -141,8 +141,30 @@ void AtomicFile::write(const void* data, size_t size) {
     }
     p += n;
     size -= static_cast<size_t>(n);
-    written_ += static_cast<uint64_t>(n);
+    wrote(static_cast<size_t>(n));
   }
+}
+
+size_t AtomicFile::copy_from(int fd, uint64_t offset, size_t size) {
+  auto from = static_cast<loff_t>(offset);
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::copy_file_range(fd, &from, fd_.get(), nullptr, size - done, 0);
+    if (n < 0 && errno == EINTR) continue;
+    // Not between these files (EXDEV, EINVAL: another file system, a pipe),
+    // not on this kernel (ENOSYS, EOPNOTSUPP), or the source is shorter than
+    // the manifest says (0): the caller writes the rest from memory.
+    if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == EBADF)) break;
+    if (n < 0) fail("write failed", errno);
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+    wrote(static_cast<size_t>(n));
+  }
+  return done;
+}
+
+void AtomicFile::wrote(size_t size) {
+  written_ += size;
   // Start writing back what is complete, so that the disk works while the
   // rest is produced and commit()'s fsync waits only for the tail; like
   // `cp` + `sync` this leaves the pages cached, for the workers that map

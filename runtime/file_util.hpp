@@ -75,6 +75,12 @@ class AtomicFile {
 
   // Throws Error(kWrite), naming the destination and strerror.
   void write(const void* data, size_t size);
+  // Appends up to `size` bytes of the file open as `fd`, from `offset`,
+  // copied inside the kernel (copy_file_range, as cp does: no pass through
+  // this process's memory). Returns how many it copied: fewer, down to 0,
+  // where the file systems or the destination do not allow it, and the
+  // caller writes the rest. Throws Error(kWrite) on an I/O error.
+  size_t copy_from(int fd, uint64_t offset, size_t size);
   void write_zeros(size_t size);
   void commit();
 
@@ -82,6 +88,7 @@ class AtomicFile {
 
  private:
   [[noreturn]] void fail(const std::string& what, int err) const;
+  void wrote(size_t size);
 
   std::string destination_;
   std::string temp_path_;

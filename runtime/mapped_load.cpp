@@ -11,6 +11,7 @@
 #include "mapped_load.hpp"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -87,14 +88,28 @@ namespace {
 
 bool contains(const std::string& haystack, const char* needle) { return haystack.find(needle) != std::string::npos; }
 
+// The file a model was loaded from: its mapping, which the storages point
+// into, and a descriptor, from which pack copies their bytes file to file.
+struct MappedSource {
+  MappedRegion region;
+  UniqueFd fd;
+};
+
 // The deleter of storages that point into the file's mapping; it also marks
 // them (is_mapped_file_storage).
-void release_mapping(void* ctx) { delete static_cast<std::shared_ptr<MappedRegion>*>(ctx); }
+void release_mapping(void* ctx) { delete static_cast<std::shared_ptr<const MappedSource>*>(ctx); }
 
 }  // namespace
 
 bool is_mapped_file_storage(const c10::Storage& storage) {
   return storage.data_ptr().get_deleter() == &release_mapping;
+}
+
+std::optional<FileSpan> mapped_file_span(const c10::Storage& storage) {
+  if (!is_mapped_file_storage(storage)) return std::nullopt;
+  const auto& source = *static_cast<const std::shared_ptr<const MappedSource>*>(storage.data_ptr().get_context());
+  const auto* data = static_cast<const uint8_t*>(storage.data_ptr().get());
+  return FileSpan{source->fd.get(), static_cast<uint64_t>(data - source->region.data())};
 }
 
 void drop_mapped_pages(const void* data, size_t size) {
@@ -106,17 +121,18 @@ void drop_mapped_pages(const void* data, size_t size) {
 }
 
 std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::jit::ExtraFilesMap& extra_files) {
-  auto file = std::make_shared<MappedRegion>(MappedRegion::map_file(path));
+  struct stat st {};
+  auto file = std::make_shared<MappedSource>(MappedSource{MappedRegion::map_file(path), open_regular_file(path, &st)});
   caffe2::serialize::PyTorchStreamReader reader(path);
   const std::vector<std::string> records = reader.getAllRecords();
 
-  const std::map<std::string, ZipEntry> entries = zip_central_directory(file->data(), file->size());
+  const std::map<std::string, ZipEntry> entries = zip_central_directory(file->region.data(), file->region.size());
   // The record's size if it is stored uncompressed inside the file, else 0.
   auto stored_size = [&](const std::string& record, uint64_t offset) -> uint64_t {
     auto it = entries.find(record);
-    if (it == entries.end() || offset > file->size()) return 0;
+    if (it == entries.end() || offset > file->region.size()) return 0;
     const ZipEntry& e = it->second;
-    return e.method == 0 && e.compressed == e.size && e.size <= file->size() - offset ? e.size : 0;
+    return e.method == 0 && e.compressed == e.size && e.size <= file->region.size() - offset ? e.size : 0;
   };
 
   struct Record {
@@ -184,8 +200,8 @@ std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::ji
       ok = false;
       return t;
     }
-    auto* keep = new std::shared_ptr<MappedRegion>(file);
-    void* data = file->mutable_data() + tagged[tag].offset;
+    auto* keep = new std::shared_ptr<const MappedSource>(file);
+    void* data = file->region.mutable_data() + tagged[tag].offset;
     storage->set_data_ptr_noswap(c10::DataPtr(data, keep, &release_mapping, c10::Device(c10::kCPU)));
     return t;
   });

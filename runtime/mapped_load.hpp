@@ -34,6 +34,15 @@ std::map<std::string, ZipEntry> zip_central_directory(const uint8_t* base, uint6
 // MAP_SHARED): then drop_mapped_pages may be called on its bytes.
 bool is_mapped_file_storage(const c10::Storage& storage);
 
+// Where such a storage's bytes lie in the file it was mapped from: a
+// descriptor open for reading (valid while the storage lives) and the
+// offset. nullopt for any other storage.
+struct FileSpan {
+  int fd = -1;
+  uint64_t offset = 0;
+};
+std::optional<FileSpan> mapped_file_span(const c10::Storage& storage);
+
 // Unmaps the whole pages inside [data, data + size) of such a storage from
 // this process: they stop counting in its RSS and fault back in from the
 // page cache when read again. Keeps the packer's memory flat while it reads

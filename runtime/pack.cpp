@@ -352,11 +352,16 @@ void write_blob(const PreparedBlob& blob, const std::string& path,
     const format::StorageEntry& e = blob.entries[i];
     file.write_zeros(e.offset - pos);
     const auto* bytes = static_cast<const uint8_t*>(blob.storages[i].data_ptr().get());
-    const bool mapped = is_mapped_file_storage(blob.storages[i]);
+    // A storage of a mapped model file is copied file to file, as cp does:
+    // its bytes need not pass through this process (hash() read them once).
+    const std::optional<FileSpan> span = mapped_file_span(blob.storages[i]);
     for (uint64_t done = 0; done < e.nbytes; done += kChunk) {
       const uint64_t n = std::min(kChunk, e.nbytes - done);
-      file.write(bytes + done, n);
-      if (mapped) drop_mapped_pages(bytes + done, n);
+      const uint64_t copied = span ? file.copy_from(span->fd, span->offset + done, n) : 0;
+      if (copied < n) {
+        file.write(bytes + done + copied, n - copied);
+        if (span) drop_mapped_pages(bytes + done + copied, n - copied);
+      }
       if (progress) progress(e.offset + done + n, h.data_length);
     }
     pos = e.offset + e.nbytes;

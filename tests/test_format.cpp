@@ -2,6 +2,8 @@
 // handcrafted bad blobs that BlobFile::open must refuse with a specific error.
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +17,7 @@
 #include <zstd.h>
 
 #include "blob_file.hpp"
+#include "file_util.hpp"
 #include "support.hpp"
 #include "zcwrap/error.hpp"
 #include "format.hpp"
@@ -595,4 +598,31 @@ TEST_CASE("inspect escapes control characters it prints from a blob") {
   CHECK(r.out.find('\x07') == std::string::npos);
   CHECK(r.out.find("made by evil\\x1b[2J\\nproducer\n") != std::string::npos);
   CHECK(r.out.find("fc.\\x1b]0;title\\x07weight") != std::string::npos);
+}
+
+TEST_CASE("AtomicFile::copy_from copies file to file, and leaves what it cannot copy to write()") {
+  test::TempDir dir;
+  std::string source(3 * 1024 * 1024 + 13, '\0');
+  std::mt19937 rng(7);
+  for (char& c : source) c = static_cast<char>(rng());
+  test::write_bytes(dir / "source", source);
+  struct stat st {};
+  const zcwrap::detail::UniqueFd fd = zcwrap::detail::open_regular_file(dir / "source", &st);
+  const size_t length = source.size() - 100;
+  {
+    zcwrap::detail::AtomicFile out(dir / "copy");
+    out.write("head", 4);
+    // Within one file system, as pack's source and blob usually are, all of it.
+    CHECK(out.copy_from(fd.get(), 7, length) == length);
+    out.write("tail", 4);
+    out.commit();
+  }
+  CHECK(test::read_bytes(dir / "copy") == "head" + source.substr(7, length) + "tail");
+  {
+    // Written through to a character device: nothing is copied, nothing fails.
+    zcwrap::detail::AtomicFile out("/dev/null");
+    CHECK(out.copy_from(fd.get(), 0, 4096) == 0);
+    out.write("x", 1);
+    out.commit();
+  }
 }
