@@ -4,8 +4,9 @@
 # own pip torch. Runs here, on the Debian machine (apt-get download needs no
 # root); carry .deps to the GPU machine with the sources.
 #
-#   .deps/usr/             CLI11, nlohmann/json, doctest, zstd, xxhash: headers,
-#                          .pc files and the zstd/xxhash shared libraries
+#   .deps/usr/             CLI11, nlohmann/json, doctest, zstd, xxhash: headers
+#                          and the zstd/xxhash shared libraries (gpu-check.sh
+#                          passes them as -isystem and -L; no pkg-config needed)
 #   .deps/cuda/include/    CUDA runtime headers (of /usr/local/cuda here), used
 #                          only when the GPU machine has none of its own
 #   .deps/fixtures/        the test fixtures up to 16 MiB each, from the torch2
