@@ -24,6 +24,7 @@
 #include "bench_run.hpp"
 #include "commands.hpp"
 #include "common.hpp"
+#include "describe.hpp"
 #include "file_util.hpp"
 #include "input_check.hpp"
 #include "proc_memory.hpp"
@@ -69,7 +70,7 @@ void require_readable(const std::string& path) {
 
 int run_bench(const BenchArgs& args) {
   const ModelWrapper wrapper = ModelWrapper::open(args.path);
-  const BlobInfo info = describe(args.path, {.tensors = false});
+  const BlobInfo info = detail::describe_blob(wrapper, args.path, {.tensors = false});  // no second open
   if (!args.worker.input.empty()) check_input_file(args.worker.input);
   if (args.worker.calls > 1 && args.worker.input.empty()) throw Error(ErrorCode::kUsage, "--calls needs --input");
   const std::vector<std::string> names = wrapper.model_names();

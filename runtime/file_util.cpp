@@ -72,14 +72,17 @@ const char* file_type_name(mode_t mode) {
 MappedRegion MappedRegion::map_file(const std::string& path, bool copy_on_write) {
   struct stat st {};
   UniqueFd fd = open_regular_file(path, &st);
+  return map_fd(fd.get(), static_cast<uint64_t>(st.st_size), path, copy_on_write);
+}
+
+MappedRegion MappedRegion::map_fd(int fd, uint64_t size, const std::string& path, bool copy_on_write) {
   MappedRegion region;
-  if (st.st_size == 0) return region;
-  void* base = copy_on_write ? ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ | PROT_WRITE,
-                                      MAP_PRIVATE, fd.get(), 0)
-                             : ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (size == 0) return region;
+  void* base = copy_on_write ? ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0)
+                             : ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) throw Error(ErrorCode::kInput, path + ": cannot map: " + errno_text(errno));
   region.base_ = base;
-  region.size_ = static_cast<size_t>(st.st_size);
+  region.size_ = static_cast<size_t>(size);
   return region;
 }
 

@@ -48,6 +48,9 @@ class MappedRegion {
   // Error(kInput) when the file cannot be opened or mapped. An empty file
   // gives an empty region.
   static MappedRegion map_file(const std::string& path, bool copy_on_write = false);
+  // The same for a file already open as `fd`, `size` bytes long (its stat);
+  // `path` is for messages. The descriptor may be closed afterwards.
+  static MappedRegion map_fd(int fd, uint64_t size, const std::string& path, bool copy_on_write = false);
 
   const uint8_t* data() const { return static_cast<const uint8_t*>(base_); }
   uint8_t* mutable_data() const { return static_cast<uint8_t*>(base_); }

@@ -122,7 +122,9 @@ void drop_mapped_pages(const void* data, size_t size) {
 
 std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::jit::ExtraFilesMap& extra_files) {
   struct stat st {};
-  auto file = std::make_shared<MappedSource>(MappedSource{MappedRegion::map_file(path), open_regular_file(path, &st)});
+  UniqueFd fd = open_regular_file(path, &st);
+  MappedRegion region = MappedRegion::map_fd(fd.get(), static_cast<uint64_t>(st.st_size), path);
+  auto file = std::make_shared<MappedSource>(MappedSource{std::move(region), std::move(fd)});
   caffe2::serialize::PyTorchStreamReader reader(path);
   const std::vector<std::string> records = reader.getAllRecords();
 
