@@ -599,9 +599,7 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
     if (model.skeleton.compression == "none" && model.skeleton.raw_length != model.skeleton.length) {
       bad(path, sk.where() + ": implausible raw_length " + u64s(model.skeleton.raw_length));
     }
-    // length <= the file's size (checked above), so this cannot overflow.
-    const uint64_t raw_cap =
-        std::min(kMaxSkeletonRawLength, model.skeleton.length * kMaxSkeletonExpansion + kSkeletonRawSlack);
+    const uint64_t raw_cap = max_skeleton_raw_length(model.skeleton.length);
     if (model.skeleton.raw_length > raw_cap) {
       bad(path, sk.where() + ": implausible raw_length " + u64s(model.skeleton.raw_length) + " for " +
                     u64s(model.skeleton.length) + " stored bytes (at most " + u64s(raw_cap) +

@@ -7,6 +7,7 @@
 // man/zcwrap-format.5 is generated from it at build time.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -34,6 +35,15 @@ inline constexpr uint64_t kMaxManifestLength = 256ull << 20;
 inline constexpr uint64_t kMaxSkeletonRawLength = 1ull << 30;
 inline constexpr uint64_t kMaxSkeletonExpansion = 256;
 inline constexpr uint64_t kSkeletonRawSlack = 64 * 1024;
+// The most bytes a skeleton stored in `length` bytes may hold once
+// decompressed: readers refuse a larger raw_length, and the packer stores a
+// skeleton that would expand more (a pickle of 4 MB of zeros shrinks
+// 30,000-fold) uncompressed instead.
+constexpr uint64_t max_skeleton_raw_length(uint64_t length) {
+  return length >= kMaxSkeletonRawLength / kMaxSkeletonExpansion
+             ? kMaxSkeletonRawLength
+             : std::min(kMaxSkeletonRawLength, length * kMaxSkeletonExpansion + kSkeletonRawSlack);
+}
 inline constexpr size_t kMaxModels = 4096;
 inline constexpr size_t kMaxTensors = 1u << 24;
 inline constexpr size_t kMaxStorages = 1u << 24;

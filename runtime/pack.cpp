@@ -145,6 +145,30 @@ std::string compress(const std::string& raw, const std::string& origin) {
   return out;
 }
 
+// Appends `raw` to the skeletons section and fills `entry`'s record. Zstd,
+// unless the result would expand more than readers accept
+// (format::max_skeleton_raw_length, their guard against decompression
+// bombs): a module that holds 4 MB of zeros as bytes or a numpy array
+// pickles into a skeleton that shrinks 30,000-fold, and is stored as it is.
+void add_skeleton(const std::string& raw, const std::string& origin, format::SkeletonEntry* entry,
+                  std::string* skeletons) {
+  if (raw.size() > format::kMaxSkeletonRawLength) {
+    throw Error(ErrorCode::kBadModel,
+                origin + ": its skeleton (the module without its shared tensors) is " + std::to_string(raw.size()) +
+                    " bytes, more than the " + std::to_string(format::kMaxSkeletonRawLength) +
+                    " (1 GiB) a blob holds per model; keep large data in tensors, which the blob shares, "
+                    "not in numpy arrays, bytes or tensors that cannot be shared");
+  }
+  const std::string packed = compress(raw, origin);
+  const bool as_is = raw.size() > format::max_skeleton_raw_length(packed.size());
+  const std::string& stored = as_is ? raw : packed;
+  entry->compression = as_is ? "none" : "zstd";
+  entry->offset = skeletons->size();
+  entry->length = stored.size();
+  entry->raw_length = raw.size();
+  *skeletons += stored;
+}
+
 }  // namespace
 
 PackInput load_model_file(const std::string& name, const std::string& path, bool mapped) {
@@ -255,12 +279,8 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
         add_tensor(et.path, et.kind, et.tensor);
       }
       entry.skeleton.kind = "python_pickle";
-      const std::string packed = compress(input.eager->pickle, input.origin);
-      entry.skeleton.offset = skeletons.size();
-      entry.skeleton.length = packed.size();
-      entry.skeleton.raw_length = input.eager->pickle.size();
+      add_skeleton(input.eager->pickle, input.origin, &entry.skeleton, &skeletons);
       entry.skeleton.unshared_bytes = input.eager->unshared_bytes;
-      skeletons += packed;
       manifest.models.push_back(std::move(entry));
       continue;
     }
@@ -285,13 +305,9 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
       throw Error(ErrorCode::kBadModel, input.origin + ": cannot save the skeleton: " + first_line(e));
     }
     const std::string raw = out.str();
-    const std::string packed = compress(raw, input.origin);
-    entry.skeleton.offset = skeletons.size();
-    entry.skeleton.length = packed.size();
-    entry.skeleton.raw_length = raw.size();
+    add_skeleton(raw, input.origin, &entry.skeleton, &skeletons);
     entry.skeleton.unshared_bytes = unshared_bytes(raw);
     blob.unshared_bytes += entry.skeleton.unshared_bytes;
-    skeletons += packed;
     manifest.models.push_back(std::move(entry));
   }
 
