@@ -12,6 +12,9 @@
 namespace zcwrap::detail {
 
 inline constexpr int kActorConfigVersion = 1;
+// Actor configs are a few hundred bytes (a pipeline's adds its models'
+// names); a larger file is refused before anything is read from it.
+inline constexpr uint64_t kMaxActorConfigBytes = 1 << 20;
 
 struct ActorConfig {
   std::string blob;  // absolute once parsed
@@ -32,5 +35,11 @@ nlohmann::json actor_config_json(const ActorConfig& config, const std::string& c
 // are ignored (the Python package adds its own). Throws Error(kBadBlob)
 // "actor config: ...".
 ActorConfig parse_actor_config(const nlohmann::json& json, const std::string& base_dir = "");
+
+// The text of the actor config file `path`. Throws Error(kInput) when it
+// cannot be read (missing, a folder, a FIFO, ...) and Error(kBadBlob) naming
+// the file and the limit, before reading it, when it is larger than
+// kMaxActorConfigBytes.
+std::string read_actor_config(const std::string& path);
 
 }  // namespace zcwrap::detail

@@ -176,7 +176,7 @@ ModelWrapper ModelWrapper::open(const std::string& path) {
   }
   json config;
   try {
-    config = json::parse(detail::read_file(path));
+    config = json::parse(detail::read_actor_config(path));
   } catch (const json::exception&) {
     throw Error(ErrorCode::kBadBlob, path + ": neither a zcwrap blob nor an actor config (JSON)");
   }

@@ -107,8 +107,10 @@ at::ScalarType dtype_from_name(const std::string& name) {
 }
 
 bool is_shareable(const at::Tensor& t) {
-  if (!t.defined() || t.layout() != at::kStrided || !t.device().is_cpu() || t.is_mkldnn() || t.is_conj() ||
-      t.is_neg() || !t.has_storage() || dtype_name(t.scalar_type()).empty()) {
+  // A nested tensor's layout reads kStrided, but it has no sizes or strides
+  // to record ("NestedTensorImpl doesn't support sizes").
+  if (!t.defined() || t.is_nested() || t.layout() != at::kStrided || !t.device().is_cpu() || t.is_mkldnn() ||
+      t.is_conj() || t.is_neg() || !t.has_storage() || dtype_name(t.scalar_type()).empty()) {
     return false;
   }
   // Quantized: the affine schemes, whose parameters the manifest records.
@@ -138,10 +140,15 @@ std::string without_torch_notes(std::string text) {
   // LibTorch appends "(Could this error message be improved? If so, please
   // report an enhancement request to PyTorch.)" to some messages: advice
   // meant for LibTorch's own developers, not for zcwrap's users.
-  const size_t at = text.find("(Could this error message be improved?");
-  if (at == std::string::npos) return text;
-  const size_t close = text.find(')', at);
-  text.erase(at, close == std::string::npos ? std::string::npos : close + 1 - at);
+  if (const size_t at = text.find("(Could this error message be improved?"); at != std::string::npos) {
+    const size_t close = text.find(')', at);
+    text.erase(at, close == std::string::npos ? std::string::npos : close + 1 - at);
+  }
+  // LibTorch 2.x ends a zip reader's error with ". This is an internal miniz
+  // error. If you are seeing this error, there is a high likelihood that
+  // your checkpoint file is corrupted. ...": guesses about checkpoints,
+  // after the one fact that matters (what the reader failed to find).
+  if (const size_t at = text.find(". This is an internal miniz error."); at != std::string::npos) text.resize(at);
   while (!text.empty() && text.back() == ' ') text.pop_back();
   return text;
 }

@@ -18,7 +18,7 @@ std::string dtype_name(at::ScalarType type);
 at::ScalarType dtype_from_name(const std::string& name);
 
 // Tensors whose bytes go to the data section. Everything else (quantized,
-// sparse, MKL-DNN, conjugate/negative views, undefined) stays in the
+// sparse, nested, MKL-DNN, conjugate/negative views, undefined) stays in the
 // skeleton. Pack and unwrap apply the same test, so they agree on which
 // tensors the manifest lists.
 bool is_shareable(const at::Tensor& t);
@@ -42,7 +42,9 @@ enum class MessageLine { kFirst, kLast };
 std::string message_line(const std::exception& e, MessageLine which);
 std::string first_line(const std::exception& e);
 
-// `text` without LibTorch's "(Could this error message be improved? ...)".
+// `text` without LibTorch's "(Could this error message be improved? ...)"
+// and without its advice after a zip reader's error (". This is an internal
+// miniz error. If you are seeing this error, ...").
 std::string without_torch_notes(std::string text);
 
 }  // namespace zcwrap::detail

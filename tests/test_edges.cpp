@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <sstream>
 #include <string>
@@ -257,4 +258,95 @@ TEST_CASE("-o a socket is refused with one line, and nothing is left beside it")
   check_failure(run_cli({"pack", p.model, "-o", sock}), 2, "is a socket");
   ::close(fd);
   for (const std::string& name : test::list_dir(p.dir.path())) CHECK(name.find(".tmp-") == std::string::npos);
+}
+
+TEST_CASE("an actor config over 1 MiB is refused before it is read, by every command") {
+  Packed p;
+  const std::string huge = p.dir / "x.json";
+  {
+    test::write_bytes(huge, "");
+    REQUIRE(::truncate(huge.c_str(), off_t{2} << 30) == 0);  // sparse: 2 GiB that used to be read whole (8 s, 2.2 GB)
+  }
+  const std::vector<std::vector<std::string>> commands = {
+      {"inspect", huge},
+      {"inspect", "--json", huge},
+      {"verify", huge},
+      {"unpack", huge, "-o", p.dir / "o.pt"},
+      {"run", huge, "-i", p.input, "-o", p.dir / "o.pt"},
+      {"bench", huge, "--workers", "1"},
+  };
+  for (const std::vector<std::string>& args : commands) {
+    CAPTURE(args[0]);
+    const auto start = std::chrono::steady_clock::now();
+    const test::ProcessResult r = run_cli(args);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    check_failure(r, 4, huge + ": 2147483648 bytes is too large for an actor config (at most 1048576 bytes");
+    CHECK_MESSAGE(seconds < 2.0, seconds << " s");
+  }
+  CHECK_FALSE(test::file_exists(p.dir / "o.pt"));
+
+  // The limit itself: a real config padded with spaces to exactly 1 MiB is
+  // read; one byte more is refused.
+  const std::string config = test::read_bytes(p.config);
+  const size_t limit = size_t{1} << 20;
+  REQUIRE(config.size() < limit);
+  test::write_bytes(p.dir / "exact.json", config + std::string(limit - config.size(), ' '));
+  const test::ProcessResult exact = run_cli({"inspect", p.dir / "exact.json"});
+  CHECK_MESSAGE(exact.status == 0, exact.err);
+  test::write_bytes(p.dir / "over.json", config + std::string(limit + 1 - config.size(), ' '));
+  check_failure(run_cli({"inspect", p.dir / "over.json"}), 4, "1048577 bytes is too large");
+}
+
+TEST_CASE("a config field of the wrong type is named, with the type it must be") {
+  Packed p;
+  const nlohmann::json good = nlohmann::json::parse(test::read_bytes(p.config));
+  struct Case {
+    const char* name;
+    const char* field;
+    nlohmann::json value;  // null with `remove`: the field is left out
+    bool remove;
+    const char* expect;
+  };
+  const std::vector<Case> cases = {
+      {"BLOB_NUMBER", "blob", 7, false, "field 'blob' must be a string, not a number (7)"},
+      {"BLOB_ARRAY", "blob", nlohmann::json::array({"a"}), false, "field 'blob' must be a string, not an array"},
+      {"SIZE_STRING", "blob_size", "12", false, "field 'blob_size' must be a non-negative integer, not a string"},
+      {"SIZE_NEGATIVE", "blob_size", -1, false, "field 'blob_size' must be a non-negative integer, not a number (-1)"},
+      {"SIZE_FRACTION", "blob_size", 1.5, false, "field 'blob_size' must be a non-negative integer, not a number (1.5)"},
+      {"CHECKSUM_NUMBER", "meta_checksum", 5, false, "field 'meta_checksum' must be a string, not a number (5)"},
+      {"STANDALONE_STRING", "standalone", "yes", false, "field 'standalone' must be true or false, not a string"},
+      {"MODELS_STRING", "models", "model", false, "field 'models' must be an array of model names, not a string"},
+      {"MODELS_OF_NUMBERS", "models", nlohmann::json::array({1}), false,
+       "field 'models' must be an array of model names (strings), not a number (1)"},
+      {"VERSION_STRING", "zcwrap_actor", "1", false, "field 'zcwrap_actor' must be the integer 1, not a string"},
+      {"VERSION_2", "zcwrap_actor", 2, false, "unsupported zcwrap_actor version 2"},
+      {"NO_BLOB", "blob", nullptr, true, "missing field 'blob'"},
+      {"NO_MODELS", "models", nullptr, true, "missing field 'models'"},
+  };
+  const std::string path = p.dir / "bad.actor.json";
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    nlohmann::json config = good;
+    if (c.remove) {
+      config.erase(c.field);
+    } else {
+      config[c.field] = c.value;
+    }
+    test::write_bytes(path, config.dump());
+    const test::ProcessResult r = run_cli({"inspect", path});
+    check_failure(r, 4, path + ": actor config: " + c.expect);
+    CHECK_MESSAGE(r.err.find("json.exception") == std::string::npos, r.err);
+  }
+  // NaN is not JSON: the file is neither a blob nor a config.
+  test::write_bytes(path, "{\"zcwrap_actor\": 1, \"blob_size\": NaN}");
+  check_failure(run_cli({"inspect", path}), 4, "neither a zcwrap blob nor an actor config");
+}
+
+TEST_CASE("a damaged model file's error is LibTorch's finding, without its advice about checkpoints") {
+  test::TempDir dir;
+  const test::ProcessResult r = run_cli({"pack", test::fixture("garbage.pt"), "-o", dir / "x.zcb"});
+  check_failure(r, 5, "garbage.pt: not a TorchScript archive (PytorchStreamReader failed reading zip archive: "
+                      "failed finding central directory)");
+  CHECK_MESSAGE(r.err.find("miniz") == std::string::npos, r.err);
+  CHECK_MESSAGE(r.err.find("likelihood") == std::string::npos, r.err);
 }

@@ -226,6 +226,11 @@ TEST_CASE("LibTorch's notes to its own developers are dropped from messages") {
   CHECK(without_torch_notes("x.pt: bad value 7 (Could this error message be improved? If so, please report an "
                             "enhancement request to PyTorch.)") == "x.pt: bad value 7");
   CHECK(without_torch_notes("x.pt: bad value 7") == "x.pt: bad value 7");
+  // LibTorch 2.x's advice after a zip reader's error.
+  CHECK(without_torch_notes("PytorchStreamReader failed reading zip archive: failed finding central directory. This "
+                            "is an internal miniz error. If you are seeing this error, there is a high likelihood "
+                            "that your checkpoint file is corrupted.") ==
+        "PytorchStreamReader failed reading zip archive: failed finding central directory");
 }
 
 namespace {
