@@ -7,21 +7,29 @@ storage, offset), and its bytes live in the blob's data section like a
 TorchScript model's. Unpickling binds each id to the tensor the runtime made
 over the blob, so an unwrapped module copies nothing.
 
-Tensors the data section cannot hold (sparse, meta, tensor subclasses other
-than Parameter, conjugate views) are pickled as they are, inside the skeleton.
+Tensors the data section cannot hold (sparse, nested, meta, tensor subclasses
+other than Parameter, conjugate views) are pickled as they are, inside the
+skeleton; the plain tensors they are made of (a sparse tensor's indices and
+values, a nested tensor's buffer) are shared like any other.
+
+What stays private to each worker is what the pickle carries inline: bytes,
+numpy arrays, and the storages of tensors pickled as they are. The pickler
+counts those bytes (``unshared_bytes`` of the manifest).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from . import _C
-from .errors import BadModelError
+from .errors import BadBlobError, BadModelError, Error
 
 _TAG = "zcwrap"
 
@@ -45,7 +53,8 @@ class _Pickler(pickle.Pickler):
         self._index: dict[int, int] = {}
         self._keep: list[torch.Tensor] = []  # holds ids unique while pickling
         self._cpu_storages: dict[tuple[str, int], torch.UntypedStorage] = {}
-        self.unshared_bytes = 0  # of tensors pickled as they are, inside the skeleton
+        self._inline: set[int] = set()  # ids of the payloads counted below (kept alive by the pickler's memo)
+        self.unshared_bytes = 0  # of data the pickle carries inline: what each worker holds privately
 
     def _on_cpu(self, t: torch.Tensor) -> torch.Tensor:
         """`t` itself on the CPU; elsewhere a CPU copy of its whole storage
@@ -60,15 +69,27 @@ class _Pickler(pickle.Pickler):
         return torch.empty(0, dtype=t.dtype).set_(cpu, t.storage_offset(), t.size(), t.stride())
 
     def persistent_id(self, obj: Any) -> Any:
-        if type(obj) is not torch.Tensor and type(obj) is not nn.Parameter:
+        kind = type(obj)
+        if kind is bytes or kind is bytearray or kind is pickle.PickleBuffer:
+            # Data pickled inline: a numpy array (a PickleBuffer), bytes, and
+            # a tensor's storage pickled as it is (torch makes it bytes).
+            if id(obj) not in self._inline:
+                self._inline.add(id(obj))
+                self._keep.append(obj)
+                self.unshared_bytes += memoryview(obj).nbytes
+            return None
+        if kind is not torch.Tensor and kind is not nn.Parameter:
             return None
         index = self._index.get(id(obj))
         if index is None:
-            # A device's quantized tensor has no CPU view: it is pickled as it is.
-            tensor = None if obj.is_quantized and obj.device.type != "cpu" else self._on_cpu(obj)
-            if tensor is None or not _C.shareable(tensor):
-                self.unshared_bytes += obj.numel() * obj.element_size()
+            # Pickled as they are: a meta tensor (no data), a sparse or nested
+            # one on any device, a device's quantized tensor (no CPU view).
+            if (obj.device.type == "meta" or obj.layout != torch.strided or obj.is_nested
+                    or (obj.is_quantized and obj.device.type != "cpu")):
                 return None
+            tensor = self._on_cpu(obj)
+            if not _C.shareable(tensor):
+                return None  # pickled as it is; the plain tensors it is made of come back here
             index = len(self.tensors)
             path, kind = self._names.get(id(obj), (f"tensor[{index}]", "attribute"))
             self.tensors.append((path, kind, tensor))
@@ -82,12 +103,15 @@ def skeleton_of(name: str, module: nn.Module) -> tuple[bytes, list[tuple[str, st
     (path, kind, CPU tensor) in persistent-id order, and the bytes of the
     tensors that stayed inside the pickle."""
     buffer = io.BytesIO()
-    pickler = _Pickler(buffer, _tensor_names(module))
     try:
+        pickler = _Pickler(buffer, _tensor_names(module))
         pickler.dump(module)
+    except RecursionError as e:
+        raise BadModelError(f"module '{name}': cannot pickle {type(module).__name__}: its modules or attributes "
+                            f"nest deeper than Python's recursion limit ({sys.getrecursionlimit()})") from e
     except Exception as e:  # pickle raises many types: say which attribute, in one line
         raise BadModelError(f"module '{name}': cannot pickle {type(module).__name__}: "
-                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+                            f"{type(e).__name__}: {first_line(e)}") from e
     return buffer.getvalue(), pickler.tensors, pickler.unshared_bytes
 
 
@@ -112,10 +136,41 @@ class _Unpickler(pickle.Unpickler):
         return made
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+@contextlib.contextmanager
+def unpickling(where: str, what: str) -> Iterator[None]:
+    """Turns any failure to read a pickle inside the block into one zcwrap.Error.
+
+    Every place that reads a pickle (a skeleton, a pipeline object) goes
+    through this. Data that is not a pickle (damaged bytes or base64, a
+    truncated stream) is BadBlobError; a pickle that names what this process
+    cannot import (a class defined in another process's ``__main__``, a
+    module not installed), or whose objects fail to rebuild, is
+    BadModelError. zcwrap.Error passes through as it is.
+    """
+    try:
+        yield
+    except Error:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:  # binascii.Error is a ValueError
+        raise BadBlobError(f"{where}: {what} is not a readable pickle: {type(e).__name__}: {first_line(e)}") from e
+    except RecursionError as e:
+        raise BadModelError(f"{where}: cannot unpickle {what}: it nests deeper than Python's recursion limit "
+                            f"({sys.getrecursionlimit()})") from e
+    except (AttributeError, ImportError) as e:
+        raise BadModelError(f"{where}: cannot unpickle {what}: {type(e).__name__}: {first_line(e)} (its class must "
+                            "be importable here: a class defined in a script run as __main__ exists only in "
+                            "that process; move it to a module)") from e
+    except Exception as e:
+        raise BadModelError(f"{where}: cannot unpickle {what}: {type(e).__name__}: {first_line(e)}") from e
+
+
 def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor]) -> Any:
     """The module of a ``python_pickle`` skeleton, over `tensors`."""
-    try:
+    with unpickling(where, "the module"):
         return _Unpickler(io.BytesIO(skeleton), tensors).load()
-    except Exception as e:
-        raise BadModelError(f"{where}: cannot unpickle the module: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''} (is its class importable here?)") from e

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import mmap
+import operator
 import os
 import pickle
+import sys
 import warnings as _warnings
 from typing import Any, Optional
 
@@ -14,11 +16,63 @@ import torch
 from torch import nn
 
 from . import _C, _eager, _ray
-from .errors import BadModelError, StaleError, UsageError
+from .errors import BadBlobError, BadModelError, StaleError, UsageError
 
 _TORCHSCRIPT = "torchscript"
 _PICKLE = "python_pickle"
 _PREFETCH = ("none", "willneed", "populate", "lock")
+
+
+# Arguments are checked here only as far as the native call needs: a value
+# pybind11 cannot convert would come out as its TypeError, not a zcwrap.Error.
+
+def _brief(value: Any) -> str:
+    """repr(value) on one line, at most 60 characters, for messages."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A True/False argument (0 and 1 too); anything else is a UsageError."""
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise UsageError(f"{name}={_brief(value)}: must be True or False")
+
+
+def _alignment_arg(alignment: Any) -> int:
+    try:
+        value = operator.index(alignment)
+    except TypeError:
+        value = None
+    # The range is the packer's to check; values outside uint64 cannot reach it.
+    if value is None or isinstance(alignment, bool) or not 0 <= value < 2**64:
+        raise UsageError(f"alignment {_brief(alignment)} is not a power of two from 64 to 2097152 (2 MiB)")
+    return value
+
+
+def _path_arg(name: str, value: Any) -> Optional[str]:
+    """None, or a str or os.PathLike path as str."""
+    if value is None:
+        return None
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        path = None
+    if not isinstance(path, str) or "\0" in path:
+        raise UsageError(f"{name}={_brief(value)}: must be a path (str or os.PathLike) without NUL bytes")
+    return path
+
+
+def _actor_json(config: dict[str, Any]) -> str:
+    """An actor config as JSON text for the native side, which checks every
+    field; a value JSON cannot hold (NaN, a set, bytes) is named here."""
+    for key, value in config.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise BadBlobError(f"actor config: field '{key}' holds {type(value).__name__} {_brief(value)}, which is "
+                               f"not plain JSON data ({_eager.first_line(e)})") from e
+    return json.dumps(config, allow_nan=False)
 
 
 def _is_script(obj: Any) -> bool:
@@ -55,10 +109,18 @@ def _shell_of(pipeline: Any, modules: dict[str, Any]) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _from_shell(shell: str, modules: dict[str, Any]) -> Any:
-    cls, state = pickle.loads(base64.b64decode(shell))
-    pipeline = cls.__new__(cls)
-    pipeline.__dict__.update(state)
+def _from_shell(shell: str, modules: dict[str, Any], where: str = "actor config") -> Any:
+    what = "the pipeline object (field 'pipeline')"
+    if not isinstance(shell, str):
+        raise BadBlobError(f"{where}: field 'pipeline' must be base64 text, not {type(shell).__name__}")
+    with _eager.unpickling(where, what):
+        loaded = pickle.loads(base64.b64decode(shell, validate=True))
+        if not (isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[0], type)
+                and isinstance(loaded[1], dict)):
+            raise BadBlobError(f"{where}: {what} is not a (class, attributes) pair as from_model writes it")
+        cls, state = loaded
+        pipeline = cls.__new__(cls)
+        pipeline.__dict__.update(state)
     pipeline.__dict__.update(modules)
     return pipeline
 
@@ -103,6 +165,7 @@ class ModelWrapper:
         if mode != "actor":
             raise UsageError(f"mode '{mode}': zcwrap wrappers are unwrapped in the actor or process that uses "
                              "them (mode='actor'); ray-zerocopy's task mode has no equivalent")
+        store_dir, alignment = _path_arg("store_dir", store_dir), _alignment_arg(alignment)
         if _is_module(model):
             entries = [_pack_entry("model", model)]
             standalone, shell = True, None
@@ -124,13 +187,16 @@ class ModelWrapper:
         the one packed (StaleError when it was replaced or removed)."""
         config = dict(actor_config)
         config.pop("device", None)
-        summary = _C.open_actor(json.dumps({k: v for k, v in config.items() if k != "pipeline"}))
+        summary = _C.open_actor(_actor_json({k: v for k, v in config.items() if k != "pipeline"}))
         return cls(config, summary["kinds"])
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "ModelWrapper":
         """A blob file (``zcwrap pack``'s output) or an actor config file."""
-        config = json.loads(_C.open_path(os.fspath(path)))
+        checked = _path_arg("path", path)
+        if checked is None:
+            raise UsageError("path=None: name a blob or actor config file")
+        config = json.loads(_C.open_path(checked))
         return cls.from_actor(**config)
 
     @classmethod
@@ -139,6 +205,8 @@ class ModelWrapper:
         protocol (bytes, a numpy array, a mmap, a Ray object), 64-byte
         aligned. Tensors unwrapped from it point into it and keep it alive.
         Such a wrapper pickles with its bytes; to_actor() raises UsageError."""
+        if not isinstance(name, str):
+            raise UsageError(f"name={_brief(name)}: must be a string (it names the blob in messages)")
         try:
             summary = _C.open_buffer(buffer, name)
         except (BufferError, TypeError, ValueError) as e:  # no buffer protocol, or not one contiguous block
@@ -204,8 +272,10 @@ class ModelWrapper:
         replaced by the rebuilt modules and its other attributes as packed.
         Raises DeviceError, StaleError, BadBlobError, BadModelError.
         """
-        if prefetch not in _PREFETCH:
-            raise UsageError(f"prefetch '{prefetch}': use one of {', '.join(_PREFETCH)}")
+        if not isinstance(prefetch, str) or prefetch not in _PREFETCH:
+            raise UsageError(f"prefetch {_brief(prefetch)}: use one of {', '.join(_PREFETCH)}")
+        use_fast_load, verify = _flag("use_fast_load", use_fast_load), _flag("verify", verify)
+        copy_on_write = _flag("copy_on_write", copy_on_write)
         device = str(device)
         memory, name = self._memory, self.blob_path
         # Through Ray's object store unless a private, writable mapping of the
@@ -226,7 +296,7 @@ class ModelWrapper:
                                                                *pinned)
         else:
             actor = {k: v for k, v in self._config.items() if k != "pipeline"}
-            standalone, models, warnings, _ = _C.unwrap_actor(json.dumps(actor), device, use_fast_load, verify,
+            standalone, models, warnings, _ = _C.unwrap_actor(_actor_json(actor), device, use_fast_load, verify,
                                                               copy_on_write, prefetch)
         for line in warnings:
             _warnings.warn(f"zcwrap: {line}", RuntimeWarning, stacklevel=2)
@@ -237,14 +307,18 @@ class ModelWrapper:
             else:
                 module = _eager.rebuild(f"{name}: model '{model_name}'", skeleton, tensors)
                 if isinstance(module, nn.Module):
-                    module.eval()
+                    try:
+                        module.eval()
+                    except RecursionError as e:  # eval() walks the submodules recursively
+                        raise BadModelError(f"{name}: model '{model_name}': its modules nest deeper than Python's "
+                                            f"recursion limit ({sys.getrecursionlimit()})") from e
             rebuilt[model_name] = module
         if standalone:
             return rebuilt[self.model_names[0]]
         shell = self._config.get("pipeline")
         if shell is None:  # packed by the zcwrap command: no pipeline object to rebuild
             return rebuilt
-        return _from_shell(shell, rebuilt)
+        return _from_shell(shell, rebuilt, f"actor config of {self.blob_path}")
 
     def load(self, device: str | torch.device = "cpu", use_fast_load: bool = False, **options: Any) -> Any:
         """unwrap() under ray-zerocopy 0.2's name."""
@@ -253,7 +327,11 @@ class ModelWrapper:
     def unpack(self, path: str | os.PathLike[str], model: str = "") -> None:
         """Writes a TorchScript model back as a standard file that
         torch.jit.load opens (BadModelError for an eager model)."""
-        _C.unpack(json.dumps(self.to_actor()), os.fspath(path), model)
+        checked = _path_arg("path", path)
+        if checked is None or not isinstance(model, str):
+            raise UsageError(f"unpack(path={_brief(path)}, model={_brief(model)}): path is a file path, model a "
+                             "model name (a string)")
+        _C.unpack(_actor_json(self.to_actor()), checked, model)
 
     def __reduce__(self) -> Any:
         # The config (and a memory blob's bytes), never the unwrapped weights;
@@ -272,6 +350,14 @@ class ModelWrapper:
 
 def _restore(config: dict[str, Any], kinds: Optional[list[str]], memory: Optional[bytes],
              ray_ref: Any = None) -> ModelWrapper:
+    # What the wrapper's properties and repr read must be there; every other
+    # field is checked by the native side when the blob is opened.
+    if not (isinstance(config, dict) and isinstance(config.get("blob"), str)
+            and isinstance(config.get("standalone"), bool) and isinstance(config.get("models"), list)
+            and all(isinstance(m, str) for m in config["models"])
+            and (kinds is None or isinstance(kinds, list)) and (memory is None or isinstance(memory, bytes))):
+        raise BadBlobError("a pickled zcwrap.ModelWrapper: its state is damaged (an actor config with a string "
+                           "'blob', a bool 'standalone' and a list of model names was expected)")
     if memory is not None:
         # Unpickled bytes have no alignment to speak of: an anonymous mapping
         # is page-aligned.
@@ -303,7 +389,7 @@ class ActorWrapper:
     def from_actor(cls, **actor_config: Any) -> "ActorWrapper":
         config = dict(actor_config)
         device = config.pop("device", "cpu")
-        use_fast_load = bool(config.pop("use_fast_load", False))
+        use_fast_load = _flag("use_fast_load", config.pop("use_fast_load", False))
         return cls(ModelWrapper.from_actor(**config), device, use_fast_load)
 
     @property
