@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Fuzzes the blob container parser and the check of run's input pickles:
-# installs clang and libFuzzer if missing, builds tests/fuzz/fuzz_blob and
-# tests/fuzz/fuzz_input (ASan + UBSan) in build-fuzz/, and runs each for RUNS
-# executions (default 1000000) from a scratch copy of its seed corpus.
+# Fuzzes the blob container parser, the check of run's input pickles and the
+# pickle scanner: installs clang and libFuzzer if missing, builds
+# tests/fuzz/fuzz_blob, fuzz_input and fuzz_pickle (ASan + UBSan) in
+# build-fuzz/, and runs each for RUNS executions (default 1000000) from a
+# scratch copy of its seed corpus.
 # Usage: scripts/fuzz.sh [RUNS] [-- LIBFUZZER_FLAGS...]
 # Exits 0 when the run ends with no finding, 1 on a finding (the reproducer
 # is kept as build-fuzz/findings/TARGET/crash-*, leak-*, timeout-* or oom-*).
@@ -34,7 +35,7 @@ if [[ -f $BUILD/meson-private/coredata.dat ]]; then
 else
   show env CXX=clang++ meson setup "$BUILD" -Dfuzz=enabled -Dtests=disabled -Dsamples=disabled
 fi
-show ninja -C "$BUILD" tests/fuzz/fuzz_blob tests/fuzz/fuzz_input
+show ninja -C "$BUILD" tests/fuzz/fuzz_blob tests/fuzz/fuzz_input tests/fuzz/fuzz_pickle
 
 # Runs one target for RUNS executions from a scratch copy of its seeds
 # (libFuzzer adds what it finds to its first corpus folder; the committed
@@ -75,4 +76,5 @@ fuzz() {
 status=0
 fuzz fuzz_blob tests/fuzz/corpus tests/fuzz/blob.dict || status=1
 fuzz fuzz_input tests/fuzz/corpus-input tests/fuzz/input.dict || status=1
+fuzz fuzz_pickle tests/fuzz/corpus-input tests/fuzz/input.dict || status=1
 exit $status
