@@ -76,22 +76,29 @@ BlobFile::~BlobFile() { unregister_readonly_mapping(fault_handle_); }
 
 std::string BlobFile::skeleton(size_t index) const {
   const format::ModelEntry& model = manifest_.models.at(index);
-  const format::SkeletonEntry& sk = model.skeleton;
+  return record(model.skeleton, "skeleton of model '" + model.name + "'");
+}
+
+std::optional<std::string> BlobFile::pipeline_pickle() const {
+  if (!manifest_.pipeline_object) return std::nullopt;
+  return record(*manifest_.pipeline_object, "pipeline object's pickle");
+}
+
+std::string BlobFile::record(const format::SkeletonEntry& sk, const std::string& what) const {
   const uint8_t* src = base_ + header_.skeletons_offset + sk.offset;
   if (sk.compression == "none") return std::string(reinterpret_cast<const char*>(src), sk.length);
   // The frame must say it holds raw_length bytes before that much is
   // allocated: a small blob must not be able to make a worker allocate GiBs.
   const unsigned long long content = ZSTD_getFrameContentSize(src, sk.length);
   if (content != sk.raw_length) {
-    throw Error(ErrorCode::kBadBlob, path_ + ": skeleton of model '" + model.name +
-                                         "' is not a zstd frame of its recorded " +
+    throw Error(ErrorCode::kBadBlob, path_ + ": " + what + " is not a zstd frame of its recorded " +
                                          std::to_string(sk.raw_length) + " bytes");
   }
   std::string raw(sk.raw_length, '\0');
   size_t n = ZSTD_decompress(raw.data(), raw.size(), src, sk.length);
   if (ZSTD_isError(n) || n != sk.raw_length) {
     throw Error(ErrorCode::kBadBlob,
-                path_ + ": skeleton of model '" + model.name + "' does not decompress" +
+                path_ + ": " + what + " does not decompress" +
                     (ZSTD_isError(n) ? std::string(": ") + ZSTD_getErrorName(n)
                                      : " to its recorded " + std::to_string(sk.raw_length) + " bytes"));
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,11 @@ class BlobFile {
   // The skeleton bytes of model `index`, decompressed. Throws Error(kBadBlob).
   std::string skeleton(size_t index) const;
 
+  // The pickle of a Python pipeline object's attributes other than its
+  // modules (manifest "pipeline_object"), decompressed; nullopt when the blob
+  // has none. Throws Error(kBadBlob).
+  std::optional<std::string> pipeline_pickle() const;
+
   // Index of the model called `name`, or -1.
   int find_model(const std::string& name) const;
 
@@ -93,6 +99,9 @@ class BlobFile {
   size_t size_ = 0;
   format::Header header_;
   format::Manifest manifest_;
+
+  // The bytes of a skeletons-section record, decompressed; `what` names it.
+  std::string record(const format::SkeletonEntry& sk, const std::string& what) const;
 };
 
 }  // namespace zcwrap::detail

@@ -139,6 +139,41 @@ class Fields {
   const std::string& path_;
 };
 
+// A skeleton record (a model's, or the pipeline object's): inside the
+// skeletons section, and a raw_length readers may allocate.
+SkeletonEntry parse_skeleton(const json& value, const std::string& where, const Header& h, const std::string& path) {
+  Fields sk(value, where, path);
+  SkeletonEntry skeleton;
+  skeleton.kind = sk.str("kind");
+  skeleton.compression = sk.str("compression");
+  skeleton.offset = sk.u64("offset");
+  skeleton.length = sk.u64("length");
+  skeleton.raw_length = sk.u64("raw_length");
+  skeleton.unshared_bytes = sk.u64("unshared_bytes");
+  if (skeleton.compression != "zstd" && skeleton.compression != "none") {
+    bad(path, sk.where() + ": unknown compression '" + skeleton.compression + "'");
+  }
+  if (skeleton.offset > h.skeletons_length || skeleton.length > h.skeletons_length - skeleton.offset) {
+    bad(path, sk.where() + ": [" + u64s(skeleton.offset) + ", +" + u64s(skeleton.length) +
+                  ") lies outside the skeletons section of " + u64s(h.skeletons_length) + " bytes");
+  }
+  if (skeleton.compression == "none" && skeleton.raw_length != skeleton.length) {
+    bad(path, sk.where() + ": implausible raw_length " + u64s(skeleton.raw_length));
+  }
+  const uint64_t raw_cap = max_skeleton_raw_length(skeleton.length);
+  if (skeleton.raw_length > raw_cap) {
+    bad(path, sk.where() + ": implausible raw_length " + u64s(skeleton.raw_length) + " for " +
+                  u64s(skeleton.length) + " stored bytes (at most " + u64s(raw_cap) +
+                  ": 256 x stored + 64 KiB, and 1 GiB)");
+  }
+  return skeleton;
+}
+
+json skeleton_json(const SkeletonEntry& sk) {
+  return {{"kind", sk.kind},           {"compression", sk.compression}, {"offset", sk.offset},
+          {"length", sk.length},       {"raw_length", sk.raw_length},   {"unshared_bytes", sk.unshared_bytes}};
+}
+
 uint64_t checked_hex64(const std::string& s, const std::string& path, const std::string& where) {
   uint64_t v = 0;
   if (!parse_hex64(s, &v)) bad(path, where + ": expected 16 lower-case hex digits");
@@ -501,21 +536,15 @@ json manifest_to_json(const Manifest& m) {
             {"scheme", q.scheme}, {"axis", q.axis}, {"scales", q.scales}, {"zero_points", q.zero_points}};
       }
     }
-    const SkeletonEntry& sk = model.skeleton;
-    models.push_back({{"name", model.name},
-                      {"skeleton",
-                       {{"kind", sk.kind},
-                        {"compression", sk.compression},
-                        {"offset", sk.offset},
-                        {"length", sk.length},
-                        {"raw_length", sk.raw_length},
-                        {"unshared_bytes", sk.unshared_bytes}}},
-                      {"tensors", std::move(tensors)}});
+    models.push_back(
+        {{"name", model.name}, {"skeleton", skeleton_json(model.skeleton)}, {"tensors", std::move(tensors)}});
   }
-  return {{"format", "zcwrap"},      {"version", m.version},
-          {"producer", m.producer},  {"alignment", m.alignment},
-          {"standalone", m.standalone}, {"storages", std::move(storages)},
-          {"models", std::move(models)}};
+  json out = {{"format", "zcwrap"},      {"version", m.version},
+              {"producer", m.producer},  {"alignment", m.alignment},
+              {"standalone", m.standalone}, {"storages", std::move(storages)},
+              {"models", std::move(models)}};
+  if (m.pipeline_object) out["pipeline_object"] = skeleton_json(*m.pipeline_object);
+  return out;
 }
 
 Manifest parse_manifest(const char* text, size_t length, const Header& h,
@@ -581,32 +610,15 @@ Manifest parse_manifest(const char* text, size_t length, const Header& h,
     for (const ModelEntry& other : m.models) {
       if (other.name == model.name) bad(path, f.where() + ": duplicate model name '" + model.name + "'");
     }
-    Fields sk(f.get("skeleton"), f.where() + ".skeleton", path);
-    model.skeleton.kind = sk.str("kind");
-    model.skeleton.compression = sk.str("compression");
-    model.skeleton.offset = sk.u64("offset");
-    model.skeleton.length = sk.u64("length");
-    model.skeleton.raw_length = sk.u64("raw_length");
-    model.skeleton.unshared_bytes = sk.u64("unshared_bytes");
-    if (model.skeleton.compression != "zstd" && model.skeleton.compression != "none") {
-      bad(path, sk.where() + ": unknown compression '" + model.skeleton.compression + "'");
-    }
-    if (model.skeleton.offset > h.skeletons_length ||
-        model.skeleton.length > h.skeletons_length - model.skeleton.offset) {
-      bad(path, sk.where() + ": [" + u64s(model.skeleton.offset) + ", +" + u64s(model.skeleton.length) +
-                    ") lies outside the skeletons section of " + u64s(h.skeletons_length) + " bytes");
-    }
-    if (model.skeleton.compression == "none" && model.skeleton.raw_length != model.skeleton.length) {
-      bad(path, sk.where() + ": implausible raw_length " + u64s(model.skeleton.raw_length));
-    }
-    const uint64_t raw_cap = max_skeleton_raw_length(model.skeleton.length);
-    if (model.skeleton.raw_length > raw_cap) {
-      bad(path, sk.where() + ": implausible raw_length " + u64s(model.skeleton.raw_length) + " for " +
-                    u64s(model.skeleton.length) + " stored bytes (at most " + u64s(raw_cap) +
-                    ": 256 x stored + 64 KiB, and 1 GiB)");
-    }
+    model.skeleton = parse_skeleton(f.get("skeleton"), f.where() + ".skeleton", h, path);
     f.array("tensors", kMaxTensors);  // entries come in the second pass
     m.models.push_back(std::move(model));
+  }
+  // Optional (zcwrap 0.2 wrote none): the pickle of a Python pipeline
+  // object's attributes other than its modules.
+  if (const auto it = doc.find("pipeline_object"); it != doc.end()) {
+    if (m.standalone) bad(path, "manifest.pipeline_object: a standalone blob holds no pipeline object");
+    m.pipeline_object = parse_skeleton(*it, "manifest.pipeline_object", h, path);
   }
 
   m.storages.reserve(std::min(storage_count, kMaxStorages));

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -134,6 +135,10 @@ struct Manifest {
   bool standalone = false;  // one model packed on its own, not a pipeline
   std::vector<StorageEntry> storages;
   std::vector<ModelEntry> models;
+  // A pipeline packed from Python: the pickle of the pipeline object's
+  // attributes other than its modules (kind "python_pickle"), a record of
+  // the skeletons section like a model's. Never set for a standalone blob.
+  std::optional<SkeletonEntry> pipeline_object;
 };
 
 // How far a strided view reaches into its storage, computed in 128 bits:

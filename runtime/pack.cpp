@@ -225,7 +225,7 @@ PackInput copy_module(const std::string& name, const torch::jit::Module& model) 
 }
 
 PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
-                          const PackOptions& options) {
+                          const PackOptions& options, const std::optional<std::string>& pipeline_pickle) {
   const uint64_t alignment = options.alignment;
   if (!format::is_power_of_two(alignment) || alignment < format::kMinAlignment ||
       alignment > format::kMaxAlignment) {
@@ -233,6 +233,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
                                        " is not a power of two from 64 to 2097152 (2 MiB)");
   }
   if (models.empty()) throw Error(ErrorCode::kUsage, "nothing to pack: no models given");
+  if (standalone && pipeline_pickle) throw Error(ErrorCode::kUsage, "a standalone blob holds no pipeline object");
   if (standalone && models.size() != 1) {
     throw Error(ErrorCode::kUsage, "a standalone blob holds exactly one model");
   }
@@ -311,6 +312,12 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
     manifest.models.push_back(std::move(entry));
   }
 
+  if (pipeline_pickle) {
+    format::SkeletonEntry& entry = manifest.pipeline_object.emplace();
+    entry.kind = "python_pickle";
+    add_skeleton(*pipeline_pickle, "the pipeline object", &entry, &skeletons);
+  }
+
   const uint64_t data_length = plan.layout(alignment);
   manifest.storages = plan.entries();
   blob.manifest = format::manifest_to_json(manifest).dump();
@@ -355,8 +362,12 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
 
 void write_blob(const PreparedBlob& blob, const std::string& path,
                 const std::function<void(uint64_t, uint64_t)>& progress) {
-  const format::Header& h = blob.header;
   AtomicFile file(path);
+  write_blob(blob, file, progress);
+}
+
+void write_blob(const PreparedBlob& blob, AtomicFile& file, const std::function<void(uint64_t, uint64_t)>& progress) {
+  const format::Header& h = blob.header;
   const std::vector<uint8_t> header = format::encode_header(h);
   file.write(header.data(), header.size());
   file.write(blob.manifest.data(), blob.manifest.size());

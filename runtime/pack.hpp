@@ -63,8 +63,11 @@ PackInput load_model_file(const std::string& name, const std::string& path, bool
 // Moves every shareable tensor of `models` into the data-section plan and
 // replaces it with an empty placeholder: the modules are changed, so pass
 // modules the caller owns. Throws Error(kUsage) for bad names or alignment.
+// `pipeline_pickle`: the pickle of a Python pipeline object's other
+// attributes, stored as the manifest's "pipeline_object" (pipelines only).
 PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
-                          const PackOptions& options);
+                          const PackOptions& options,
+                          const std::optional<std::string>& pipeline_pickle = std::nullopt);
 
 // Writes the blob atomically to `path`, reporting the data section's bytes
 // to `progress` when set. Throws Error(kWrite).
