@@ -23,6 +23,13 @@ struct InspectArgs {
   bool brief = false;
 };
 
+// "a, b, c" or "nothing", each made printable.
+std::string list_text(const std::vector<std::string>& items) {
+  std::string out;
+  for (const std::string& item : items) out += (out.empty() ? "" : ", ") + printable(item);
+  return out.empty() ? "nothing" : out;
+}
+
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
@@ -86,6 +93,11 @@ int run_inspect(const InspectArgs& args) {
   std::printf("storages    %llu, %s; dedup saved %s\n", static_cast<unsigned long long>(info.storage_count),
               human_bytes(info.storage_bytes).c_str(), human_bytes(info.dedup_saved_bytes).c_str());
   std::printf("kind        %s\n", info.standalone ? "standalone module" : "pipeline");
+  if (info.pipeline_object) {
+    const PipelineObjectInfo& p = *info.pipeline_object;
+    std::printf("pipeline    object pickled, %s %s (%s raw); its pickle imports %s\n", printable(p.compression).c_str(),
+                human_bytes(p.stored_bytes).c_str(), human_bytes(p.raw_bytes).c_str(), list_text(p.imports).c_str());
+  }
   const format::Manifest& m = blob->manifest();
   for (size_t index = 0; index < info.models.size(); ++index) {
     const ModelInfo& model = info.models[index];
@@ -98,6 +110,7 @@ int run_inspect(const InspectArgs& args) {
     if (model.skeleton.kind == "python_pickle") {
       std::printf("  an eager PyTorch module packed from Python: unwrap it with the zcwrap Python package "
                   "(zcwrap run and unpack cannot)\n");
+      std::printf("  its pickle imports (unpickling may call them): %s\n", list_text(model.imports).c_str());
     }
     if (args.brief) continue;
     std::printf("  %-40s %-9s %-10s %-18s %10s %12s %s\n", "TENSOR", "KIND", "DTYPE", "SHAPE", "BYTES",

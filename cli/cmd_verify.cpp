@@ -37,6 +37,15 @@ int run_verify(const VerifyArgs& args) {
     std::printf("ok: %s: %llu storages, %s, all checksums match (%.2f s, %.1f GiB/s)\n", report.blob.c_str(),
                 static_cast<unsigned long long>(report.storages), human_bytes(report.bytes).c_str(), report.seconds,
                 report.seconds > 0 ? double(report.bytes) / report.seconds / (1024.0 * 1024 * 1024) : 0.0);
+    // The checksums pin the pickles too; they do not make their code safe.
+    if (!report.foreign_imports.empty()) {
+      std::string list;
+      for (const std::string& g : report.foreign_imports) list += (list.empty() ? "" : ", ") + printable(g);
+      std::printf("note: its Python pickles import code beyond torch's tensor and module types, which unwrapping "
+                  "from Python runs: %s (zcwrap inspect lists every import; unwrap(weights_only=True) refuses "
+                  "them)\n",
+                  list.c_str());
+    }
   }
   return 0;
 }

@@ -7,10 +7,39 @@
 
 #include "blob_file.hpp"
 #include "file_util.hpp"
+#include "pickle_scan.hpp"
 
 namespace zcwrap {
 
 namespace detail {
+namespace {
+
+constexpr const char* kPythonPickle = "python_pickle";
+
+std::vector<std::string> import_texts(const std::vector<PickleGlobal>& globals) {
+  std::vector<std::string> out;
+  out.reserve(globals.size());
+  for (const PickleGlobal& g : globals) out.push_back(g.text());
+  return out;
+}
+
+// What the pickles of `blob` import: one entry per model (empty for
+// TorchScript), and the pipeline object's last when there is one.
+std::vector<std::vector<PickleGlobal>> blob_imports(const BlobFile& blob) {
+  std::vector<std::vector<PickleGlobal>> out;
+  const format::Manifest& m = blob.manifest();
+  for (size_t i = 0; i < m.models.size(); ++i) {
+    out.emplace_back();
+    if (m.models[i].skeleton.kind != kPythonPickle) continue;
+    out.back() = pickle_globals(blob.skeleton(i), blob.path() + ": model '" + m.models[i].name + "'");
+  }
+  if (const std::optional<std::string> pickle = blob.pipeline_pickle()) {
+    out.push_back(pickle_globals(*pickle, blob.path() + ": pipeline object"));
+  }
+  return out;
+}
+
+}  // namespace
 
 TensorInfo tensor_info(const format::TensorEntry& t, const format::Manifest& m, const format::Header& h) {
   const uint64_t item = format::dtype_size(t.dtype);
@@ -44,9 +73,11 @@ BlobInfo describe_blob(const ModelWrapper& wrapper, const std::string& path, con
   info.storage_count = m.storages.size();
   for (const format::StorageEntry& s : m.storages) info.storage_bytes += s.nbytes;
 
+  const std::vector<std::vector<PickleGlobal>> imports = blob_imports(*blob);
   info.models.reserve(m.models.size());
   for (const format::ModelEntry& entry : m.models) {
     ModelInfo model;
+    model.imports = import_texts(imports[info.models.size()]);
     model.name = entry.name;
     model.skeleton = {entry.skeleton.kind, entry.skeleton.compression, entry.skeleton.length,
                       entry.skeleton.raw_length};
@@ -65,6 +96,10 @@ BlobInfo describe_blob(const ModelWrapper& wrapper, const std::string& path, con
     info.models.push_back(std::move(model));
   }
   info.dedup_saved_bytes = info.tensor_bytes > info.storage_bytes ? info.tensor_bytes - info.storage_bytes : 0;
+  if (m.pipeline_object) {
+    const format::SkeletonEntry& sk = *m.pipeline_object;
+    info.pipeline_object = PipelineObjectInfo{sk.compression, sk.length, sk.raw_length, import_texts(imports.back())};
+  }
   return info;
 }
 
@@ -88,6 +123,13 @@ VerifyReport verify(const std::string& path, unsigned threads) {
   }
   for (const format::StorageEntry& s : m.storages) report.bytes += s.nbytes;
   report.ok = report.bad.empty();
+  const std::vector<std::vector<detail::PickleGlobal>> imports = detail::blob_imports(*blob);
+  for (size_t i = 0; i < imports.size(); ++i) {
+    const std::string owner = i < m.models.size() ? "model '" + m.models[i].name + "': " : "pipeline object: ";
+    for (const detail::PickleGlobal& g : imports[i]) {
+      if (detail::beyond_torch(g)) report.foreign_imports.push_back(owner + g.text());
+    }
+  }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }
@@ -108,7 +150,15 @@ void to_json(nlohmann::json& j, const ModelInfo& model) {
        {"shared_bytes", model.shared_bytes},
        {"unshared_bytes", model.unshared_bytes},
        {"shared_fraction", model.shared_fraction},
+       {"imports", model.imports},
        {"tensors", model.tensors}};
+}
+
+void to_json(nlohmann::json& j, const PipelineObjectInfo& pipeline) {
+  j = {{"compression", pipeline.compression},
+       {"stored_bytes", pipeline.stored_bytes},
+       {"raw_bytes", pipeline.raw_bytes},
+       {"imports", pipeline.imports}};
 }
 
 void to_json(nlohmann::json& j, const BlobInfo& info) {
@@ -133,7 +183,8 @@ void to_json(nlohmann::json& j, const BlobInfo& info) {
        {"tensor_bytes", info.tensor_bytes},
        {"dedup_saved_bytes", info.dedup_saved_bytes},
        {"unshared_bytes", info.unshared_bytes},
-       {"models", info.models}};
+       {"models", info.models},
+       {"pipeline_object", info.pipeline_object ? nlohmann::json(*info.pipeline_object) : nlohmann::json(nullptr)}};
 }
 
 void to_json(nlohmann::json& j, const VerifyReport& report) {
@@ -145,7 +196,8 @@ void to_json(nlohmann::json& j, const VerifyReport& report) {
                    {"actual", format::hex64(b.actual)}});
   }
   j = {{"blob", report.blob},         {"ok", report.ok},           {"storages", report.storages},
-       {"bytes", report.bytes},       {"seconds", report.seconds}, {"bad", std::move(bad)}};
+       {"bytes", report.bytes},       {"seconds", report.seconds}, {"bad", std::move(bad)},
+       {"foreign_imports", report.foreign_imports}};
 }
 
 }  // namespace zcwrap

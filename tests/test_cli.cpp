@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_support.hpp"
+#include "pack.hpp"
 #include "placement.hpp"
 
 using nlohmann::json;
@@ -203,4 +204,61 @@ TEST_CASE("help and version") {
   CHECK(pack_help.status == 0);
   CHECK(pack_help.out.find("--align") != std::string::npos);
   CHECK(run_cli({"--version"}).out.rfind("zcwrap ", 0) == 0);
+}
+
+TEST_CASE("inspect and verify show what a blob's Python pickles import: os.system is visible, nothing runs") {
+  test::TempDir dir;
+  const std::string marker = dir / "marker";
+  const std::string command = "touch " + marker;
+  // What from_model would store for a module whose __reduce__ is
+  // (os.system, (command,)): protocol 4, STACK_GLOBAL over memoized strings.
+  const std::string evil = std::string("\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93\x94\x8c") +
+                           static_cast<char>(command.size()) + command + "\x94\x85\x94R\x94.";
+  const std::string plain = std::string("\x80\x04\x8c\x0b") + "collections" + "\x8c\x0b" + "OrderedDict" + "\x93)R.";
+  // The pipeline object's pickle: (subprocess.call, ...) through a protocol 2 GLOBAL.
+  const std::string pipeline = std::string("\x80\x02") + "csubprocess\ncall\nq\x01" + "N\x85R.";
+  std::vector<zcwrap::detail::PackInput> inputs;
+  for (const auto& [name, pickle] : {std::pair<std::string, std::string>{"evil", evil}, {"plain", plain}}) {
+    zcwrap::detail::EagerModel eager;
+    eager.pickle = pickle;
+    inputs.push_back({name, "crafted " + name, torch::jit::Module(), {}, eager});
+  }
+  const zcwrap::detail::PreparedBlob blob = zcwrap::detail::prepare_blob(inputs, false, {}, pipeline);
+  const std::string path = dir / "evil.zcb";
+  zcwrap::detail::write_blob(blob, path);
+
+  auto as_json = run_cli({"inspect", path, "--json"});
+  REQUIRE_MESSAGE(as_json.status == 0, as_json.err);
+  CHECK(as_json.out == json(zcwrap::describe(path)).dump(2) + "\n");
+  const json info = json::parse(as_json.out);
+  CHECK(info["models"][0]["imports"] == json({"os.system"}));
+  CHECK(info["models"][1]["imports"] == json({"collections.OrderedDict"}));
+  CHECK(info["pipeline_object"]["imports"] == json({"subprocess.call"}));
+  CHECK(info["pipeline_object"]["raw_bytes"] == pipeline.size());
+
+  auto table = run_cli({"inspect", path, "--brief"});
+  REQUIRE_MESSAGE(table.status == 0, table.err);
+  CHECK(table.out.find("its pickle imports (unpickling may call them): os.system\n") != std::string::npos);
+  CHECK(table.out.find("its pickle imports subprocess.call") != std::string::npos);
+
+  // Good checksums are still exit 0, but verify says what the pickles run.
+  auto verified = run_cli({"verify", path});
+  REQUIRE_MESSAGE(verified.status == 0, verified.err);
+  CHECK(verified.out.find("all checksums match") != std::string::npos);
+  CHECK(verified.out.find("note: ") != std::string::npos);
+  CHECK(verified.out.find("model 'evil': os.system, pipeline object: subprocess.call") != std::string::npos);
+  CHECK(verified.out.find("OrderedDict") == std::string::npos);  // a plain type is not code
+  auto verified_json = run_cli({"verify", path, "--json"});
+  REQUIRE(verified_json.status == 0);
+  CHECK(json::parse(verified_json.out)["foreign_imports"] ==
+        json({"model 'evil': os.system", "pipeline object: subprocess.call"}));
+  CHECK_FALSE(test::file_exists(marker));  // read, never run
+
+  // TorchScript: its code is TorchScript, and no Python global is listed.
+  REQUIRE(run_cli({"pack", test::fixture("transformer.pt"), "-o", dir / "ts.zcb"}).status == 0);
+  const json ts = json::parse(run_cli({"inspect", dir / "ts.zcb", "--json"}).out);
+  CHECK(ts["models"][0]["skeleton"]["kind"] == "torchscript");
+  CHECK(ts["models"][0]["imports"] == json::array());
+  CHECK(ts["pipeline_object"] == nullptr);
+  CHECK(run_cli({"verify", dir / "ts.zcb"}).out.find("note:") == std::string::npos);
 }

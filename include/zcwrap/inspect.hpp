@@ -39,7 +39,22 @@ struct ModelInfo {
   uint64_t shared_bytes = 0;    ///< tensor bytes in the shared data section
   uint64_t unshared_bytes = 0;  ///< tensor bytes left inside the skeleton
   double shared_fraction = 1.0;  ///< shared / (shared + unshared); 1 for no tensors
+  /// The Python globals its pickle imports ("module.qualname", sorted, each
+  /// once), read from the pickle's opcodes without running it: what
+  /// unpickling it from Python may call. Empty for a TorchScript skeleton,
+  /// whose code is TorchScript and whose pickles LibTorch reads without
+  /// Python.
+  std::vector<std::string> imports;
   std::vector<TensorInfo> tensors;  ///< empty when described without tensors
+};
+
+/// The pickle of a Python pipeline object's attributes other than its
+/// modules, stored in the blob (docs/FORMAT.md, "pipeline_object").
+struct PipelineObjectInfo {
+  std::string compression;  ///< "zstd" or "none"
+  uint64_t stored_bytes = 0;
+  uint64_t raw_bytes = 0;
+  std::vector<std::string> imports;  ///< as ModelInfo::imports
 };
 
 /// The header's section table (docs/FORMAT.md, "1. Layout").
@@ -69,6 +84,7 @@ struct BlobInfo {
   uint64_t dedup_saved_bytes = 0;  ///< tensor_bytes beyond storage_bytes
   uint64_t unshared_bytes = 0;
   std::vector<ModelInfo> models;
+  std::optional<PipelineObjectInfo> pipeline_object;  ///< a pipeline packed from Python
 };
 
 struct DescribeOptions {
@@ -77,7 +93,9 @@ struct DescribeOptions {
 
 /// Describes the blob at `path`, or the blob an actor config at `path` names,
 /// after the checks every open makes (header, meta checksum, manifest); it
-/// neither loads the skeletons nor reads the weights. Throws zcwrap::Error.
+/// does not read the weights, and of the skeletons it only decompresses the
+/// Python pickles, to list what they import (nothing is unpickled). Throws
+/// zcwrap::Error (kBadBlob also for a pickle whose imports cannot be read).
 BlobInfo describe(const std::string& path, const DescribeOptions& options = {});
 
 /// One storage whose bytes no longer match their checksum.
@@ -95,6 +113,11 @@ struct VerifyReport {
   uint64_t bytes = 0;
   double seconds = 0;
   std::vector<BadStorage> bad;  ///< every mismatch
+  /// Globals the blob's Python pickles import beyond torch's and the plain
+  /// Python types torch.load's weights-only mode accepts, each as
+  /// "model 'NAME': module.qualname" or "pipeline object: module.qualname":
+  /// code that unwrapping from Python runs (weights_only=True refuses it).
+  std::vector<std::string> foreign_imports;
 };
 
 /// Recomputes the checksum of every storage of the blob at `path` (or named
@@ -109,6 +132,7 @@ VerifyReport verify(const std::string& path, unsigned threads = 0);
 /// digits.
 void to_json(nlohmann::json& j, const TensorInfo& tensor);
 void to_json(nlohmann::json& j, const ModelInfo& model);
+void to_json(nlohmann::json& j, const PipelineObjectInfo& pipeline);
 void to_json(nlohmann::json& j, const BlobInfo& info);
 void to_json(nlohmann::json& j, const VerifyReport& report);
 
