@@ -7,6 +7,7 @@
 #include <Python.h>
 
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 
 #include "blob_file.hpp"
 #include "pack.hpp"
+#include "pickle_scan.hpp"
 #include "rebind.hpp"
 #include "store.hpp"
 #include "torch_util.hpp"
@@ -56,9 +58,12 @@ zcwrap::format::TensorKind kind_from_name(const std::string& name) {
 // models: [(name, "torchscript", torch._C.ScriptModule) or
 //          (name, "python_pickle", (pickle bytes, [(path, kind, tensor)], unshared bytes))].
 // Writes to `blob_path`, or into the store when it is empty. Returns the
-// actor config as JSON text.
+// actor config as JSON text. `pipeline_pickle` (bytes or None): a pipeline
+// object's other attributes, stored in the blob.
 std::string pack(const py::list& models, bool standalone, const std::string& blob_path, const std::string& store_dir,
-                 uint64_t alignment) {
+                 uint64_t alignment, const py::object& pipeline_pickle) {
+  std::optional<std::string> pipeline;
+  if (!pipeline_pickle.is_none()) pipeline = pipeline_pickle.cast<py::bytes>().cast<std::string>();
   std::vector<zcwrap::detail::PackInput> inputs;
   std::vector<std::pair<std::string, torch::jit::Module>> scripted;
   for (const py::handle item : models) {
@@ -91,7 +96,7 @@ std::string pack(const py::list& models, bool standalone, const std::string& blo
     zcwrap::PackOptions options;
     options.alignment = alignment;
     options.store_dir = store_dir;
-    const zcwrap::detail::PreparedBlob blob = zcwrap::detail::prepare_blob(inputs, standalone, options);
+    const zcwrap::detail::PreparedBlob blob = zcwrap::detail::prepare_blob(inputs, standalone, options, pipeline);
     std::string path = blob_path;
     if (path.empty()) {
       path = zcwrap::detail::store_blob(blob, options);
@@ -157,8 +162,8 @@ zcwrap::Prefetch prefetch_from_name(const std::string& name) {
 }
 
 // Unwraps every model. Returns (standalone, models, warnings, (mapping start,
-// size)); each model is (name, kind, ScriptModule or None, tensors, pickle
-// bytes or None).
+// size), the pipeline object's pickle or None); each model is (name, kind,
+// ScriptModule or None, tensors, pickle bytes or None).
 py::tuple unwrap(const std::shared_ptr<const zcwrap::detail::BlobFile>& blob, const std::string& device,
                  bool use_fast_load, bool verify, bool copy_on_write, const std::string& prefetch) {
   zcwrap::UnwrapOptions options;
@@ -168,11 +173,13 @@ py::tuple unwrap(const std::shared_ptr<const zcwrap::detail::BlobFile>& blob, co
   options.copy_on_write = copy_on_write;
   options.prefetch = prefetch_from_name(prefetch);
   std::vector<std::string> pickles;
+  std::optional<std::string> pipeline;
   auto state = without_gil([&] {
     auto s = zcwrap::detail::unwrap_blob(blob, options, /*bind_only_pickles=*/true);
     for (size_t i = 0; i < s->names.size(); ++i) {
       pickles.push_back(s->kinds[i] == zcwrap::detail::kPythonPickleSkeleton ? blob->skeleton(i) : "");
     }
+    pipeline = blob->pipeline_pickle();
     return s;
   });
   py::list models;
@@ -185,7 +192,8 @@ py::tuple unwrap(const std::shared_ptr<const zcwrap::detail::BlobFile>& blob, co
                                  pickled ? py::object(py::bytes(pickles[i])) : py::none()));
   }
   const auto base = reinterpret_cast<uintptr_t>(blob->data());
-  return py::make_tuple(state->standalone, models, state->warnings, py::make_tuple(base, blob->size()));
+  return py::make_tuple(state->standalone, models, state->warnings, py::make_tuple(base, blob->size()),
+                        pipeline ? py::object(py::bytes(*pipeline)) : py::none());
 }
 
 }  // namespace
@@ -207,7 +215,16 @@ PYBIND11_MODULE(_C, m) {
   });
 
   m.def("pack", &pack, py::arg("models"), py::arg("standalone"), py::arg("blob_path"), py::arg("store_dir"),
-        py::arg("alignment"));
+        py::arg("alignment"), py::arg("pipeline_pickle") = py::none());
+  // The globals a pickle imports, read without running it: ([(module, name)],
+  // "" or why the pickle cannot be read).
+  m.def("pickle_globals", [](const py::bytes& pickle) {
+    const std::string data = pickle;
+    const zcwrap::detail::PickleScan scan = zcwrap::detail::scan_pickle(data);
+    py::list globals;
+    for (const zcwrap::detail::PickleGlobal& g : scan.globals) globals.append(py::make_tuple(g.module, g.name));
+    return py::make_tuple(globals, scan.error);
+  });
   m.def("shareable", [](const at::Tensor& t) { return zcwrap::detail::is_shareable(t); });
   m.def("open_actor", [](const std::string& config) {
     auto blob = without_gil([&] { return open_config(config, false); });

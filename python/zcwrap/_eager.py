@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from . import _C
+from . import _C, _weights_only
 from .errors import BadBlobError, BadModelError, Error
 
 _TAG = "zcwrap"
@@ -116,10 +116,22 @@ def skeleton_of(name: str, module: nn.Module) -> tuple[bytes, list[tuple[str, st
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, tensors: list[torch.Tensor]):
-        super().__init__(file)
+    def __init__(self, file: io.BytesIO, tensors: list[torch.Tensor], where: str = "", what: str = "",
+                 weights_only: bool = False):
+        # weights_only: names are taken as written (no Python 2 renaming), as
+        # the opcode check before this read them.
+        super().__init__(file, fix_imports=not weights_only)
         self._tensors = tensors
         self._made: dict[int, torch.Tensor] = {}
+        self._where, self._what, self._weights_only = where, what, weights_only
+
+    def find_class(self, module: str, name: str) -> Any:
+        if not self._weights_only:
+            return super().find_class(module, name)
+        found = _weights_only.allowed(module, name)
+        if found is _weights_only.REFUSED:
+            raise _weights_only.refusal(self._where, self._what, [f"{module}.{name}"])
+        return found
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 3 and pid[0] == _TAG):
@@ -170,7 +182,16 @@ def unpickling(where: str, what: str) -> Iterator[None]:
         raise BadModelError(f"{where}: cannot unpickle {what}: {type(e).__name__}: {first_line(e)}") from e
 
 
-def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor]) -> Any:
-    """The module of a ``python_pickle`` skeleton, over `tensors`."""
+def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor], weights_only: bool = False) -> Any:
+    """The module of a ``python_pickle`` skeleton, over `tensors`; with
+    `weights_only`, only if it imports nothing _weights_only refuses."""
     with unpickling(where, "the module"):
-        return _Unpickler(io.BytesIO(skeleton), tensors).load()
+        return _Unpickler(io.BytesIO(skeleton), tensors, where, "the module", weights_only).load()
+
+
+def load_pipeline_object(where: str, pickle_bytes: bytes, weights_only: bool = False) -> Any:
+    """The (class, attributes) pair of a blob's pipeline object, unpickled
+    like a skeleton (it holds no persistent ids)."""
+    what = "the pipeline object"
+    with unpickling(where, what):
+        return _Unpickler(io.BytesIO(pickle_bytes), [], where, what, weights_only).load()

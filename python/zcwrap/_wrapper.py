@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import mmap
 import operator
@@ -15,7 +14,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import _C, _eager, _ray
+from . import _C, _eager, _ray, _weights_only
 from .errors import BadBlobError, BadModelError, StaleError, UsageError
 
 _TORCHSCRIPT = "torchscript"
@@ -98,27 +97,26 @@ def _pack_entry(name: str, model: Any) -> tuple[str, str, Any]:
     return (name, _PICKLE, _eager.skeleton_of(name, model))
 
 
-def _shell_of(pipeline: Any, modules: dict[str, Any]) -> str:
-    """The pipeline object without its modules, pickled, as base64 text."""
+def _shell_of(pipeline: Any, modules: dict[str, Any]) -> bytes:
+    """The pipeline object without its modules, pickled: the blob stores it
+    (manifest "pipeline_object"), under the blob's checksums."""
     state = {k: (None if k in modules else v) for k, v in vars(pipeline).items()}
     try:
         data = pickle.dumps((type(pipeline), state), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as e:
         raise BadModelError(f"pipeline {type(pipeline).__name__}: its attributes other than modules do not "
                             f"pickle: {type(e).__name__}: {e}") from e
-    return base64.b64encode(data).decode("ascii")
+    return data
 
 
-def _from_shell(shell: str, modules: dict[str, Any], where: str = "actor config") -> Any:
-    what = "the pipeline object (field 'pipeline')"
-    if not isinstance(shell, str):
-        raise BadBlobError(f"{where}: field 'pipeline' must be base64 text, not {type(shell).__name__}")
+def _from_shell(shell: bytes, modules: dict[str, Any], where: str, weights_only: bool) -> Any:
+    what = "the pipeline object"
+    loaded = _eager.load_pipeline_object(where, shell, weights_only)
+    if not (isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[0], type)
+            and isinstance(loaded[1], dict)):
+        raise BadBlobError(f"{where}: {what} is not a (class, attributes) pair as from_model writes it")
+    cls, state = loaded
     with _eager.unpickling(where, what):
-        loaded = pickle.loads(base64.b64decode(shell, validate=True))
-        if not (isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[0], type)
-                and isinstance(loaded[1], dict)):
-            raise BadBlobError(f"{where}: {what} is not a (class, attributes) pair as from_model writes it")
-        cls, state = loaded
         pipeline = cls.__new__(cls)
         pipeline.__dict__.update(state)
     pipeline.__dict__.update(modules)
@@ -176,18 +174,21 @@ class ModelWrapper:
                                  "pass an nn.Module, a ScriptModule, or an object whose attributes hold them")
             entries = [_pack_entry(name, module) for name, module in modules.items()]
             standalone, shell = False, _shell_of(model, modules)
-        config = json.loads(_C.pack(entries, standalone, "", store_dir or "", alignment))
-        if shell is not None:
-            config["pipeline"] = shell
+        config = json.loads(_C.pack(entries, standalone, "", store_dir or "", alignment, pipeline_pickle=shell))
         return cls(config, [kind for _, kind, _ in entries])
 
     @classmethod
     def from_actor(cls, **actor_config: Any) -> "ModelWrapper":
         """The wrapper `to_actor()` described. Checks that the blob is still
-        the one packed (StaleError when it was replaced or removed)."""
+        the one packed (StaleError when it was replaced or removed).
+
+        A config only names and pins a blob: every pickle unwrap runs is in
+        the blob, under its checksums. A ``"pipeline"`` field (zcwrap 0.2
+        carried the pipeline object there) is dropped, never unpickled."""
         config = dict(actor_config)
         config.pop("device", None)
-        summary = _C.open_actor(_actor_json({k: v for k, v in config.items() if k != "pipeline"}))
+        config.pop("pipeline", None)
+        summary = _C.open_actor(_actor_json(config))
         return cls(config, summary["kinds"])
 
     @classmethod
@@ -252,7 +253,7 @@ class ModelWrapper:
     # --- using it ---------------------------------------------------------
 
     def unwrap(self, device: str | torch.device = "cpu", use_fast_load: bool = False, *, verify: bool = False,
-               copy_on_write: bool = False, prefetch: str = "none") -> Any:
+               copy_on_write: bool = False, prefetch: str = "none", weights_only: Optional[bool] = None) -> Any:
         """Rebuilds the model (or the pipeline) with its weights in the blob.
 
         On "cpu" every tensor the blob holds points into one read-only shared
@@ -270,8 +271,17 @@ class ModelWrapper:
         Models come back in eval mode with requires_grad false. A pipeline
         comes back as a new object of its class, its module attributes
         replaced by the rebuilt modules and its other attributes as packed.
+
+        Eager modules and the pipeline object are pickles, and unpickling
+        runs what they import. With `weights_only` (default:
+        ``$ZCWRAP_WEIGHTS_ONLY``, else False) every pickle may import only
+        what torch's weights-only allowlist, the torch.nn module classes and
+        functions, and ``torch.serialization.add_safe_globals`` /
+        ``safe_globals(...)`` allow: anything else is BadModelError naming
+        the global, raised before any pickle is read (docs/SECURITY.md).
         Raises DeviceError, StaleError, BadBlobError, BadModelError.
         """
+        weights_only = _weights_only.resolve(weights_only)
         if not isinstance(prefetch, str) or prefetch not in _PREFETCH:
             raise UsageError(f"prefetch {_brief(prefetch)}: use one of {', '.join(_PREFETCH)}")
         use_fast_load, verify = _flag("use_fast_load", use_fast_load), _flag("verify", verify)
@@ -292,12 +302,17 @@ class ModelWrapper:
                 raise UsageError(f"{name}: copy_on_write needs a blob file; memory is read as it was given")
             # The blob's pins, checked before the unwrap (a from_buffer wrapper's own bytes need none).
             pinned = (0, "") if memory is self._memory else (self._config["blob_size"], self._config["meta_checksum"])
-            standalone, models, warnings, _ = _C.unwrap_buffer(memory, name, device, use_fast_load, verify, prefetch,
-                                                               *pinned)
+            unwrapped = _C.unwrap_buffer(memory, name, device, use_fast_load, verify, prefetch, *pinned)
         else:
-            actor = {k: v for k, v in self._config.items() if k != "pipeline"}
-            standalone, models, warnings, _ = _C.unwrap_actor(_actor_json(actor), device, use_fast_load, verify,
-                                                              copy_on_write, prefetch)
+            unwrapped = _C.unwrap_actor(_actor_json(self._config), device, use_fast_load, verify, copy_on_write,
+                                        prefetch)
+        standalone, models, warnings, _, shell = unwrapped
+        if weights_only:  # every pickle, before any of them is read
+            for model_name, kind, _, _, skeleton in models:
+                if kind != _TORCHSCRIPT:
+                    _weights_only.check(f"{name}: model '{model_name}'", "the module", skeleton)
+            if shell is not None:
+                _weights_only.check(name, "the pipeline object", shell)
         for line in warnings:
             _warnings.warn(f"zcwrap: {line}", RuntimeWarning, stacklevel=2)
         rebuilt: dict[str, Any] = {}
@@ -305,7 +320,7 @@ class ModelWrapper:
             if kind == _TORCHSCRIPT:
                 module = torch.jit._recursive.wrap_cpp_module(script)
             else:
-                module = _eager.rebuild(f"{name}: model '{model_name}'", skeleton, tensors)
+                module = _eager.rebuild(f"{name}: model '{model_name}'", skeleton, tensors, weights_only)
                 if isinstance(module, nn.Module):
                     try:
                         module.eval()
@@ -315,10 +330,9 @@ class ModelWrapper:
             rebuilt[model_name] = module
         if standalone:
             return rebuilt[self.model_names[0]]
-        shell = self._config.get("pipeline")
-        if shell is None:  # packed by the zcwrap command: no pipeline object to rebuild
+        if shell is None:  # packed by the zcwrap command (or by zcwrap 0.2): no pipeline object to rebuild
             return rebuilt
-        return _from_shell(shell, rebuilt, f"actor config of {self.blob_path}")
+        return _from_shell(shell, rebuilt, name, weights_only)
 
     def load(self, device: str | torch.device = "cpu", use_fast_load: bool = False, **options: Any) -> Any:
         """unwrap() under ray-zerocopy 0.2's name."""
@@ -371,26 +385,40 @@ class ActorWrapper:
     """ray-zerocopy's primary API: pack once with the workers' device, then
     ``load()`` in each worker."""
 
-    def __init__(self, model: Any, device: str | torch.device = "cpu", use_fast_load: bool = False, **pack_options: Any):
-        """Packs `model` like ModelWrapper.from_model (a ModelWrapper is taken as it is)."""
+    def __init__(self, model: Any, device: str | torch.device = "cpu", use_fast_load: bool = False, *,
+                 weights_only: Optional[bool] = None, **pack_options: Any):
+        """Packs `model` like ModelWrapper.from_model (a ModelWrapper is taken
+        as it is). `weights_only` is load()'s default (None:
+        ``$ZCWRAP_WEIGHTS_ONLY`` where load() runs)."""
         self.wrapper = model if isinstance(model, ModelWrapper) else ModelWrapper.from_model(model, **pack_options)
         self.device = str(device)
         self.use_fast_load = use_fast_load
+        if weights_only is not None:
+            weights_only = _flag("weights_only", weights_only)
+        self.weights_only = weights_only
 
     def load(self, **unwrap_options: Any) -> Any:
         """The model (or pipeline), unwrapped onto the device given at wrap time."""
+        unwrap_options.setdefault("weights_only", self.weights_only)
         return self.wrapper.unwrap(self.device, self.use_fast_load, **unwrap_options)
 
     def to_actor(self) -> dict[str, Any]:
-        """ModelWrapper.to_actor() plus "device" and "use_fast_load"."""
-        return {**self.wrapper.to_actor(), "device": self.device, "use_fast_load": self.use_fast_load}
+        """ModelWrapper.to_actor() plus "device", "use_fast_load" and "weights_only"."""
+        return {**self.wrapper.to_actor(), "device": self.device, "use_fast_load": self.use_fast_load,
+                "weights_only": self.weights_only}
 
     @classmethod
     def from_actor(cls, **actor_config: Any) -> "ActorWrapper":
+        """The wrapper to_actor() described. A config's ``"weights_only":
+        true`` restricts load(); false or null leave it to the worker's
+        ``$ZCWRAP_WEIGHTS_ONLY``: a config can restrict a worker, never
+        loosen what its deployment set."""
         config = dict(actor_config)
         device = config.pop("device", "cpu")
         use_fast_load = _flag("use_fast_load", config.pop("use_fast_load", False))
-        return cls(ModelWrapper.from_actor(**config), device, use_fast_load)
+        weights_only = config.pop("weights_only", None)
+        weights_only = True if weights_only is not None and _flag("weights_only", weights_only) else None
+        return cls(ModelWrapper.from_actor(**config), device, use_fast_load, weights_only=weights_only)
 
     @property
     def is_standalone_module(self) -> bool:
