@@ -164,6 +164,34 @@ def quantized_per_channel():
                                       torch.tensor([0, 1, 2]), 0, torch.qint8)
 
 
+def shared_parts(value):
+    """The plain tensors a value is made of that the blob can hold."""
+    if not isinstance(value, torch.Tensor) or value.device.type == "meta" or type(value) is Tagged or value.is_conj():
+        return []
+    if isinstance(value, Wrapped):
+        return [value.inner]
+    if value.is_nested:
+        return [value.values(), value.offsets()] if value.layout == torch.jagged else [value]
+    if value.layout == torch.sparse_coo:
+        return [value._indices(), value._values()]
+    if value.layout == torch.sparse_csr:
+        return [value.crow_indices(), value.col_indices(), value.values()]
+    return [value]
+
+
+def assert_in_blob(tensors, path):
+    """Each tensor's storage lies inside a read-only shared mapping of `path`."""
+    real = os.path.realpath(path)
+    with open("/proc/self/maps") as maps:
+        mappings = [line.split() for line in maps]
+    spans = [tuple(int(x, 16) for x in f[0].split("-")) for f in mappings
+             if len(f) >= 6 and f[5] == real and f[1] == "r--s"]
+    for t in tensors:
+        start = t.untyped_storage().data_ptr()
+        end = start + t.untyped_storage().nbytes()
+        assert any(s <= start and end <= e for s, e in spans), f"{t.dtype} {t.layout} tensor is not in {path}"
+
+
 MIB = 1 << 20
 
 # name, value, what each worker holds privately (bytes), as a buffer or not.
@@ -196,6 +224,10 @@ def test_state_packs_unwraps_equal_and_is_counted(name, make, private, as_buffer
     x = seeded(2, 4)
     with torch.no_grad():
         assert torch.equal(unwrapped.linear(x), model.linear(x))
+    # The parts that can be shared point into the blob's read-only shared mapping.
+    parts = shared_parts(unwrapped.value)
+    assert (private == 0) == bool(parts) or name == "meta"
+    assert_in_blob(parts, wrapper.blob_path)
     info = zcwrap.describe(wrapper.blob_path)
     reported = info["models"][0]["unshared_bytes"]
     assert info["unshared_bytes"] == reported
