@@ -7,6 +7,7 @@
 
 #include <torch/script.h>
 
+#include "file_util.hpp"
 #include "format.hpp"
 #include "zcwrap/model_wrapper.hpp"
 
@@ -72,6 +73,9 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
 // Writes the blob atomically to `path`, reporting the data section's bytes
 // to `progress` when set. Throws Error(kWrite).
 void write_blob(const PreparedBlob& blob, const std::string& path,
+                const std::function<void(uint64_t, uint64_t)>& progress = {});
+// The same into `file`, then committed.
+void write_blob(const PreparedBlob& blob, AtomicFile& file,
                 const std::function<void(uint64_t, uint64_t)>& progress = {});
 
 }  // namespace zcwrap::detail
