@@ -366,12 +366,16 @@ def _restore(config: dict[str, Any], kinds: Optional[list[str]], memory: Optiona
              ray_ref: Any = None) -> ModelWrapper:
     # What the wrapper's properties and repr read must be there; every other
     # field is checked by the native side when the blob is opened.
+    # The pins are passed to the native side as they are on the Ray path.
     if not (isinstance(config, dict) and isinstance(config.get("blob"), str)
             and isinstance(config.get("standalone"), bool) and isinstance(config.get("models"), list)
             and all(isinstance(m, str) for m in config["models"])
+            and type(config.get("blob_size")) is int and 0 <= config["blob_size"] < 2**64
+            and isinstance(config.get("meta_checksum"), str)
             and (kinds is None or isinstance(kinds, list)) and (memory is None or isinstance(memory, bytes))):
         raise BadBlobError("a pickled zcwrap.ModelWrapper: its state is damaged (an actor config with a string "
-                           "'blob', a bool 'standalone' and a list of model names was expected)")
+                           "'blob', an integer 'blob_size', a string 'meta_checksum', a bool 'standalone' and a "
+                           "list of model names was expected)")
     if memory is not None:
         # Unpickled bytes have no alignment to speak of: an anonymous mapping
         # is page-aligned.

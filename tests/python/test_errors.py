@@ -402,15 +402,27 @@ def test_bad_config_field(field, value, kind, mention):
     raises_one_line(kind, lambda: zcwrap.ActorWrapper.from_actor(**config, device="cpu"), mention)
 
 
-def test_damaged_config_inside_a_pickled_wrapper():
+@pytest.mark.parametrize("field,value", [("models", MISSING), ("blob", 7), ("blob_size", float("nan")),
+                                         ("blob_size", -1), ("standalone", "yes"), ("meta_checksum", None)])
+def test_damaged_config_inside_a_pickled_wrapper_is_refused_when_unpickled(field, value):
+    # Fields the wrapper reads itself (its properties, the pins it hands over
+    # on the Ray path): refused when unpickled.
     wrapper = zcwrap.ModelWrapper.from_model(small())
-    # A field unwrap checks: unpickling does not touch the blob, unwrap refuses.
-    wrapper._config["blob_size"] = float("nan")
-    copy = pickle.loads(pickle.dumps(wrapper))
-    raises_one_line(zcwrap.BadBlobError, copy.unwrap, "field 'blob_size'")
-    # A field the wrapper itself reads: refused when unpickled.
-    del wrapper._config["models"]
-    raises_one_line(zcwrap.BadBlobError, lambda: pickle.loads(pickle.dumps(wrapper)), "state is damaged")
+    if value is MISSING:
+        del wrapper._config[field]
+    else:
+        wrapper._config[field] = value
+    data = pickle.dumps(wrapper)
+    raises_one_line(zcwrap.BadBlobError, lambda: pickle.loads(data), "state is damaged")
+
+
+def test_damaged_config_inside_a_pickled_wrapper_is_refused_at_unwrap():
+    # Unpickling does not touch the blob; unwrap checks the rest.
+    wrapper = zcwrap.ModelWrapper.from_model(small())
+    wrapper._config["meta_checksum"] = "xyz"
+    raises_one_line(zcwrap.BadBlobError, pickle.loads(pickle.dumps(wrapper)).unwrap, "meta_checksum")
+    wrapper._config["meta_checksum"] = "0" * 16
+    raises_one_line(zcwrap.StaleError, pickle.loads(pickle.dumps(wrapper)).unwrap, "re-packed or replaced")
 
 
 # --- pickles a worker cannot read --------------------------------------------
