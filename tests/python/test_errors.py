@@ -265,6 +265,38 @@ def test_a_skeleton_too_compressible_for_readers_is_stored_as_it_is(value, compr
     assert zcwrap.verify(wrapper.blob_path)["ok"]
 
 
+class ScriptHolder(nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.register_buffer("value", value)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("name,make,compression", [
+    ("sparse_coo", lambda: seeded(4, 4).relu().to_sparse(), "zstd"),
+    ("conj_view_8mib_zeros", lambda: torch.zeros(MIB, dtype=torch.complex64).conj(), "none"),
+], ids=["sparse_coo", "conj_view_8mib_zeros"])
+def test_torchscript_skeleton_keeps_what_it_cannot_share(name, make, compression, tmp_path):
+    model = torch.jit.script(ScriptHolder(make()))
+    # The reference is LibTorch's own round trip (a sparse tensor comes back uncoalesced).
+    torch.jit.save(model, str(tmp_path / "model.pt"))
+    reference = torch.jit.load(str(tmp_path / "model.pt"))
+    wrapper = zcwrap.ModelWrapper.from_model(model)
+    unwrapped = wrapper.unwrap()
+    assert same_value(reference.value, unwrapped.value)
+    skeleton = zcwrap.describe(wrapper.blob_path)["models"][0]["skeleton"]
+    assert skeleton["compression"] == compression
+
+
+def test_torchscript_nested_tensor_is_one_error():
+    # TorchScript cannot save nested tensors (torch.jit.save fails the same way).
+    model = torch.jit.script(ScriptHolder(nested_strided()))
+    raises_one_line(zcwrap.BadModelError, lambda: zcwrap.ModelWrapper.from_model(model), "cannot serialize")
+
+
 def test_mkldnn_tensor_is_refused_with_one_line():
     model = Holder(seeded(4, 4).to_mkldnn(), as_buffer=False)
     raises_one_line(zcwrap.BadModelError, lambda: zcwrap.ModelWrapper.from_model(model), "cannot pickle")
