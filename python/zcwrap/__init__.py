@@ -20,6 +20,7 @@ if _torch.__version__ != _build_info.torch_version:
         f"runs torch {_torch.__version__}; reinstall zcwrap (pip install --no-build-isolation .) with this torch")
 
 from . import _C  # noqa: E402  (after the check: a mismatched torch could not load it)
+from . import _wrapper  # noqa: E402
 from ._wrapper import ActorWrapper, ModelWrapper  # noqa: E402
 from . import errors  # noqa: E402
 from .errors import *  # noqa: E402,F401,F403  (Error and one subclass per kind)
@@ -30,15 +31,24 @@ libtorch_version = _C.libtorch_version
 __all__ = ["ActorWrapper", "ModelWrapper", "describe", "verify", *errors.__all__]
 
 
+def _file_path(path: object) -> str:
+    """`path` (str or os.PathLike) as str; UsageError for anything else or a
+    NUL byte, which would cut the path short where the C library reads it."""
+    checked = _wrapper._path_arg("path", path)
+    if checked is None:
+        raise UsageError("path=None: name a blob or actor config file")
+    return checked
+
+
 def describe(path: str) -> dict:
     """What `zcwrap inspect --json` prints for a blob or actor config file."""
     import json
 
-    return json.loads(_C.describe(str(path)))
+    return json.loads(_C.describe(_file_path(path)))
 
 
 def verify(path: str) -> dict:
     """What `zcwrap verify --json` prints: every storage's checksum recomputed."""
     import json
 
-    return json.loads(_C.verify(str(path)))
+    return json.loads(_C.verify(_file_path(path)))

@@ -615,5 +615,13 @@ def test_config_file_at_the_limit_is_read(tmp_path):
     raises_one_line(zcwrap.BadBlobError, lambda: zcwrap.ModelWrapper.open(over), "1048576")
 
 
-def test_open_needs_a_path():
-    raises_one_line(zcwrap.UsageError, lambda: zcwrap.ModelWrapper.open(123), "path=123")
+def test_paths_are_paths():
+    path = zcwrap.ModelWrapper.from_model(small()).blob_path
+    # A NUL byte would cut the path short where the C library reads it: the blob itself would open.
+    for call in (zcwrap.ModelWrapper.open, zcwrap.describe, zcwrap.verify):
+        raises_one_line(zcwrap.UsageError, lambda: call(123), "path=123")
+        raises_one_line(zcwrap.UsageError, lambda: call(None), "path=None")
+        raises_one_line(zcwrap.UsageError, lambda: call(path + "\0.old"), "NUL")
+    wrapper = zcwrap.ModelWrapper.open(path)
+    raises_one_line(zcwrap.UsageError, lambda: wrapper.unpack(None), "path=None")
+    raises_one_line(zcwrap.UsageError, lambda: wrapper.unpack("/tmp/x.pt", model=3), "model=3")
