@@ -6,6 +6,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "pickle_scan.hpp"
+
 namespace zcwrap::cli {
 namespace {
 
@@ -20,18 +22,24 @@ struct Item {
   size_t size = 0;
 };
 
+// Opcodes and their arguments are read by the runtime's one pickle reader
+// (runtime/pickle_scan.hpp), which knows every opcode's encoding; this
+// checker decides which of them, and which values, a torch.save of tensors
+// may hold.
 class Checker {
  public:
-  explicit Checker(std::string_view pickle) : p_(pickle) {}
+  explicit Checker(std::string_view pickle) : reader_(pickle) {}
 
   std::string run() {
-    if (p_.size() < 2 || uint8_t(p_[0]) != 0x80 || p_[1] != 2) return "not a protocol 2 pickle";
-    pos_ = 2;
+    detail::PickleOp op;
+    if (!reader_.next(&op) || op.code != 0x80 || op.number != 2) return "not a protocol 2 pickle";
     while (error_.empty()) {
-      if (pos_ >= p_.size()) return "ends before its STOP opcode";
-      const size_t at = pos_;
-      const uint8_t op = uint8_t(p_[pos_++]);
-      if (op == '.') break;
+      const size_t at = reader_.position();
+      if (!reader_.next(&op)) {
+        if (reader_.error().empty()) return "ends before its STOP opcode";
+        return "byte " + std::to_string(at) + ": " + reader_.error();
+      }
+      if (op.code == '.') break;
       step(op);
       if (!error_.empty()) return "byte " + std::to_string(at) + ": " + error_;
     }
@@ -45,33 +53,11 @@ class Checker {
     if (error_.empty()) error_ = std::move(what);
   }
 
-  bool take(size_t n, std::string_view* out) {
-    if (p_.size() - pos_ < n) {
-      fail("truncated");
-      return false;
-    }
-    *out = p_.substr(pos_, n);
-    pos_ += n;
-    return true;
-  }
-
-  uint64_t little_endian(size_t n) {
-    std::string_view bytes;
-    if (!take(n, &bytes)) return 0;
+  // A little-endian integer spelled in `bytes` (LONG1's argument).
+  static uint64_t little_endian(std::string_view bytes) {
     uint64_t v = 0;
-    for (size_t i = n; i-- > 0;) v = (v << 8) | uint8_t(bytes[i]);
+    for (size_t i = bytes.size(); i-- > 0;) v = (v << 8) | uint8_t(bytes[i]);
     return v;
-  }
-
-  std::string_view line() {
-    const size_t end = p_.find('\n', pos_);
-    if (end == std::string_view::npos) {
-      fail("truncated");
-      return {};
-    }
-    std::string_view text = p_.substr(pos_, end - pos_);
-    pos_ = end + 1;
-    return text;
   }
 
   void push(Item item) {
@@ -160,10 +146,7 @@ class Checker {
     push(it->second);
   }
 
-  void global() {
-    const std::string_view module = line();
-    const std::string_view name = line();
-    if (!error_.empty()) return;
+  void global(std::string_view module, std::string_view name) {
     const auto ends_with = [](std::string_view s, std::string_view tail) {
       return s.size() >= tail.size() && s.substr(s.size() - tail.size()) == tail;
     };
@@ -176,25 +159,22 @@ class Checker {
          "; expected tensors (torch.save of a tensor, or of a tuple of tensors)");
   }
 
-  void step(uint8_t op) {
+  void step(const detail::PickleOp& read) {
+    const uint8_t op = read.code;
     std::vector<Item> items;
     switch (op) {
       case '(': marks_.push_back(stack_.size()); break;
       case 'N': case 0x88: case 0x89: push(Kind::kOther); break;         // NONE NEWTRUE NEWFALSE
-      case 'K': little_endian(1); push(Kind::kInt); break;               // BININT1
-      case 'M': little_endian(2); push(Kind::kInt); break;               // BININT2
-      case 'J': signed_int(static_cast<int32_t>(little_endian(4))); break;    // BININT
+      case 'K': push(Kind::kInt); break;                                 // BININT1
+      case 'M': push(Kind::kInt); break;                                 // BININT2
+      case 'J': signed_int(static_cast<int32_t>(read.number)); break;    // BININT
       case 0x8a:                                                         // LONG1, 8 bytes only
-        if (little_endian(1) != 8) return fail("LONG1 of other than 8 bytes");
-        signed_int(static_cast<int64_t>(little_endian(8)));
+        if (read.arg.size() != 8) return fail("LONG1 of other than 8 bytes");
+        signed_int(static_cast<int64_t>(little_endian(read.arg)));
         break;
-      case 'G': little_endian(8); push(Kind::kOther); break;             // BINFLOAT
-      case 'X': {                                                        // BINUNICODE
-        std::string_view text;
-        if (take(little_endian(4), &text)) push(Kind::kStr);
-        break;
-      }
-      case 'c': global(); break;
+      case 'G': push(Kind::kOther); break;                               // BINFLOAT
+      case 'X': push(Kind::kStr); break;                                 // BINUNICODE
+      case 'c': global(read.arg, read.second); break;
       case ')': push_tuple({}); break;                                   // EMPTY_TUPLE
       case ']': case '}': push(Kind::kOther, 1); break;                  // EMPTY_LIST EMPTY_DICT
       case 't': if (pop_to_mark(&items)) push_tuple(items); break;       // TUPLE
@@ -215,10 +195,8 @@ class Checker {
         items = pop_n(2);
         if (error_.empty()) fill(stack_.size() - 1, items);
         break;
-      case 'q': memo_put(little_endian(1)); break;                       // BINPUT
-      case 'r': memo_put(little_endian(4)); break;                       // LONG_BINPUT
-      case 'h': memo_get(little_endian(1)); break;                       // BINGET
-      case 'j': memo_get(little_endian(4)); break;                       // LONG_BINGET
+      case 'q': case 'r': memo_put(read.number); break;                  // BINPUT LONG_BINPUT
+      case 'h': case 'j': memo_get(read.number); break;                  // BINGET LONG_BINGET
       case 0x81: pop_n(1); break;                                        // NEWOBJ: drops its argument tuple
       case 'R': case 'b':                                                // REDUCE BUILD
         items = pop_n(2);
@@ -244,8 +222,7 @@ class Checker {
     }
   }
 
-  std::string_view p_;
-  size_t pos_ = 0;
+  detail::PickleReader reader_;
   std::vector<Item> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Item> memo_;

@@ -20,7 +20,8 @@ enum class Arg : uint8_t {
   kLine,      // up to a newline: decimals, floats, reprs
   kTwoLines,  // GLOBAL and INST: module, newline, name, newline
   kBytes1,    // a uint1 length, then that many bytes
-  kBytes4,    // a uint4 length (BINSTRING and LONG4: an int4, refused when negative)
+  kBytes4,    // an int4 length, refused when negative (BINSTRING, LONG4)
+  kUBytes4,   // a uint4 length (BINBYTES, BINUNICODE)
   kBytes8,    // a uint8 length
 };
 
@@ -68,7 +69,7 @@ constexpr Op kOps[] = {
     {'S', "STRING", Arg::kLine, Effect::kString, 0, 1},
     {'T', "BINSTRING", Arg::kBytes4, Effect::kString, 0, 1},
     {'U', "SHORT_BINSTRING", Arg::kBytes1, Effect::kString, 0, 1},
-    {'B', "BINBYTES", Arg::kBytes4, Effect::kPlain, 0, 1},
+    {'B', "BINBYTES", Arg::kUBytes4, Effect::kPlain, 0, 1},
     {'C', "SHORT_BINBYTES", Arg::kBytes1, Effect::kPlain, 0, 1},
     {0x8e, "BINBYTES8", Arg::kBytes8, Effect::kPlain, 0, 1},
     {0x96, "BYTEARRAY8", Arg::kBytes8, Effect::kPlain, 0, 1},
@@ -79,7 +80,7 @@ constexpr Op kOps[] = {
     {0x89, "NEWFALSE", Arg::kNone, Effect::kPlain, 0, 1},
     {'V', "UNICODE", Arg::kLine, Effect::kString, 0, 1},
     {0x8c, "SHORT_BINUNICODE", Arg::kBytes1, Effect::kString, 0, 1},
-    {'X', "BINUNICODE", Arg::kUint4, Effect::kString, 0, 1},  // length, read below
+    {'X', "BINUNICODE", Arg::kUBytes4, Effect::kString, 0, 1},
     {0x8d, "BINUNICODE8", Arg::kBytes8, Effect::kString, 0, 1},
     {'F', "FLOAT", Arg::kLine, Effect::kPlain, 0, 1},
     {'G', "BINFLOAT", Arg::kUint8, Effect::kPlain, 0, 1},
@@ -152,24 +153,18 @@ struct Value {
 
 class Scanner {
  public:
-  explicit Scanner(std::string_view pickle) : p_(pickle) {}
+  explicit Scanner(std::string_view pickle) : p_(pickle), reader_(pickle) {}
 
   PickleScan run() {
     PickleScan out;
+    PickleOp op;
     while (error_.empty()) {
-      if (pos_ >= p_.size()) {
-        fail(p_.size(), "ends before its STOP opcode (truncated?)");
+      at_ = reader_.position();
+      if (!reader_.next(&op)) {
+        fail(at_, reader_.error().empty() ? "ends before its STOP opcode (truncated?)" : reader_.error());
         break;
       }
-      at_ = pos_;
-      const Op& op = kOpTable.by_code[static_cast<uint8_t>(p_[pos_++])];
-      if (op.name == nullptr) {
-        static const char kHex[] = "0123456789abcdef";
-        const auto code = static_cast<uint8_t>(p_[at_]);
-        fail(at_, std::string("opcode 0x") + kHex[code >> 4] + kHex[code & 15] + " is not a pickle opcode");
-        break;
-      }
-      if (op.effect == Effect::kStop) break;
+      if (op.code == '.') break;
       step(op);
     }
     out.globals.assign(globals_.begin(), globals_.end());
@@ -182,37 +177,7 @@ class Scanner {
     if (error_.empty()) error_ = "byte " + std::to_string(at) + ": " + what;
   }
 
-  bool take(uint64_t n, std::string_view* out) {
-    if (p_.size() - pos_ < n) {
-      fail(at_, std::string(current()) + " needs " + std::to_string(n) + " bytes, " +
-                    std::to_string(p_.size() - pos_) + " are left (truncated)");
-      return false;
-    }
-    *out = p_.substr(pos_, n);
-    pos_ += n;
-    return true;
-  }
-
-  uint64_t little_endian(size_t n) {
-    std::string_view bytes;
-    if (!take(n, &bytes)) return 0;
-    uint64_t v = 0;
-    for (size_t i = n; i-- > 0;) v = (v << 8) | static_cast<uint8_t>(bytes[i]);
-    return v;
-  }
-
-  bool line(std::string_view* out) {
-    const size_t end = p_.find('\n', pos_);
-    if (end == std::string_view::npos) {
-      fail(at_, std::string(current()) + ": no newline ends its argument (truncated)");
-      return false;
-    }
-    *out = p_.substr(pos_, end - pos_);
-    pos_ = end + 1;
-    return true;
-  }
-
-  const char* current() const { return kOpTable.by_code[static_cast<uint8_t>(p_[at_])].name; }
+  const char* current() const { return name_; }
 
   // The part of the stack above the last mark; pops never reach below it.
   size_t fence() const { return marks_.empty() ? 0 : marks_.back(); }
@@ -294,36 +259,11 @@ class Scanner {
     globals_.insert({std::string(module), std::string(name)});
   }
 
-  void step(const Op& op) {
-    // The argument.
-    uint64_t number = 0;
-    std::string_view arg, second;
-    const size_t arg_start = pos_;
-    switch (op.arg) {
-      case Arg::kNone: break;
-      case Arg::kUint1: number = little_endian(1); break;
-      case Arg::kUint2: number = little_endian(2); break;
-      case Arg::kInt4: number = little_endian(4); break;
-      case Arg::kUint4: number = little_endian(4); break;
-      case Arg::kUint8: number = little_endian(8); break;
-      case Arg::kLine: line(&arg); break;
-      case Arg::kTwoLines: line(&arg) && line(&second); break;
-      case Arg::kBytes1: take(little_endian(1), &arg); break;
-      case Arg::kBytes4: {
-        const uint64_t n = little_endian(4);
-        if (n > INT32_MAX) return fail(at_, std::string(current()) + " has a negative length");
-        take(n, &arg);
-        break;
-      }
-      case Arg::kBytes8: take(little_endian(8), &arg); break;
-    }
-    if (!error_.empty()) return;
-    if (op.code == 'X') {  // BINUNICODE: a uint4 length, then the text
-      const size_t start = pos_;
-      if (!take(number, &arg)) return;
-      return push(str_at(start, arg.size(), /*plain_ascii=*/false));
-    }
-
+  void step(const PickleOp& read) {
+    const Op& op = kOpTable.by_code[read.code];
+    name_ = read.name;
+    uint64_t number = read.number;
+    const std::string_view arg = read.arg;
     Value top;
     switch (op.effect) {
       case Effect::kPlain:
@@ -332,19 +272,18 @@ class Scanner {
         for (uint8_t i = 0; i < op.pushes; ++i) push({});
         return;
       case Effect::kString: {
+        const auto arg_start = static_cast<size_t>(arg.data() - p_.data());  // the argument views the pickle
         if (op.code == 'S') return push(quoted_string(arg, arg_start));
         // UNICODE is raw-unicode-escape, BINSTRING and SHORT_BINSTRING are
         // decoded as ASCII; the BINUNICODEs are UTF-8.
-        if (op.code == 'V') return push(str_at(arg_start, arg.size(), true));
-        const size_t prefix = op.arg == Arg::kBytes1 ? 1 : op.arg == Arg::kBytes4 ? 4 : 8;
-        return push(str_at(arg_start + prefix, arg.size(), op.code == 'T' || op.code == 'U'));
+        return push(str_at(arg_start, arg.size(), op.code == 'V' || op.code == 'T' || op.code == 'U'));
       }
       case Effect::kGlobal:
-        global(arg, second);
+        global(arg, read.second);
         if (error_.empty()) push({});
         return;
       case Effect::kInst:
-        global(arg, second);
+        global(arg, read.second);
         if (error_.empty() && pop_mark()) push({});
         return;
       case Effect::kStackGlobal: {
@@ -427,8 +366,9 @@ class Scanner {
   }
 
   std::string_view p_;
-  size_t pos_ = 0;
-  size_t at_ = 0;  // where the current opcode starts
+  PickleReader reader_;
+  size_t at_ = 0;                 // where the current opcode starts
+  const char* name_ = "";         // and its name
   std::vector<Value> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Value> memo_;
@@ -437,6 +377,74 @@ class Scanner {
 };
 
 }  // namespace
+
+bool PickleReader::take(uint64_t n, const char* name, std::string_view* out) {
+  if (p_.size() - pos_ < n) {
+    error_ = std::string(name) + " needs " + std::to_string(n) + " bytes, " + std::to_string(p_.size() - pos_) +
+             " are left (truncated)";
+    return false;
+  }
+  *out = p_.substr(pos_, n);
+  pos_ += n;
+  return true;
+}
+
+bool PickleReader::little_endian(size_t n, const char* name, uint64_t* out) {
+  std::string_view bytes;
+  if (!take(n, name, &bytes)) return false;
+  uint64_t v = 0;
+  for (size_t i = n; i-- > 0;) v = (v << 8) | static_cast<uint8_t>(bytes[i]);
+  *out = v;
+  return true;
+}
+
+bool PickleReader::line(const char* name, std::string_view* out) {
+  const size_t end = p_.find('\n', pos_);
+  if (end == std::string_view::npos) {
+    error_ = std::string(name) + ": no newline ends its argument (truncated)";
+    return false;
+  }
+  *out = p_.substr(pos_, end - pos_);
+  pos_ = end + 1;
+  return true;
+}
+
+bool PickleReader::next(PickleOp* op) {
+  if (!error_.empty() || pos_ >= p_.size()) return false;
+  *op = PickleOp();
+  op->at = pos_;
+  op->code = static_cast<uint8_t>(p_[pos_]);
+  const Op& entry = kOpTable.by_code[op->code];
+  if (entry.name == nullptr) {
+    static const char kHex[] = "0123456789abcdef";
+    error_ = std::string("opcode 0x") + kHex[op->code >> 4] + kHex[op->code & 15] + " is not a pickle opcode";
+    return false;
+  }
+  ++pos_;
+  op->name = entry.name;
+  uint64_t length = 0;
+  switch (entry.arg) {
+    case Arg::kNone: return true;
+    case Arg::kUint1: return little_endian(1, op->name, &op->number);
+    case Arg::kUint2: return little_endian(2, op->name, &op->number);
+    case Arg::kInt4:
+    case Arg::kUint4: return little_endian(4, op->name, &op->number);
+    case Arg::kUint8: return little_endian(8, op->name, &op->number);
+    case Arg::kLine: return line(op->name, &op->arg);
+    case Arg::kTwoLines: return line(op->name, &op->arg) && line(op->name, &op->second);
+    case Arg::kBytes1: return little_endian(1, op->name, &length) && take(length, op->name, &op->arg);
+    case Arg::kBytes4:
+      if (!little_endian(4, op->name, &length)) return false;
+      if (length > INT32_MAX) {
+        error_ = std::string(op->name) + " has a negative length";
+        return false;
+      }
+      return take(length, op->name, &op->arg);
+    case Arg::kUBytes4: return little_endian(4, op->name, &length) && take(length, op->name, &op->arg);
+    case Arg::kBytes8: return little_endian(8, op->name, &length) && take(length, op->name, &op->arg);
+  }
+  return true;
+}
 
 PickleScan scan_pickle(std::string_view pickle) { return Scanner(pickle).run(); }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -13,6 +14,44 @@ namespace zcwrap::detail {
 // a pickle that needs more is refused as unreadable. Python's own pickler
 // stays far below: a module pickle memoizes a few objects per submodule.
 inline constexpr size_t kMaxPickleValues = size_t{1} << 22;
+
+// One opcode of a pickle, as PickleReader reads it: which one, where, and its
+// argument, decoded by the one opcode table of protocols 0 to 5 (in
+// pickle_scan.cpp, after Lib/pickletools.py). The views point into the
+// pickle.
+struct PickleOp {
+  uint8_t code = 0;
+  const char* name = nullptr;  // "BINUNICODE"
+  size_t at = 0;               // offset of the opcode byte
+  uint64_t number = 0;         // an integer argument, little-endian (BININT's int4 as its 32 bits)
+  std::string_view arg;        // a length-prefixed or newline-ended argument (GLOBAL, INST: the module)
+  std::string_view second;     // GLOBAL, INST: the name
+};
+
+// Reads a pickle's opcodes one at a time with their arguments, checking
+// before every read; never reads outside the bytes. Says nothing of what
+// they do: the callers (scan_pickle, zcwrap run's input check) model that.
+class PickleReader {
+ public:
+  explicit PickleReader(std::string_view pickle) : p_(pickle) {}
+
+  // The next opcode and its argument. False at the end of the bytes, or
+  // with error() set: an unknown opcode, an argument past the end, a
+  // negative length.
+  bool next(PickleOp* op);
+  // What went wrong, with the opcode's name (not its offset: PickleOp::at).
+  const std::string& error() const { return error_; }
+  size_t position() const { return pos_; }
+
+ private:
+  bool take(uint64_t n, const char* name, std::string_view* out);
+  bool little_endian(size_t n, const char* name, uint64_t* out);
+  bool line(const char* name, std::string_view* out);
+
+  std::string_view p_;
+  size_t pos_ = 0;
+  std::string error_;
+};
 
 // One global a pickle imports: what the unpickler's find_class is asked for.
 struct PickleGlobal {
