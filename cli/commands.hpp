@@ -15,5 +15,6 @@ void setup_run(CLI::App& app, int& status);
 void setup_bench(CLI::App& app, int& status);
 void setup_verify(CLI::App& app, int& status);
 void setup_unpack(CLI::App& app, int& status);
+void setup_gc(CLI::App& app, int& status);
 
 }  // namespace zcwrap::cli

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   zcwrap::cli::setup_bench(app, status);
   zcwrap::cli::setup_verify(app, status);
   zcwrap::cli::setup_unpack(app, status);
+  zcwrap::cli::setup_gc(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,5 +1,8 @@
 #include "blob_file.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <thread>
@@ -31,7 +34,10 @@ BlobLayout parse_blob(const uint8_t* bytes, size_t size, const std::string& path
 std::shared_ptr<const BlobFile> BlobFile::open(const std::string& path, bool copy_on_write) {
   auto blob = std::make_shared<BlobFile>();
   blob->path_ = path;
-  blob->region_ = MappedRegion::map_file(path, copy_on_write);
+  struct stat st {};
+  blob->fd_ = open_regular_file(path, &st);
+  lock_shared(blob->fd_.get(), path);
+  blob->region_ = MappedRegion::map_fd(blob->fd_.get(), static_cast<uint64_t>(st.st_size), path, copy_on_write);
   blob->base_ = blob->region_.data();
   blob->size_ = blob->region_.size();
   blob->check(/*guard=*/!copy_on_write);
@@ -48,7 +54,8 @@ std::shared_ptr<const BlobFile> BlobFile::open_pinned(const std::string& path, u
 }
 
 std::shared_ptr<const BlobFile> BlobFile::open_memory(const void* data, size_t size,
-                                                      std::shared_ptr<const void> owner, std::string name) {
+                                                      std::shared_ptr<const void> owner, std::string name,
+                                                      bool copy_on_write) {
   if (data == nullptr && size != 0) throw Error(ErrorCode::kUsage, name + ": null memory region");
   if (reinterpret_cast<uintptr_t>(data) % format::kMinAlignment != 0) {
     throw Error(ErrorCode::kBadBlob, name + ": memory region at " +
@@ -59,9 +66,22 @@ std::shared_ptr<const BlobFile> BlobFile::open_memory(const void* data, size_t s
   blob->path_ = std::move(name);
   // Never null, so in_memory() holds even for an owner the caller left empty.
   blob->owner_ = owner ? std::move(owner) : std::make_shared<int>(0);
-  blob->base_ = static_cast<const uint8_t*>(data);
   blob->size_ = size;
-  blob->check(/*guard=*/true);
+  if (copy_on_write) {
+    blob->region_ = MappedRegion::copy_of(data, size, /*writable=*/true);
+    blob->base_ = blob->region_.data();
+  } else if (MappedRegion alias = MappedRegion::alias_readonly(data, size); alias.size() != 0) {
+    // Same offset within the page as `data`, so the blob's alignment holds.
+    const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    blob->base_ = alias.data() + (reinterpret_cast<uintptr_t>(data) & (page - 1));
+    blob->region_ = std::move(alias);
+  } else if (size == 0 || mapped_readonly(data, size)) {
+    blob->base_ = static_cast<const uint8_t*>(data);
+  } else {
+    blob->region_ = MappedRegion::copy_of(data, size, /*writable=*/false);
+    blob->base_ = blob->region_.data();
+  }
+  blob->check(/*guard=*/!copy_on_write);
   return blob;
 }
 

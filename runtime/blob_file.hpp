@@ -29,7 +29,8 @@ class BlobFile {
   // Error(kInput) when it cannot be read, Error(kBadBlob) when it is not a
   // valid v1 blob. Tensors made from the mapping hold the shared_ptr.
   // With `copy_on_write` the mapping is private and writable (see
-  // UnwrapOptions::copy_on_write).
+  // UnwrapOptions::copy_on_write). The file stays open, with flock(LOCK_SH)
+  // held, as long as this object: `zcwrap gc` never removes a mapped blob.
   static std::shared_ptr<const BlobFile> open(const std::string& path, bool copy_on_write = false);
 
   // open(), then checks that the file is still the blob an actor config
@@ -42,8 +43,17 @@ class BlobFile {
   // messages. `owner` is kept alive as long as this object, and so as long
   // as any tensor made from it. Throws Error(kBadBlob) as open() does, and
   // when `data` is not 64-byte aligned (storages are aligned relative to it).
+  //
+  // The weights are read-only here as they are in a file's mapping, whatever
+  // the caller's memory allows, and the caller's protection is not changed:
+  // shared memory (Ray's object store maps it writable) is mapped a second
+  // time, read-only (same pages, no copy); memory already read-only is used
+  // as it is; private writable memory (bytes, a heap array) is copied once
+  // into a read-only mapping. With `copy_on_write`, a private, writable copy
+  // (memory offers no file to map privately).
   static std::shared_ptr<const BlobFile> open_memory(const void* data, size_t size,
-                                                     std::shared_ptr<const void> owner, std::string name);
+                                                     std::shared_ptr<const void> owner, std::string name,
+                                                     bool copy_on_write = false);
 
   // Whether the bytes are a caller's memory region (open_memory), not a file.
   bool in_memory() const { return owner_ != nullptr; }
@@ -93,7 +103,8 @@ class BlobFile {
  private:
   int fault_handle_ = -1;
   std::string path_;
-  MappedRegion region_;                // a file's mapping, or empty
+  UniqueFd fd_;                        // a file's descriptor, holding flock(LOCK_SH)
+  MappedRegion region_;                // a file's mapping, a read-only alias or copy of memory, or empty
   std::shared_ptr<const void> owner_;  // a caller's memory region, or null
   const uint8_t* base_ = nullptr;      // the blob's bytes, in one or the other
   size_t size_ = 0;

@@ -22,6 +22,7 @@ struct Slot {
 constexpr int kSlots = 64;
 Slot g_slots[kSlots];
 std::atomic<bool> g_installed{false};
+char g_hint[128] = "UnwrapOptions::copy_on_write";
 struct sigaction g_previous_segv {};
 struct sigaction g_previous_bus {};
 
@@ -53,7 +54,9 @@ void on_fault(int sig, siginfo_t* info, void*) {
         write_all("zcwrap: fatal: write to a read-only weight of ");
         write_all(slot.path);
         write_all(": the weights are shared by every worker mapping this blob and cannot be changed in "
-                  "place; unwrap with UnwrapOptions::copy_on_write for private, writable weights\n");
+                  "place; unwrap with ");
+        write_all(g_hint);
+        write_all(" for private, writable weights\n");
       }
       break;
     }
@@ -88,6 +91,10 @@ int register_readonly_mapping(const void* base, size_t size, const std::string& 
     return i;
   }
   return -1;
+}
+
+void set_copy_on_write_hint(const std::string& hint) {
+  std::strncpy(g_hint, hint.c_str(), sizeof(g_hint) - 1);
 }
 
 void unregister_readonly_mapping(int handle) {

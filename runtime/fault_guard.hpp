@@ -18,4 +18,10 @@ namespace zcwrap::detail {
 int register_readonly_mapping(const void* base, size_t size, const std::string& path);
 void unregister_readonly_mapping(int handle);
 
+// How the message after a write names the copy-on-write option, in the
+// caller's language: "UnwrapOptions::copy_on_write" (C++) unless a front end
+// (the Python package: "unwrap(copy_on_write=True)") sets its own. Call it
+// before any blob is mapped; it is read by the signal handler.
+void set_copy_on_write_hint(const std::string& hint);
+
 }  // namespace zcwrap::detail

@@ -1,14 +1,20 @@
 #include "file_util.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -86,6 +92,95 @@ MappedRegion MappedRegion::map_fd(int fd, uint64_t size, const std::string& path
   return region;
 }
 
+MappedRegion MappedRegion::alias_readonly(const void* data, size_t size) {
+  MappedRegion region;
+  if (size == 0) return region;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+  const size_t length = (reinterpret_cast<uintptr_t>(data) + size - start + page - 1) & ~(page - 1);
+  // Old size 0: a new mapping of the same pages, for shared mappings only
+  // (EINVAL for private ones). It inherits their protection; drop PROT_WRITE.
+  void* alias = ::mremap(reinterpret_cast<void*>(start), 0, length, MREMAP_MAYMOVE);
+  if (alias == MAP_FAILED) return region;
+  region.base_ = alias;
+  region.size_ = length;
+  if (::mprotect(alias, length, PROT_READ) != 0) return MappedRegion();
+  return region;
+}
+
+MappedRegion MappedRegion::copy_of(const void* data, size_t size, bool writable) {
+  MappedRegion region;
+  if (size == 0) return region;
+  void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) throw Error(ErrorCode::kInput, "cannot allocate " + std::to_string(size) +
+                                                             " bytes for a private copy of the blob: " +
+                                                             errno_text(errno));
+  region.base_ = base;
+  region.size_ = size;
+  std::memcpy(base, data, size);
+  if (!writable) ::mprotect(base, size, PROT_READ);
+  return region;
+}
+
+bool mapped_readonly(const void* data, size_t size) {
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t end = begin + size;
+  std::ifstream maps("/proc/self/maps");
+  uintptr_t covered = begin;  // [begin, covered) is known to be read-only
+  std::string line;
+  while (covered < end && std::getline(maps, line)) {
+    uintptr_t lo = 0, hi = 0;
+    char perms[5] = {};
+    if (std::sscanf(line.c_str(), "%lx-%lx %4s", &lo, &hi, perms) != 3) continue;
+    if (lo <= covered && covered < hi) {
+      if (perms[1] == 'w') return false;
+      covered = hi;
+    }
+  }
+  return covered >= end;
+}
+
+void lock_shared(int fd, const std::string& path) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+    if (errno == EINTR) continue;
+    if (errno != EWOULDBLOCK) return;  // ENOLCK, EOPNOTSUPP: no locks here, and no gc either
+    if (std::chrono::steady_clock::now() > deadline) {
+      throw Error(ErrorCode::kInput, path + ": locked exclusively by another process for over 10 s "
+                                            "(flock); zcwrap gc holds that lock only while it removes a file");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+AtomicFile::AtomicFile(int dir_fd, std::string dir_path, std::string name, mode_t mode)
+    : destination_(dir_path + "/" + name), dir_fd_(dir_fd), name_(std::move(name)) {
+  static thread_local std::mt19937_64 random{std::random_device{}()};
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    char suffix[16];
+    std::snprintf(suffix, sizeof(suffix), "%06llx", static_cast<unsigned long long>(random() & 0xffffff));
+    temp_name_ = name_ + ".tmp-" + suffix;
+    UniqueFd fd(::openat(dir_fd_, temp_name_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
+    if (!fd.valid()) {
+      if (errno == EEXIST) continue;
+      fail("cannot create a file in " + dir_path, errno);
+    }
+    // gc may have locked and removed the file between its creation and this
+    // lock: then the name no longer leads to it, and another name is tried.
+    lock_shared(fd.get(), destination_);
+    struct stat mine {}, named {};
+    if (::fstat(fd.get(), &mine) != 0 ||
+        ::fstatat(dir_fd_, temp_name_.c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0 || mine.st_ino != named.st_ino ||
+        mine.st_dev != named.st_dev) {
+      continue;
+    }
+    ::fchmod(fd.get(), mode);  // exactly `mode`, whatever the umask
+    fd_ = std::move(fd);
+    return;
+  }
+  fail("cannot create a temporary file in " + dir_path + " (100 names tried)", EEXIST);
+}
+
 AtomicFile::AtomicFile(std::string destination) : destination_(std::move(destination)) {
   // A symbolic link: its target is what the user names, and is replaced (or
   // written through, below); the link stays. A dangling link's target is
@@ -126,7 +221,9 @@ AtomicFile::AtomicFile(std::string destination) : destination_(std::move(destina
 }
 
 AtomicFile::~AtomicFile() {
-  if (!committed_ && !temp_path_.empty()) ::unlink(temp_path_.c_str());
+  if (committed_) return;
+  if (dir_fd_ >= 0 && !temp_name_.empty()) ::unlinkat(dir_fd_, temp_name_.c_str(), 0);
+  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
 }
 
 void AtomicFile::fail(const std::string& what, int err) const {
@@ -196,6 +293,14 @@ void AtomicFile::commit() {
     return;
   }
   if (::fsync(fd_.get()) != 0) fail("fsync failed", errno);
+  if (dir_fd_ >= 0) {
+    // renameat replaces a link of that name itself, never its target. The
+    // descriptor stays open: its lock now covers the destination.
+    if (::renameat(dir_fd_, temp_name_.c_str(), dir_fd_, name_.c_str()) != 0) fail("cannot rename into place", errno);
+    committed_ = true;
+    ::fsync(dir_fd_);
+    return;
+  }
   UniqueFd closing(fd_.release());
   if (::close(closing.release()) != 0) fail("close failed", errno);
   if (::rename(temp_path_.c_str(), destination_.c_str()) != 0) fail("cannot rename into place", errno);

@@ -51,6 +51,16 @@ class MappedRegion {
   // The same for a file already open as `fd`, `size` bytes long (its stat);
   // `path` is for messages. The descriptor may be closed afterwards.
   static MappedRegion map_fd(int fd, uint64_t size, const std::string& path, bool copy_on_write = false);
+  // A second, read-only mapping of the pages that hold [data, data + size),
+  // made with mremap (old size 0): the same physical pages, no copy, and the
+  // caller's own mapping keeps its protection. Possible only where those
+  // pages are one shared mapping (MAP_SHARED: a file, shared memory, Ray's
+  // object store); elsewhere (private memory) the region is empty. The
+  // region starts on the page that holds `data`.
+  static MappedRegion alias_readonly(const void* data, size_t size);
+  // A fresh anonymous mapping holding a copy of [data, data + size),
+  // page-aligned, then made read-only unless `writable`.
+  static MappedRegion copy_of(const void* data, size_t size, bool writable);
 
   const uint8_t* data() const { return static_cast<const uint8_t*>(base_); }
   uint8_t* mutable_data() const { return static_cast<uint8_t*>(base_); }
@@ -60,6 +70,18 @@ class MappedRegion {
   void* base_ = nullptr;
   size_t size_ = 0;
 };
+
+// Whether every page of [data, data + size) is mapped without write
+// permission in this process (/proc/self/maps).
+bool mapped_readonly(const void* data, size_t size);
+
+// Takes flock(LOCK_SH) on `fd`, the lock every process that maps a blob
+// holds so that `zcwrap gc` (LOCK_EX, never waiting) leaves the file alone.
+// A lock held exclusively by someone else is waited for up to 10 s (gc holds
+// it for microseconds), then Error(kInput) naming `path`. A file system
+// without flock support (ENOLCK, EOPNOTSUPP) is not an error: there is no
+// gc to protect against there.
+void lock_shared(int fd, const std::string& path);
 
 // Writes a file next to its destination and renames it into place only when
 // complete (after fsync of the file and its folder), so readers see the old
@@ -72,6 +94,14 @@ class AtomicFile {
  public:
   // Throws Error(kWrite) when the folder cannot be written.
   explicit AtomicFile(std::string destination);
+  // A file `name` in the folder open as `dir_fd` (at `dir_path`, for
+  // messages), for a folder whose owner and mode the caller checked: the
+  // temporary is created beside it relative to `dir_fd` (O_EXCL, never
+  // following a link), with `mode`, and holds flock(LOCK_SH) from its
+  // creation on, so `zcwrap gc` leaves it alone while it is written and, once
+  // renamed to `name` (replacing whatever had that name, a link included,
+  // without following it), for as long as take_fd()'s descriptor lives.
+  AtomicFile(int dir_fd, std::string dir_path, std::string name, mode_t mode);
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
   ~AtomicFile();
@@ -86,6 +116,8 @@ class AtomicFile {
   size_t copy_from(int fd, uint64_t offset, size_t size);
   void write_zeros(size_t size);
   void commit();
+  // After commit() of a file made in a folder: the open, locked descriptor.
+  [[nodiscard]] UniqueFd take_fd() { return std::move(fd_); }
 
   const std::string& destination() const { return destination_; }
 
@@ -95,6 +127,9 @@ class AtomicFile {
 
   std::string destination_;
   std::string temp_path_;
+  int dir_fd_ = -1;        // in-folder files: the folder (not owned)
+  std::string name_;       // in-folder files: the destination's name in it
+  std::string temp_name_;  // in-folder files: the temporary's name in it
   UniqueFd fd_;
   uint64_t written_ = 0;  // bytes written so far
   uint64_t flushed_ = 0;  // bytes whose write-back has been started

@@ -61,16 +61,14 @@ size_t Unwrapped::mapping_size() const { return state_->blob->size(); }
 ModelWrapper ModelWrapper::from_model(const torch::jit::Module& model, const PackOptions& options) {
   std::vector<detail::PackInput> inputs;
   inputs.push_back(detail::copy_module(options.standalone_name, model));
-  const detail::PreparedBlob blob = detail::prepare_blob(inputs, /*standalone=*/true, options);
-  return detail::written_wrapper(detail::store_blob(blob, options), blob);
+  return detail::stored_wrapper(detail::prepare_blob(inputs, /*standalone=*/true, options), options);
 }
 
 ModelWrapper ModelWrapper::from_pipeline(
     const std::vector<std::pair<std::string, torch::jit::Module>>& models, const PackOptions& options) {
   std::vector<detail::PackInput> inputs;
   for (const auto& [name, module] : models) inputs.push_back(detail::copy_module(name, module));
-  const detail::PreparedBlob blob = detail::prepare_blob(inputs, /*standalone=*/false, options);
-  return detail::written_wrapper(detail::store_blob(blob, options), blob);
+  return detail::stored_wrapper(detail::prepare_blob(inputs, /*standalone=*/false, options), options);
 }
 
 ModelWrapper ModelWrapper::pack_files(const std::vector<ModelFile>& models, Layout layout,
@@ -104,6 +102,15 @@ ModelWrapper detail::written_wrapper(const std::string& path, const detail::Prep
   w.names_ = blob.names;
   return w;
 }
+
+ModelWrapper detail::stored_wrapper(const detail::PreparedBlob& blob, const PackOptions& options) {
+  detail::StoredBlob stored = detail::store_blob(blob, options);
+  ModelWrapper w = written_wrapper(stored.path, blob);
+  w.store_lock_ = std::move(stored.lock);
+  return w;
+}
+
+std::shared_ptr<const void> detail::store_lock(const ModelWrapper& wrapper) { return wrapper.store_lock_; }
 
 ModelWrapper ModelWrapper::from_actor(const json& config) { return from_config(detail::parse_actor_config(config)); }
 
@@ -152,11 +159,9 @@ ModelWrapper ModelWrapper::from_memory(MemoryBlob memory) {
 
 std::shared_ptr<const BlobFile> detail::checked_blob(const ModelWrapper& w, bool copy_on_write) {
   if (w.memory_) {
-    if (copy_on_write) {
-      throw Error(ErrorCode::kUsage, w.blob_path_ + ": copy_on_write needs a blob file; a memory blob is "
-                                                    "read as the caller gave it");
-    }
-    return w.memory_;
+    if (!copy_on_write) return w.memory_;
+    // Memory offers no file to map privately: a private, writable copy.
+    return BlobFile::open_memory(w.memory_->data(), w.memory_->size(), nullptr, w.blob_path_, /*copy_on_write=*/true);
   }
   if (w.opened_ && !copy_on_write) return w.opened_;
   return BlobFile::open_pinned(w.blob_path_, w.blob_size_, w.meta_checksum_, copy_on_write);

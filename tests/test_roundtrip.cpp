@@ -2,6 +2,7 @@
 // torch::jit::load of the original bit for bit, and points into the mapping.
 #include "torch_support.hpp"  // first: see there
 
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 
@@ -12,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "file_util.hpp"
 #include "format.hpp"
 #include "placement.hpp"
 #include "torch_util.hpp"
@@ -260,7 +262,8 @@ TEST_CASE("a store without room (a small /dev/shm) is a clear error naming ZCWRA
   // A 1 MiB tmpfs, like a container's small /dev/shm.
   const std::string store = dir / "shm";
   ::mkdir(store.c_str(), 0755);
-  REQUIRE_MESSAGE(::mount("zcwrap-test", store.c_str(), "tmpfs", 0, "size=1m") == 0, std::strerror(errno));
+  // mode=0700: a tmpfs's root is 1777 by default, which the store refuses.
+  REQUIRE_MESSAGE(::mount("zcwrap-test", store.c_str(), "tmpfs", 0, "size=1m,mode=0700") == 0, std::strerror(errno));
   struct Unmount {
     std::string path;
     ~Unmount() { ::umount(path.c_str()); }
@@ -369,12 +372,23 @@ TEST_CASE("from_memory unwraps a blob in caller-owned memory and keeps its owner
     std::string message;
     CHECK(error_code_of([&] { (void)w.to_actor(); }, &message) == ErrorCode::kUsage);
     CHECK(message.find("from_memory") != std::string::npos);
+    // Heap memory is private and writable: the weights are a read-only copy,
+    // and the caller's memory keeps its protection.
+    Unwrapped u = w.unwrap();
+    CHECK(u.mapping_data() != memory.get());
+    CHECK(zcwrap::detail::mapped_readonly(u.mapping_data(), u.mapping_size()));
+    CHECK_FALSE(zcwrap::detail::mapped_readonly(memory.get(), bytes.size()));
+    // copy_on_write: a private, writable copy, which a write does not carry back.
     zcwrap::UnwrapOptions cow;
     cow.copy_on_write = true;
-    CHECK(error_code_of([&] { (void)w.unwrap(cow); }) == ErrorCode::kUsage);
-
-    Unwrapped u = w.unwrap();
-    CHECK(u.mapping_data() == memory.get());
+    {
+      Unwrapped mine = w.unwrap(cow);
+      at::Tensor first = (*mine.module().parameters().begin());
+      const float before = first.view(-1)[0].item<float>();
+      first.view(-1)[0].fill_(before + 1000);
+      CHECK(first.view(-1)[0].item<float>() == before + 1000);
+      CHECK((*w.unwrap().module().parameters().begin()).view(-1)[0].item<float>() == before);
+    }
     size_t count = 0;
     check_all_in_mapping(u.module(), u, &count);
     CHECK(count > 0);
@@ -390,6 +404,36 @@ TEST_CASE("from_memory unwraps a blob in caller-owned memory and keeps its owner
   CHECK(static_cast<const void*>(address) != nullptr);
   kept = torch::jit::Module();
   CHECK(released);
+
+  SUBCASE("shared memory is mapped again, read-only: the same pages, no copy") {
+    // As Ray's object store: a writable MAP_SHARED region, the blob at an
+    // offset that is not page-aligned.
+    const size_t offset = 192;
+    const size_t length = bytes.size() + offset;
+    void* region = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(region != MAP_FAILED);
+    auto* blob = static_cast<uint8_t*>(region) + offset;
+    std::memcpy(blob, bytes.data(), bytes.size());
+    {
+      Unwrapped u = ModelWrapper::from_memory({blob, bytes.size(), nullptr, "shared"}).unwrap();
+      CHECK(u.mapping_data() != blob);
+      CHECK(reinterpret_cast<uintptr_t>(u.mapping_data()) % 4096 == offset);
+      CHECK(zcwrap::detail::mapped_readonly(u.mapping_data(), u.mapping_size()));
+      CHECK_FALSE(zcwrap::detail::mapped_readonly(region, length));  // the caller's mapping is left as it was
+      size_t count = 0;
+      check_all_in_mapping(u.module(), u, &count);
+      CHECK(count > 0);
+      // A change made through the caller's mapping shows through unwrap's:
+      // one set of pages.
+      at::Tensor first = *u.module().parameters().begin();
+      auto* mine = static_cast<uint8_t*>(first.data_ptr());
+      uint8_t* theirs = blob + (mine - static_cast<const uint8_t*>(u.mapping_data()));
+      const uint8_t was = *mine;
+      *theirs ^= 0xFF;
+      CHECK(*mine == static_cast<uint8_t>(was ^ 0xFF));
+    }
+    ::munmap(region, length);
+  }
 
   SUBCASE("misaligned or damaged memory is a bad blob") {
     std::vector<uint8_t> copy(bytes.size() + 64);

@@ -22,6 +22,7 @@ struct Module;
 namespace zcwrap {
 
 class ModelWrapper;
+struct PackOptions;
 
 namespace detail {
 class BlobFile;
@@ -36,6 +37,12 @@ std::shared_ptr<const BlobFile> checked_blob(const ModelWrapper& wrapper, bool c
 // what was written, so the file is not mapped and parsed back (a pack must not
 // fail once its blob is in place).
 ModelWrapper written_wrapper(const std::string& path, const PreparedBlob& blob);
+// `blob` written into the store (or found there), as a wrapper that holds the
+// store's lock on it.
+ModelWrapper stored_wrapper(const PreparedBlob& blob, const PackOptions& options);
+// The store's lock a from_model wrapper holds (null for others): the Python
+// package keeps it beside its own wrapper.
+std::shared_ptr<const void> store_lock(const ModelWrapper& wrapper);
 }  // namespace detail
 
 /// What a blob holds: one model on its own (is_standalone_module() is true,
@@ -48,8 +55,15 @@ struct PackOptions {
   /// to 2 MiB. 2 MiB lets the kernel back the weights with huge pages.
   uint64_t alignment = 4096;
   /// from_model/from_pipeline only: the folder that holds in-process packed
-  /// blobs. Empty means $ZCWRAP_STORE, or /dev/shm/zcwrap when that is unset.
+  /// blobs. Empty means $ZCWRAP_STORE, or /dev/shm/zcwrap-<uid> when that is
+  /// unset. It must be a folder of the caller's own that no one else can
+  /// write (see store_folder() in zcwrap/store.hpp); a missing one is made
+  /// with mode 0700.
   std::string store_dir;
+  /// from_model/from_pipeline only: the permission bits of a blob written to
+  /// the store. Readable by its owner only unless asked (0640 lets the
+  /// folder's group map it, if the folder lets them in).
+  uint32_t store_file_mode = 0600;
   /// Name of a standalone model (pack_files with Layout::kStandalone, from_model).
   std::string standalone_name = "model";
   /// Called from the packing thread as the data section is written: bytes
@@ -78,17 +92,25 @@ struct UnwrapOptions {
   /// Map the blob MAP_PRIVATE and writable: a tensor written in place gets a
   /// private copy of that page in this process only. Off by default, when a
   /// write to a weight faults (SIGSEGV). Either way the blob and other
-  /// workers keep the original values.
+  /// workers keep the original values. A memory blob (from_memory) has no
+  /// file to map privately: it is copied whole into private, writable memory.
   bool copy_on_write = false;
   Prefetch prefetch = Prefetch::kNone;
 };
 
 /// A whole blob in memory that the caller owns: a shared-memory segment, a
-/// Ray object-store buffer, a file mapped by the host. Tensors unwrapped from
-/// it point into [data, data + size) on the CPU; `owner` is kept alive as
-/// long as any of them, and is released (on whichever thread drops the last
-/// tensor) after that. The memory must stay unchanged and readable that long,
-/// and `data` must be 64-byte aligned.
+/// Ray object-store buffer, a file mapped by the host. `owner` is kept alive
+/// as long as any tensor unwrapped from it, and is released (on whichever
+/// thread drops the last tensor) after that. The memory must stay unchanged
+/// and readable that long, and `data` must be 64-byte aligned.
+///
+/// The weights are read-only, as a file's are, without changing the
+/// protection of the caller's memory: shared memory (MAP_SHARED, such as
+/// Ray's object store, which maps it writable) is mapped a second time,
+/// read-only, and tensors point into that mapping of the same pages (no
+/// copy); memory that is already read-only is used as it is; private,
+/// writable memory (a heap buffer) is copied once into a read-only mapping.
+/// A write to a weight then faults (SIGSEGV) in this process only.
 struct MemoryBlob {
   const void* data = nullptr;
   size_t size = 0;
@@ -148,10 +170,12 @@ class Unwrapped {
 class ModelWrapper {
  public:
   /// Packs one in-memory module into the store folder (see PackOptions) under
-  /// a name derived from its content, so the same model is stored once.
-  /// The module is not changed. Store files are never removed by zcwrap: the
-  /// driver removes blob_path() when no new worker needs it; workers that
-  /// already unwrapped it keep working, as the mapping holds the file.
+  /// a name derived from its content, so the same model is stored once. A
+  /// blob already there under that name is reused only when every byte
+  /// (header, manifest, skeletons and weights) is what this pack would
+  /// write; otherwise it is replaced. The module is not changed. The wrapper
+  /// (and its copies) holds a shared lock on the blob while it lives, so
+  /// zcwrap::gc() leaves it, and every blob a process maps, in place.
   /// Throws Error(kWrite) when the store has no room (it names ZCWRAP_STORE),
   /// Error(kBadModel) when the module cannot be serialized.
   static ModelWrapper from_model(const torch::jit::Module& model, const PackOptions& options = {});
@@ -215,7 +239,7 @@ class ModelWrapper {
   Unwrapped unwrap(const std::string& device = "cpu", bool use_fast_load = false) const;
   /// As above, with the cold-start, verification and copy-on-write choices.
   /// Throws Error(kBadBlob) naming the first tensor whose bytes fail their
-  /// checksum when verifying; Error(kUsage) for copy_on_write on a memory blob.
+  /// checksum when verifying.
   Unwrapped unwrap(const UnwrapOptions& options) const;
 
   /// Writes one model back as a standard TorchScript file (what
@@ -240,11 +264,15 @@ class ModelWrapper {
   friend class ActorWrapper;
   friend std::shared_ptr<const detail::BlobFile> detail::checked_blob(const ModelWrapper&, bool);
   friend ModelWrapper detail::written_wrapper(const std::string&, const detail::PreparedBlob&);
+  friend std::shared_ptr<const void> detail::store_lock(const ModelWrapper&);
+  friend ModelWrapper detail::stored_wrapper(const detail::PreparedBlob&, const PackOptions&);
 
   // from_actor and open, once the config is parsed: the pin check.
   static ModelWrapper from_config(const detail::ActorConfig& config);
 
   std::shared_ptr<const detail::BlobFile> memory_;  // from_memory only
+  // from_model/from_pipeline: the store blob's descriptor, holding its lock.
+  std::shared_ptr<const void> store_lock_;
   // The mapping from_actor or open checked; unwrap and unpack reuse it.
   std::shared_ptr<const detail::BlobFile> opened_;
   std::string blob_path_;

@@ -13,4 +13,5 @@
 #include "zcwrap/error.hpp"
 #include "zcwrap/inspect.hpp"
 #include "zcwrap/model_wrapper.hpp"
+#include "zcwrap/store.hpp"
 #include "zcwrap/version.hpp"

@@ -17,6 +17,7 @@
 #include <torch/script.h>
 
 #include "blob_file.hpp"
+#include "fault_guard.hpp"
 #include "pack.hpp"
 #include "pickle_scan.hpp"
 #include "rebind.hpp"
@@ -25,6 +26,7 @@
 #include "zcwrap/error.hpp"
 #include "zcwrap/inspect.hpp"
 #include "zcwrap/model_wrapper.hpp"
+#include "zcwrap/store.hpp"
 #include "zcwrap/version.hpp"
 
 namespace py = pybind11;
@@ -48,6 +50,11 @@ auto without_gil(Fn&& fn) {
   }
 }
 
+// A store blob's shared lock (flock), held by a Python wrapper: opaque.
+struct StoreLock {
+  std::shared_ptr<const void> held;
+};
+
 zcwrap::format::TensorKind kind_from_name(const std::string& name) {
   using zcwrap::format::TensorKind;
   if (name == "parameter") return TensorKind::kParameter;
@@ -58,10 +65,11 @@ zcwrap::format::TensorKind kind_from_name(const std::string& name) {
 // models: [(name, "torchscript", torch._C.ScriptModule) or
 //          (name, "python_pickle", (pickle bytes, [(path, kind, tensor)], unshared bytes))].
 // Writes to `blob_path`, or into the store when it is empty. Returns the
-// actor config as JSON text. `pipeline_pickle` (bytes or None): a pipeline
-// object's other attributes, stored in the blob.
-std::string pack(const py::list& models, bool standalone, const std::string& blob_path, const std::string& store_dir,
-                 uint64_t alignment, const py::object& pipeline_pickle) {
+// actor config as JSON text and, for the store, the lock that keeps gc away
+// from the blob while the Python wrapper holds it. `pipeline_pickle` (bytes
+// or None): a pipeline object's other attributes, stored in the blob.
+std::pair<std::string, StoreLock> pack(const py::list& models, bool standalone, const std::string& blob_path, const std::string& store_dir,
+                 uint64_t alignment, uint32_t file_mode, const py::object& pipeline_pickle) {
   std::optional<std::string> pipeline;
   if (!pipeline_pickle.is_none()) pipeline = pipeline_pickle.cast<py::bytes>().cast<std::string>();
   std::vector<zcwrap::detail::PackInput> inputs;
@@ -96,14 +104,14 @@ std::string pack(const py::list& models, bool standalone, const std::string& blo
     zcwrap::PackOptions options;
     options.alignment = alignment;
     options.store_dir = store_dir;
+    options.store_file_mode = file_mode;
     const zcwrap::detail::PreparedBlob blob = zcwrap::detail::prepare_blob(inputs, standalone, options, pipeline);
-    std::string path = blob_path;
-    if (path.empty()) {
-      path = zcwrap::detail::store_blob(blob, options);
-    } else {
-      zcwrap::detail::write_blob(blob, path);
+    if (blob_path.empty()) {
+      const zcwrap::ModelWrapper wrapper = zcwrap::detail::stored_wrapper(blob, options);
+      return std::make_pair(wrapper.to_actor().dump(), StoreLock{zcwrap::detail::store_lock(wrapper)});
     }
-    return zcwrap::detail::written_wrapper(path, blob).to_actor().dump();
+    zcwrap::detail::write_blob(blob, blob_path);
+    return std::make_pair(zcwrap::detail::written_wrapper(blob_path, blob).to_actor().dump(), StoreLock{});
   });
 }
 
@@ -145,12 +153,13 @@ struct HeldBuffer {
   }
 };
 
-std::shared_ptr<const zcwrap::detail::BlobFile> open_buffer(const py::object& buffer, const std::string& name) {
+std::shared_ptr<const zcwrap::detail::BlobFile> open_buffer(const py::object& buffer, const std::string& name,
+                                                            bool copy_on_write = false) {
   auto held = std::make_shared<HeldBuffer>();
   if (PyObject_GetBuffer(buffer.ptr(), &held->view, PyBUF_SIMPLE) != 0) throw py::error_already_set();
   const void* data = held->view.buf;
   const auto size = static_cast<size_t>(held->view.len);
-  return without_gil([&] { return zcwrap::detail::BlobFile::open_memory(data, size, held, name); });
+  return without_gil([&] { return zcwrap::detail::BlobFile::open_memory(data, size, held, name, copy_on_write); });
 }
 
 zcwrap::Prefetch prefetch_from_name(const std::string& name) {
@@ -214,8 +223,12 @@ PYBIND11_MODULE(_C, m) {
     }
   });
 
+  // Writes to the caller's stderr from the SIGSEGV handler: name the option as Python spells it.
+  zcwrap::detail::set_copy_on_write_hint("unwrap(copy_on_write=True)");
+
+  py::class_<StoreLock>(m, "StoreLock", "A shared lock on a store blob: zcwrap.gc() leaves the blob while it lives.");
   m.def("pack", &pack, py::arg("models"), py::arg("standalone"), py::arg("blob_path"), py::arg("store_dir"),
-        py::arg("alignment"), py::arg("pipeline_pickle") = py::none());
+        py::arg("alignment"), py::arg("file_mode") = 0600, py::arg("pipeline_pickle") = py::none());
   // The globals a pickle imports, read without running it: ([(module, name)],
   // "" or why the pickle cannot be read).
   m.def("pickle_globals", [](const py::bytes& pickle) {
@@ -225,6 +238,20 @@ PYBIND11_MODULE(_C, m) {
     for (const zcwrap::detail::PickleGlobal& g : scan.globals) globals.append(py::make_tuple(g.module, g.name));
     return py::make_tuple(globals, scan.error);
   });
+  m.def("store_folder", [](const std::string& store_dir) { return zcwrap::store_folder(store_dir); },
+        py::arg("store_dir") = "");
+  m.def("gc", [](const std::string& store_dir, bool dry_run) {
+    const auto removed = without_gil([&] { return zcwrap::gc({store_dir, dry_run}); });
+    py::list out;
+    for (const zcwrap::StoreFile& f : removed) {
+      py::dict entry;
+      entry["path"] = f.path;
+      entry["bytes"] = f.bytes;
+      entry["temporary"] = f.temporary;
+      out.append(entry);
+    }
+    return out;
+  }, py::arg("store_dir") = "", py::arg("dry_run") = false);
   m.def("shareable", [](const at::Tensor& t) { return zcwrap::detail::is_shareable(t); });
   m.def("open_actor", [](const std::string& config) {
     auto blob = without_gil([&] { return open_config(config, false); });
@@ -245,14 +272,15 @@ PYBIND11_MODULE(_C, m) {
   // wrapper was made for; other bytes are Error(kStale) before any unwrap.
   m.def("unwrap_buffer", [](const py::object& buffer, const std::string& name, const std::string& device,
                             bool use_fast_load, bool verify, const std::string& prefetch, uint64_t pinned_size,
-                            const std::string& pinned_checksum) {
-    auto blob = open_buffer(buffer, name);
+                            const std::string& pinned_checksum, bool copy_on_write) {
+    auto blob = open_buffer(buffer, name, copy_on_write);
     if (!pinned_checksum.empty() && (blob->size() != pinned_size ||
                                      zcwrap::format::hex64(blob->header().meta_checksum) != pinned_checksum)) {
       throw Error(ErrorCode::kStale, name + ": is not the blob this wrapper was made for");
     }
-    return unwrap(blob, device, use_fast_load, verify, false, prefetch);
-  });
+    return unwrap(blob, device, use_fast_load, verify, copy_on_write, prefetch);
+  }, py::arg("buffer"), py::arg("name"), py::arg("device"), py::arg("use_fast_load"), py::arg("verify"),
+     py::arg("prefetch"), py::arg("pinned_size"), py::arg("pinned_checksum"), py::arg("copy_on_write") = false);
   m.def("describe", [](const std::string& path) {
     return without_gil([&] { return nlohmann::json(zcwrap::describe(path)).dump(); });
   });

@@ -28,7 +28,7 @@ from .errors import *  # noqa: E402,F401,F403  (Error and one subclass per kind)
 __version__ = _build_info.version
 libtorch_version = _C.libtorch_version
 
-__all__ = ["ActorWrapper", "ModelWrapper", "describe", "verify", *errors.__all__]
+__all__ = ["ActorWrapper", "ModelWrapper", "describe", "gc", "verify", *errors.__all__]
 
 
 def _file_path(path: object) -> str:
@@ -52,3 +52,20 @@ def verify(path: str) -> dict:
     import json
 
     return json.loads(_C.verify(_file_path(path)))
+
+
+def gc(store_dir: str | None = None, dry_run: bool = False) -> list[dict]:
+    """Removes from the store every blob that no live process maps or holds,
+    and every temporary file that no live pack is writing; what `zcwrap gc`
+    does. Returns what it removed (or, with `dry_run`, would remove): one
+    ``{"path", "bytes", "temporary"}`` dict per file.
+
+    A blob stays while any process has it unwrapped or opened, and while a
+    wrapper made by ``from_model`` lives (each holds a shared lock on it), so
+    gc is safe to run at any time, by any job of the same user: it never
+    removes what another job uses. `store_dir` defaults as for
+    ``from_model``; a folder that is not the caller's own, or that others can
+    write, is refused (WriteError)."""
+    from ._wrapper import _path_arg
+
+    return _C.gc(_path_arg("store_dir", store_dir) or "", bool(dry_run))

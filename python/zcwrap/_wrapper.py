@@ -49,6 +49,16 @@ def _alignment_arg(alignment: Any) -> int:
     return value
 
 
+def _file_mode_arg(file_mode: Any) -> int:
+    try:
+        value = operator.index(file_mode)
+    except TypeError:
+        value = None
+    if value is None or isinstance(file_mode, bool) or not 0 <= value <= 0o777:
+        raise UsageError(f"file_mode {_brief(file_mode)}: must be permission bits from 0o000 to 0o777")
+    return value
+
+
 def _path_arg(name: str, value: Any) -> Optional[str]:
     """None, or a str or os.PathLike path as str."""
     if value is None:
@@ -132,18 +142,21 @@ class ModelWrapper:
     """
 
     def __init__(self, config: dict[str, Any], kinds: Optional[list[str]] = None,
-                 memory: Any = None, ray_ref: Any = None) -> None:
+                 memory: Any = None, ray_ref: Any = None, store_lock: Any = None) -> None:
         """Not for direct use: see from_model, from_actor, open and from_buffer."""
         self._config = dict(config)
         self._kinds = list(kinds) if kinds is not None else None
         self._memory = memory
         self._ray_ref = ray_ref  # the blob as a Ray object, once put (see _ray.py)
+        # from_model: a shared lock on the store blob, so zcwrap.gc() keeps it
+        # while this wrapper lives (it is not pickled: receivers open the blob).
+        self._store_lock = store_lock
 
     # --- making one -------------------------------------------------------
 
     @classmethod
     def from_model(cls, model: Any, *, store_dir: Optional[str] = None, alignment: int = 4096,
-                   mode: str = "actor") -> "ModelWrapper":
+                   mode: str = "actor", file_mode: int = 0o600) -> "ModelWrapper":
         """Packs `model` into the store, once per content.
 
         `model` is an ``nn.Module`` (eager), a ``torch.jit.ScriptModule``
@@ -151,7 +164,13 @@ class ModelWrapper:
         include modules of either kind; each becomes a model of the blob named
         by its attribute, and tensors shared between them are stored once.
         The blob goes to `store_dir`, else ``$ZCWRAP_STORE``, else
-        ``/dev/shm/zcwrap``, named by its checksum. `model` is not changed.
+        ``/dev/shm/zcwrap-<uid>``, named by its checksum, with permission
+        bits `file_mode` (readable by its owner only by default). The store
+        folder must be the caller's own and writable by no one else (a
+        missing one is made with mode 0700); a file already there under the
+        blob's name is reused only if every byte matches. The wrapper holds
+        a shared lock on the blob while it lives, so :func:`zcwrap.gc` keeps
+        it. `model` is not changed.
 
         `mode` is accepted for ray-zerocopy 0.2 compatibility: "actor" (the
         wrapper is unwrapped where it is used) is the only one.
@@ -164,6 +183,7 @@ class ModelWrapper:
             raise UsageError(f"mode '{mode}': zcwrap wrappers are unwrapped in the actor or process that uses "
                              "them (mode='actor'); ray-zerocopy's task mode has no equivalent")
         store_dir, alignment = _path_arg("store_dir", store_dir), _alignment_arg(alignment)
+        file_mode = _file_mode_arg(file_mode)
         if _is_module(model):
             entries = [_pack_entry("model", model)]
             standalone, shell = True, None
@@ -174,8 +194,10 @@ class ModelWrapper:
                                  "pass an nn.Module, a ScriptModule, or an object whose attributes hold them")
             entries = [_pack_entry(name, module) for name, module in modules.items()]
             standalone, shell = False, _shell_of(model, modules)
-        config = json.loads(_C.pack(entries, standalone, "", store_dir or "", alignment, pipeline_pickle=shell))
-        return cls(config, [kind for _, kind, _ in entries])
+        config_text, store_lock = _C.pack(entries, standalone, "", store_dir or "", alignment, file_mode,
+                                          pipeline_pickle=shell)
+        config = json.loads(config_text)
+        return cls(config, [kind for _, kind, _ in entries], store_lock=store_lock)
 
     @classmethod
     def from_actor(cls, **actor_config: Any) -> "ModelWrapper":
@@ -265,8 +287,12 @@ class ModelWrapper:
         data section goes to one device allocation through pinned buffers.
         `verify` checks every storage's checksum first; `prefetch` is "none",
         "willneed", "populate" or "lock". Inside a Ray job the blob comes
-        from Ray's object store (docs/RAY.md); `copy_on_write` maps the file
-        instead.
+        from Ray's object store (docs/RAY.md), mapped a second time read-only
+        (the same pages, no copy), so a write faults there too;
+        `copy_on_write` maps the blob file privately where it is on this
+        node, and otherwise makes a private copy of the object. A memory
+        wrapper (from_buffer) is read-only the same way, and copied privately
+        for `copy_on_write`.
 
         Models come back in eval mode with requires_grad false. A pipeline
         comes back as a new object of its class, its module attributes
@@ -288,9 +314,9 @@ class ModelWrapper:
         copy_on_write = _flag("copy_on_write", copy_on_write)
         device = str(device)
         memory, name = self._memory, self.blob_path
-        # Through Ray's object store unless a private, writable mapping of the
-        # file is asked for (copy_on_write).
-        if memory is None and self._ray_ref is not None and not copy_on_write:
+        # Through Ray's object store, unless a private, writable mapping of the
+        # file is asked for (copy_on_write) and the file is on this node.
+        if memory is None and self._ray_ref is not None and not (copy_on_write and os.path.exists(self.blob_path)):
             memory = _ray.get_blob(self._ray_ref)
             name = f"Ray object {self._ray_ref.hex()} (blob {self.blob_path})"
             if memory is None and not os.path.exists(self.blob_path):
@@ -298,11 +324,10 @@ class ModelWrapper:
                                  "here (its owner, the driver that packed it, is gone, or the object was lost), "
                                  "and the blob file is not on this node")
         if memory is not None:
-            if copy_on_write:
-                raise UsageError(f"{name}: copy_on_write needs a blob file; memory is read as it was given")
             # The blob's pins, checked before the unwrap (a from_buffer wrapper's own bytes need none).
             pinned = (0, "") if memory is self._memory else (self._config["blob_size"], self._config["meta_checksum"])
-            unwrapped = _C.unwrap_buffer(memory, name, device, use_fast_load, verify, prefetch, *pinned)
+            unwrapped = _C.unwrap_buffer(memory, name, device, use_fast_load, verify, prefetch, *pinned,
+                                         copy_on_write=copy_on_write)
         else:
             unwrapped = _C.unwrap_actor(_actor_json(self._config), device, use_fast_load, verify, copy_on_write,
                                         prefetch)

@@ -428,9 +428,9 @@ def test_unwrap_from_memory_buffer(store):
     with pytest.raises(zcwrap.UsageError, match="no actor config"):
         memory.to_actor()
     unwrapped = memory.unwrap()
-    base = aligned.ctypes.data
+    # Heap memory is private and writable: the weights are a read-only copy.
     for t in all_tensors(unwrapped):
-        assert base <= t.data_ptr() < base + aligned.size
+        assert "w" not in mapping_perms(t.data_ptr())
     clone = pickle.loads(pickle.dumps(memory))  # a memory wrapper pickles with its bytes
     del raw, aligned, memory  # the tensors keep the buffer alive
     x = torch.randn(2, 7, 32)
@@ -442,6 +442,76 @@ def test_unwrap_from_memory_buffer(store):
         zcwrap.ModelWrapper.from_buffer(np.zeros((64, 64), dtype=np.uint8)[:, ::2])
     with pytest.raises(zcwrap.UsageError, match="not a contiguous buffer"):
         zcwrap.ModelWrapper.from_buffer(42)
+
+
+def mapping_perms(address):
+    """The permissions ("r--s", ...) of the mapping holding `address`."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                return fields[1]
+    return ""
+
+
+def file_offset(address):
+    """(inode, offset in the mapped file) of the byte at `address`."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                return int(fields[4]), address - start + int(fields[2], 16)
+    return None
+
+
+def test_shared_memory_is_mapped_again_read_only_without_a_copy(tmp_path):
+    """As Ray's object store does, a writable MAP_SHARED mapping: unwrap maps
+    the same pages a second time, read-only, and leaves the caller's mapping
+    writable; a write to a weight faults and changes nothing."""
+    import mmap
+
+    model = encoder()
+    wrapper = zcwrap.ModelWrapper.from_model(model)
+    shared = tmp_path / "shared"
+    shared.write_bytes(open(wrapper.blob_path, "rb").read())
+    with open(shared, "r+b") as f:
+        region = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE)
+    buffer = np.frombuffer(region, dtype=np.uint8)
+    unwrapped = zcwrap.ModelWrapper.from_buffer(buffer, name="shared region").unwrap()
+    base_inode, base_offset = file_offset(buffer.ctypes.data)
+    assert mapping_perms(buffer.ctypes.data) == "rw-s"
+    for t in all_tensors(unwrapped):
+        inode, offset = file_offset(t.data_ptr())
+        at = offset - base_offset
+        assert inode == base_inode and 0 <= at < buffer.size  # the same file's pages: no copy
+        assert mapping_perms(t.data_ptr()) == "r--s"
+    x = torch.randn(2, 7, 32)
+    assert same_bytes(run(unwrapped, x), run(model, x))
+    before = shared.read_bytes()
+    writer = subprocess.run([sys.executable, "-c", MEMORY_WRITER, str(shared), "shared"], capture_output=True,
+                            text=True)
+    assert writer.returncode == -11 and "wrote" not in writer.stdout
+    assert "zcwrap: fatal: write to a read-only weight of shared region" in writer.stderr
+    assert "unwrap(copy_on_write=True)" in writer.stderr
+    assert shared.read_bytes() == before
+    private = subprocess.run([sys.executable, "-c", MEMORY_WRITER, str(shared), "cow"], capture_output=True,
+                             text=True)
+    assert private.returncode == 0 and "wrote" in private.stdout, private.stderr
+    assert shared.read_bytes() == before
+
+
+MEMORY_WRITER = textwrap.dedent("""
+    import mmap, sys, numpy, torch, zcwrap
+    with open(sys.argv[1], "r+b") as f:
+        region = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE)
+    wrapper = zcwrap.ModelWrapper.from_buffer(numpy.frombuffer(region, dtype=numpy.uint8), name="shared region")
+    model = wrapper.unwrap(copy_on_write=sys.argv[2] == "cow")
+    with torch.no_grad():
+        next(model.parameters()).add_(1)
+    print("wrote", flush=True)
+""")
 
 
 # --- writes to weights ---------------------------------------------------------

@@ -90,16 +90,38 @@ class Probe:
 
     def report(self, x, original):
         buffer = ray.get(self.wrapper._ray_ref)
-        base, size = buffer.ctypes.data, buffer.size
         tensors = [t for t in self.model.state_dict().values() if t.numel() > 0]
-        inside = all(base <= t.data_ptr() and t.data_ptr() + t.numel() * t.element_size() <= base + size
-                     for t in tensors)
         with torch.no_grad():
             out, expected = self.model(x), original(x)  # the original, as pickled by Ray: a copy
-        first = tensors[0].data_ptr()
-        return {"node": ray.get_runtime_context().get_node_id(), "inside": inside, "count": len(tensors),
-                "writable": buffer.flags.writeable, "mapping": mapping_of(first), "out": out,
-                "expected": expected, "pid": os.getpid()}
+        return {"node": ray.get_runtime_context().get_node_id(), "views": views_of_the_store(tensors, buffer),
+                "count": len(tensors), "writable": buffer.flags.writeable,
+                "store_mapping": mapping_of(buffer.ctypes.data), "mapping": mapping_of(tensors[0].data_ptr()),
+                "out": out, "expected": expected, "pid": os.getpid()}
+
+
+def file_offset(address):
+    """(path, inode, offset in that file) of the byte at `address`, from /proc/self/maps."""
+    path, inode, _, page = mapping_of(address)
+    return path, inode, page + address % 4096
+
+
+def views_of_the_store(tensors, buffer):
+    """Whether every tensor maps, read-only, the very object-store pages that
+    hold its bytes in `buffer` (what ray.get returned): no copy, and no write
+    permission where Ray's own mapping has one."""
+    base = file_offset(buffer.ctypes.data)
+    raw = buffer.tobytes()
+    for t in tensors:
+        path, inode, offset = file_offset(t.data_ptr())
+        at = offset - base[2]
+        nbytes = t.numel() * t.element_size()
+        if (path, inode) != base[:2] or not 0 <= at <= len(raw) - nbytes:
+            return f"{t.shape} at {path}:{offset} is not in the object store's file {base}"
+        if "w" in mapping_of(t.data_ptr())[2]:
+            return f"{t.shape} is writable"
+        if raw[at:at + nbytes] != bytes_of(t.contiguous()) and t.is_contiguous():
+            return f"{t.shape}: the bytes at its place in the object differ"
+    return "ok"
 
 
 def test_actors_on_every_node_unwrap_from_their_object_store(cluster):
@@ -113,8 +135,11 @@ def test_actors_on_every_node_unwrap_from_their_object_store(cluster):
     assert wrapper._ray_ref is not None  # put once, by the driver
     assert len({r["node"] for r in reports}) == NODES
     for r in reports:
-        assert r["inside"] and r["count"] > 0, r
+        assert r["views"] == "ok" and r["count"] > 0, r
         assert not r["writable"]
+        # Ray's own mapping of its store stays as Ray made it (writable, shared):
+        # zcwrap maps the pages a second time instead of changing it.
+        assert r["store_mapping"][2] == "rw-s" and r["mapping"][2] == "r--s", r
         assert bytes_of(r["out"]) == bytes_of(r["expected"])
     # The two actors of a node map the same pages of the same object-store
     # file: one copy per node. Actors of different nodes map different stores.
@@ -255,3 +280,107 @@ def test_a_lost_object_falls_back_to_the_file_or_says_so(cluster):
     with pytest.raises(ray.exceptions.RayTaskError) as raised:
         ray.get(unwrap_and_run.remote(wrapper, x), timeout=120)
     assert "StaleError" in str(raised.value) and "cannot be fetched" in str(raised.value)
+
+
+# --- writes to shared weights -------------------------------------------------
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class Writer:
+    """Unwraps, then writes to its first weight in place, as a buggy actor or
+    a module that renormalizes its weights (nn.Embedding(max_norm=...)) does."""
+
+    def __init__(self, model_wrapper, copy_on_write):
+        self.model = model_wrapper.unwrap(copy_on_write=copy_on_write)
+
+    def write(self):
+        weight = next(self.model.parameters())
+        with torch.no_grad():
+            weight.add_(1000)
+        return bytes_of(weight)
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.model(x)
+
+
+@ray.remote(num_cpus=0)
+class Reader:
+    def __init__(self, model_wrapper):
+        self.model = model_wrapper.unwrap()
+
+    def first_weight_and_output(self, x):
+        """(its first weight, its output on `x`, or None when x is None)."""
+        with torch.no_grad():
+            return bytes_of(next(self.model.parameters())), None if x is None else self.model(x)
+
+
+def worker_logs_mentioning(cluster, text):
+    """The worker log files of the cluster's nodes that contain `text`."""
+    import glob
+
+    found = []
+    for node in cluster.list_all_nodes():
+        for path in glob.glob(os.path.join(node.get_logs_dir_path(), "worker-*.err")):
+            with open(path, errors="replace") as f:
+                if text in f.read():
+                    found.append(path)
+    return found
+
+
+def readers_see_the_original(wrapper, model, x):
+    """New actors on every node see `model`'s weights (and, given `x`, its outputs)."""
+    readers = [Reader.options(resources={f"node{i}": 0.1}).remote(wrapper) for i in range(NODES)]
+    try:
+        original = bytes_of(next(model.parameters()))
+        for weight, out in ray.get([r.first_weight_and_output.remote(x) for r in readers], timeout=300):
+            assert weight == original
+            if x is not None:
+                assert bytes_of(out) == bytes_of(reference(model, x))
+    finally:
+        for r in readers:
+            ray.kill(r)
+
+
+@pytest.mark.parametrize("how", ["add_", "embedding max_norm"])
+def test_a_write_in_one_actor_is_refused_and_changes_no_other_actor(cluster, how):
+    torch.manual_seed(1)
+    if how == "add_":
+        model, x = make_model(), torch.randn(1, 3, 64)
+    else:
+        # Its forward renormalizes the rows it looks up, in place (torch.embedding_renorm_).
+        model, x = nn.Embedding(10, 4, max_norm=1.0).eval(), torch.tensor([[1, 2, 3]])
+        with torch.no_grad():
+            model.weight.mul_(10)
+    wrapper = zcwrap.ModelWrapper.from_model(model)
+    writer = Writer.options(resources={"node0": 0.1}).remote(wrapper, False)
+    call = writer.write.remote() if how == "add_" else writer.forward.remote(x)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(call, timeout=120)
+    # Its last words name the Python option.
+    deadline = time.time() + 30
+    while not worker_logs_mentioning(cluster, "unwrap(copy_on_write=True)") and time.time() < deadline:
+        time.sleep(0.5)
+    assert worker_logs_mentioning(cluster, "zcwrap: fatal: write to a read-only weight")
+    assert worker_logs_mentioning(cluster, "unwrap(copy_on_write=True) for private, writable weights")
+    # An embedding with max_norm cannot run read-only at all: compare weights only.
+    readers_see_the_original(wrapper, model, x if how == "add_" else None)
+
+
+def test_copy_on_write_keeps_a_write_private_to_its_actor(cluster):
+    torch.manual_seed(2)
+    model = nn.Embedding(10, 4, max_norm=1.0).eval()
+    with torch.no_grad():
+        model.weight.mul_(10)
+    x = torch.tensor([[1, 2, 3]])
+    expected = nn.Embedding(10, 4, max_norm=1.0).eval()
+    expected.load_state_dict(model.state_dict())
+    wrapper = zcwrap.ModelWrapper.from_model(model)
+    writer = Writer.options(resources={"node1": 0.1}).remote(wrapper, True)
+    try:
+        assert bytes_of(ray.get(writer.forward.remote(x), timeout=120)) == bytes_of(reference(expected, x))
+        written = ray.get(writer.write.remote(), timeout=120)
+        assert written == bytes_of(next(expected.parameters()) + 1000)
+    finally:
+        ray.kill(writer)
+    readers_see_the_original(wrapper, model, None)
