@@ -261,4 +261,13 @@ TEST_CASE("inspect and verify show what a blob's Python pickles import: os.syste
   CHECK(ts["models"][0]["imports"] == json::array());
   CHECK(ts["pipeline_object"] == nullptr);
   CHECK(run_cli({"verify", dir / "ts.zcb"}).out.find("note:") == std::string::npos);
+
+  // A pickle whose imports cannot be told is refused, not listed as empty.
+  std::vector<zcwrap::detail::PackInput> unreadable(1);
+  unreadable[0] = {"m", "crafted", torch::jit::Module(), {}, zcwrap::detail::EagerModel{}};
+  unreadable[0].eager->pickle = std::string("\x80\x04\x8c\x02os\x8c\x06system\x94\x93\xff.");
+  zcwrap::detail::write_blob(zcwrap::detail::prepare_blob(unreadable, true, {}), dir / "unreadable.zcb");
+  for (const char* command : {"inspect", "verify"}) {
+    check_failure(run_cli({command, dir / "unreadable.zcb"}), 4, "model 'm': cannot tell what its pickle imports: byte ");
+  }
 }
