@@ -107,8 +107,8 @@ def allowed(module: str, name: str) -> Any:
 def refusal(where: str, what: str, names: list[str]) -> BadModelError:
     listed = ", ".join(names)
     return BadModelError(
-        f"{where}: weights_only refuses {what}: its pickle imports {listed}, which is not in torch's weights-only "
-        f"allowlist nor a torch.nn module class; if you trust it, allow it with "
+        f"{where}: weights_only refuses {what}: its pickle imports {listed} (not in torch's weights-only "
+        f"allowlist, not a torch.nn module class); if you trust it, allow it with "
         f"torch.serialization.add_safe_globals([{listed}]) or inside torch.serialization.safe_globals([...])")
 
 

@@ -385,3 +385,64 @@ def test_weights_only_refuses_torch_loaders_and_what_it_cannot_read():
     computed = b"\x80\x04cbuiltins\nstr\n\x8c\x02os\x85R\x8c\x06system\x93."
     with pytest.raises(zcwrap.BadModelError, match="cannot be told"):
         _weights_only.check("crafted", "the module", computed)
+
+
+class Holds(nn.Module):
+    """A module holding one kind of state besides its Linear."""
+
+    def __init__(self, what):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+        if what == "sparse":
+            self.register_buffer("state", torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]),
+                                                                 torch.tensor([1.5, -2.25]), (2, 2)))
+        elif what == "nested":
+            self.state = torch.nested.nested_tensor([torch.arange(2.0), torch.arange(3.0)])
+        elif what == "bytes":
+            self.state = b"\x00\x01 label"
+        elif what == "dtype_and_device":
+            self.state = (torch.float16, torch.device("cpu"), torch.Size([2, 3]))
+        elif what == "conjugate_view":
+            self.state = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64).conj()
+        elif what == "numpy":
+            import numpy as np
+
+            self.state = np.arange(4.0)
+
+
+# what the module holds: None (weights_only accepts it), or the global it is refused for
+STATE = {
+    "sparse": None,
+    "nested": None,
+    "bytes": None,
+    "dtype_and_device": None,
+    "conjugate_view": "torch.storage._load_from_bytes",  # a storage pickled whole: torch.load inside
+    "numpy": "numpy",
+}
+
+
+def dense(value):
+    if isinstance(value, torch.Tensor) and value.is_nested:
+        return [dense(t) for t in value.unbind()]
+    if isinstance(value, torch.Tensor):
+        return value.to_dense() if value.layout != torch.strided else value.resolve_conj()
+    return value
+
+
+@pytest.mark.parametrize("what", sorted(STATE))
+def test_weights_only_and_the_state_a_module_holds(what):
+    model = Holds(what)
+    wrapper = zcwrap.ModelWrapper.from_model(model)
+    refused = STATE[what]
+    with torch.serialization.safe_globals([Holds]):
+        if refused:
+            with pytest.raises(zcwrap.BadModelError, match=refused.replace(".", r"\.")):
+                wrapper.unwrap(weights_only=True)
+            return
+        rebuilt = wrapper.unwrap(weights_only=True)
+    got, want = dense(rebuilt.state), dense(model.state)
+    if isinstance(want, torch.Tensor) or isinstance(want, list):
+        assert same_bytes(got, want)
+    else:
+        assert got == want
+    assert same_bytes(rebuilt.fc.weight, model.fc.weight)
