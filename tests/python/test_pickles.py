@@ -8,6 +8,7 @@ pickle is live, a control shows that unpickling it does create the marker.
 
 import base64
 import io
+import mmap
 import os
 import pickle
 import shlex
@@ -161,6 +162,21 @@ def test_pipeline_object_is_in_the_blob_and_round_trips():
     assert pickle.dumps(rebuilt.options) == pickle.dumps(pipeline.options)  # bit-equal, not just equal
     x = torch.randn(2, 5, 16)
     assert same_bytes(run(rebuilt.encoder, x), run(pipeline.encoder, x))
+    y = torch.randn(3, 6)
+    assert same_bytes(run(rebuilt.head, y), run(pipeline.head, y))
+
+
+def test_a_pipeline_object_comes_from_a_blob_in_memory_too():
+    """The memory path (Ray's object store, from_buffer) reads the pipeline object from the blob as well."""
+    pipeline = Pipeline(head=mlp())
+    wrapper = zcwrap.ModelWrapper.from_model(pipeline)
+    data = open(wrapper.blob_path, "rb").read()
+    region = mmap.mmap(-1, len(data))  # page-aligned, as from_buffer needs
+    region[:] = data
+    memory = zcwrap.ModelWrapper.from_buffer(region, name="in memory")
+    with torch.serialization.safe_globals([Pipeline]):
+        rebuilt = memory.unwrap(weights_only=True)
+    assert type(rebuilt) is Pipeline and rebuilt.options == pipeline.options
     y = torch.randn(3, 6)
     assert same_bytes(run(rebuilt.head, y), run(pipeline.head, y))
 
