@@ -278,6 +278,41 @@ TEST_CASE("a store without room (a small /dev/shm) is a clear error naming ZCWRA
   CHECK(test::list_dir(store).empty());
 }
 
+TEST_CASE("the store: a wrapper and an unwrap hold their blob against gc; a folder others can write is refused") {
+  test::TempDir dir;
+  PackOptions options;
+  options.store_dir = dir / "store";
+  const torch::jit::Module model = torch::jit::load(test::fixture("lstm.pt"));
+  std::string path;
+  {
+    ModelWrapper w = ModelWrapper::from_model(model, options);
+    path = w.blob_path();
+    struct stat st {};
+    REQUIRE(::stat(options.store_dir.c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0700);
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0600);
+    CHECK(zcwrap::gc({options.store_dir, false}).empty());  // the wrapper holds it
+    Unwrapped u = ModelWrapper::from_actor(w.to_actor()).unwrap();
+    w = ModelWrapper::open(path);  // drops the packing wrapper's hold
+    CHECK(zcwrap::gc({options.store_dir, false}).empty());  // the unwrap and the open map it
+  }
+  const std::vector<zcwrap::StoreFile> dry = zcwrap::gc({options.store_dir, true});
+  REQUIRE(dry.size() == 1);
+  CHECK(dry[0].path == path);
+  CHECK_FALSE(dry[0].temporary);
+  CHECK(test::list_dir(options.store_dir).size() == 1);
+  CHECK(zcwrap::gc({options.store_dir, false}).size() == 1);
+  CHECK(test::list_dir(options.store_dir).empty());
+
+  ::chmod(options.store_dir.c_str(), 0777);
+  std::string message;
+  CHECK(error_code_of([&] { ModelWrapper::from_model(model, options); }, &message) == ErrorCode::kWrite);
+  CHECK(message.find("is writable by others (mode 0777)") != std::string::npos);
+  CHECK(error_code_of([&] { zcwrap::gc({options.store_dir, false}); }) == ErrorCode::kWrite);
+  CHECK(test::list_dir(options.store_dir).empty());
+}
+
 TEST_CASE("from_pipeline and ActorWrapper round-trip through the actor config") {
   test::TempDir store;
   PackOptions options;
