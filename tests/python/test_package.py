@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import import_zcwrap
+from conftest import file_offset, import_zcwrap, mapping_of
 
 zcwrap = import_zcwrap()
 
@@ -446,24 +446,7 @@ def test_unwrap_from_memory_buffer(store):
 
 def mapping_perms(address):
     """The permissions ("r--s", ...) of the mapping holding `address`."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split()
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= address < end:
-                return fields[1]
-    return ""
-
-
-def file_offset(address):
-    """(inode, offset in the mapped file) of the byte at `address`."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split()
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= address < end:
-                return int(fields[4]), address - start + int(fields[2], 16)
-    return None
+    return mapping_of(address)[2]
 
 
 def test_shared_memory_is_mapped_again_read_only_without_a_copy(tmp_path):
@@ -480,10 +463,10 @@ def test_shared_memory_is_mapped_again_read_only_without_a_copy(tmp_path):
         region = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE)
     buffer = np.frombuffer(region, dtype=np.uint8)
     unwrapped = zcwrap.ModelWrapper.from_buffer(buffer, name="shared region").unwrap()
-    base_inode, base_offset = file_offset(buffer.ctypes.data)
+    _, base_inode, base_offset = file_offset(buffer.ctypes.data)
     assert mapping_perms(buffer.ctypes.data) == "rw-s"
     for t in all_tensors(unwrapped):
-        inode, offset = file_offset(t.data_ptr())
+        _, inode, offset = file_offset(t.data_ptr())
         at = offset - base_offset
         assert inode == base_inode and 0 <= at < buffer.size  # the same file's pages: no copy
         assert mapping_perms(t.data_ptr()) == "r--s"

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import import_zcwrap
+from conftest import file_offset, import_zcwrap, mapping_of
 
 zcwrap = import_zcwrap()
 ray = pytest.importorskip("ray", reason="Ray is not installed (scripts/requirements.txt pins it)")
@@ -68,18 +68,6 @@ def cluster(tmp_path_factory):
     logging.getLogger("ray.data._internal.usage").setLevel(logging.WARNING)
 
 
-def mapping_of(address):
-    """(path, inode, offset of the page) of the mapping holding `address`."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split()
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            if start <= address < end:
-                page = (address - start) // 4096 * 4096 + int(fields[2], 16)
-                return (fields[5] if len(fields) > 5 else "", int(fields[4]), fields[1], page)
-    return None
-
-
 @ray.remote(num_cpus=0)
 class Probe:
     """An actor that unwraps the wrapper it was given and reports where its weights are."""
@@ -97,12 +85,6 @@ class Probe:
                 "count": len(tensors), "writable": buffer.flags.writeable,
                 "store_mapping": mapping_of(buffer.ctypes.data), "mapping": mapping_of(tensors[0].data_ptr()),
                 "out": out, "expected": expected, "pid": os.getpid()}
-
-
-def file_offset(address):
-    """(path, inode, offset in that file) of the byte at `address`, from /proc/self/maps."""
-    path, inode, _, page = mapping_of(address)
-    return path, inode, page + address % 4096
 
 
 def views_of_the_store(tensors, buffer):
