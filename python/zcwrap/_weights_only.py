@@ -7,7 +7,9 @@ accepted only when it is
   accepts: tensor rebuild functions, dtypes, ``torch.Size``, ``torch.device``,
   ``collections.OrderedDict``, ``builtins.set``, ...);
 * a ``torch.nn`` module class: a subclass of ``nn.Module`` defined in a
-  ``torch.nn`` module, under its own name (``torch.nn.modules.linear.Linear``);
+  ``torch.nn`` module, under its own name (``torch.nn.modules.linear.Linear``),
+  but not the ``torch.nn.parallel`` wrappers (``DistributedDataParallel``
+  rebuilds itself around the process's process group and devices);
 * a function of ``torch.nn.functional`` (or its C half, ``torch._C._nn``),
   named by its own module: modules keep their activation as an attribute
   (``nn.TransformerEncoderLayer`` holds ``F.relu``), and these functions
@@ -89,7 +91,7 @@ def allowed(module: str, name: str) -> Any:
         return user_list[full]
     if full in torch_list:
         return torch_list[full]
-    if module.startswith("torch.nn.") and "." not in name:
+    if module.startswith("torch.nn.") and not module.startswith("torch.nn.parallel.") and "." not in name:
         obj = _lookup(module, name)
         if (isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module
                 and obj.__qualname__ == name):

@@ -392,7 +392,9 @@ def test_weights_only_refuses_torch_loaders_and_what_it_cannot_read():
     # torch's own loaders run arbitrary pickles: not in the allowlist.
     for module, name in [("torch.storage", "_load_from_bytes"), ("torch", "load"), ("torch.nn.functional", "torch"),
                          ("torch.nn.modules.linear", "Linear.__init__"), ("builtins", "eval"),
-                         ("torch.nn.functional", "handle_torch_function"), ("torch.nn.modules.linear", "math")]:
+                         ("torch.nn.functional", "handle_torch_function"), ("torch.nn.modules.linear", "math"),
+                         ("torch.nn.parallel.distributed", "DistributedDataParallel"),
+                         ("torch.nn.parallel.data_parallel", "DataParallel")]:
         assert _weights_only.allowed(module, name) is _weights_only.REFUSED, f"{module}.{name}"
     for module, name in [("torch.nn.modules.linear", "Linear"), ("torch.nn.functional", "relu"),
                          ("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2")]:
