@@ -21,14 +21,14 @@ if _torch.__version__ != _build_info.torch_version:
 
 from . import _C  # noqa: E402  (after the check: a mismatched torch could not load it)
 from . import _wrapper  # noqa: E402
-from ._wrapper import ActorWrapper, ModelWrapper  # noqa: E402
+from ._wrapper import ActorWrapper, JITModelWrapper, ModelWrapper  # noqa: E402
 from . import errors  # noqa: E402
 from .errors import *  # noqa: E402,F401,F403  (Error and one subclass per kind)
 
 __version__ = _build_info.version
 libtorch_version = _C.libtorch_version
 
-__all__ = ["ActorWrapper", "ModelWrapper", "describe", "gc", "verify", *errors.__all__]
+__all__ = ["ActorWrapper", "JITModelWrapper", "ModelWrapper", "describe", "gc", "verify", *errors.__all__]
 
 
 def _file_path(path: object) -> str:

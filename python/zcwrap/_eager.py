@@ -45,9 +45,12 @@ def _tensor_names(module: nn.Module) -> dict[int, tuple[str, str]]:
     return names
 
 
-class _Pickler(pickle.Pickler):
+class _TensorIds:
+    """The persistent ids of a skeleton's tensors; mixed into pickle's
+    Pickler, or cloudpickle's where code must travel by value."""
+
     def __init__(self, file: io.BytesIO, names: dict[int, tuple[str, str]]):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[call-arg]
         self.tensors: list[tuple[str, str, torch.Tensor]] = []
         self._names = names
         self._index: dict[int, int] = {}
@@ -98,21 +101,106 @@ class _Pickler(pickle.Pickler):
         return (_TAG, index, type(obj) is nn.Parameter)
 
 
+class _Pickler(_TensorIds, pickle.Pickler):
+    pass
+
+
+def cloudpickle() -> Any:
+    """cloudpickle, to pickle by value the code a worker could not import:
+    Ray's copy (``ray.cloudpickle``) where Ray is loaded or installed, else
+    the standalone package; None without either. Unpickling such a pickle
+    imports the same package in the worker (every Ray worker has Ray's)."""
+    if "ray" not in sys.modules:
+        try:
+            import cloudpickle as standalone
+
+            return standalone
+        except ImportError:
+            pass
+    try:
+        from ray import cloudpickle as rays
+
+        return rays
+    except ImportError:
+        return None
+
+
+def _not_importable(data: bytes) -> list[str]:
+    """The globals of pickle `data` that another process could not import:
+    those of ``__main__`` (a script's classes exist only in the process that
+    ran it) and of modules registered with cloudpickle's
+    ``register_pickle_by_value``."""
+    globals_, _ = _C.pickle_globals(data)
+    by_value: set[str] = set()
+    for loaded in (sys.modules.get("cloudpickle"), sys.modules.get("ray.cloudpickle")):
+        if loaded is not None and hasattr(loaded, "list_registry_pickle_by_value"):
+            by_value |= set(loaded.list_registry_pickle_by_value())
+    return [f"{m}.{n}" for m, n in globals_
+            if m == "__main__" or "<locals>" in n or m in by_value or m.split(".")[0] in by_value]
+
+
+def dumps(what: str, obj: Any, make: Any) -> tuple[bytes, Any]:
+    """`obj` pickled by ``make(buffer, base)`` (a pickler class over `base`),
+    and the pickler. Classes and functions go by reference (importable by
+    name) where every one of them is importable in another process; where
+    one is not (defined in ``__main__``, local to a function, a lambda),
+    the whole object is pickled again with cloudpickle, which pickles those
+    by value: their code travels inside the pickle. BadModelError names the
+    class and why it cannot travel."""
+    buffer = io.BytesIO()
+    try:
+        pickler = make(buffer, pickle.Pickler)
+        pickler.dump(obj)
+        data = buffer.getvalue()
+        local = _not_importable(data)
+        if not local:
+            return data, pickler
+        why = f"{', '.join(local)} cannot be imported by another process"
+    except RecursionError as e:
+        raise BadModelError(f"{what}: cannot pickle {type(obj).__name__}: its modules or attributes nest deeper "
+                            f"than Python's recursion limit ({sys.getrecursionlimit()})") from e
+    except Exception as e:  # pickle raises many types: a local class or a lambda is one; retried by value
+        why = f"{type(e).__name__}: {first_line(e)}"
+    by_value = cloudpickle()
+    if by_value is None:
+        raise BadModelError(f"{what}: cannot pickle {type(obj).__name__}: {why}; pickling it by value needs "
+                            "cloudpickle (Ray ships it: install ray or cloudpickle), or define the class in a "
+                            "module the workers import")
+    buffer = io.BytesIO()
+    try:
+        pickler = make(buffer, by_value.Pickler)
+        pickler.dump(obj)
+    except RecursionError as e:
+        raise BadModelError(f"{what}: cannot pickle {type(obj).__name__}: its modules or attributes nest deeper "
+                            f"than Python's recursion limit ({sys.getrecursionlimit()})") from e
+    except Exception as e:
+        error = f"{type(e).__name__}: {first_line(e)}"
+        since = "" if error == why else f" (pickled by value with cloudpickle, since {why})"
+        raise BadModelError(f"{what}: cannot pickle {type(obj).__name__}: {error}{since}") from e
+    return buffer.getvalue(), pickler
+
+
+_PICKLERS: dict[type, type] = {pickle.Pickler: _Pickler}
+
+
+def _skeleton_pickler(base: type) -> type:
+    if base not in _PICKLERS:
+        _PICKLERS[base] = type("_ByValuePickler", (_TensorIds, base), {})
+    return _PICKLERS[base]
+
+
 def skeleton_of(name: str, module: nn.Module) -> tuple[bytes, list[tuple[str, str, torch.Tensor]], int]:
     """The pickle of `module` with its tensors taken out, those tensors
     (path, kind, CPU tensor) in persistent-id order, and the bytes of the
-    tensors that stayed inside the pickle."""
-    buffer = io.BytesIO()
+    tensors that stayed inside the pickle. Code a worker could not import
+    is pickled by value (see dumps)."""
     try:
-        pickler = _Pickler(buffer, _tensor_names(module))
-        pickler.dump(module)
+        names = _tensor_names(module)
     except RecursionError as e:
-        raise BadModelError(f"module '{name}': cannot pickle {type(module).__name__}: its modules or attributes "
-                            f"nest deeper than Python's recursion limit ({sys.getrecursionlimit()})") from e
-    except Exception as e:  # pickle raises many types: say which attribute, in one line
-        raise BadModelError(f"module '{name}': cannot pickle {type(module).__name__}: "
-                            f"{type(e).__name__}: {first_line(e)}") from e
-    return buffer.getvalue(), pickler.tensors, pickler.unshared_bytes
+        raise BadModelError(f"module '{name}': cannot pickle {type(module).__name__}: its modules nest deeper than "
+                            f"Python's recursion limit ({sys.getrecursionlimit()})") from e
+    data, pickler = dumps(f"module '{name}'", module, lambda buffer, base: _skeleton_pickler(base)(buffer, names))
+    return data, pickler.tensors, pickler.unshared_bytes
 
 
 class _Unpickler(pickle.Unpickler):

@@ -14,12 +14,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import _C, _eager, _ray, _weights_only
+from . import _C, _eager, _ray, _tasks, _weights_only
 from .errors import BadBlobError, BadModelError, StaleError, UsageError
 
 _TORCHSCRIPT = "torchscript"
 _PICKLE = "python_pickle"
 _PREFETCH = ("none", "willneed", "populate", "lock")
+_MODES = ("actor", "task")
 
 
 # Arguments are checked here only as far as the native call needs: a value
@@ -92,12 +93,21 @@ def _is_module(obj: Any) -> bool:
     return isinstance(obj, nn.Module) or _is_script(obj)
 
 
-def _pipeline_modules(obj: Any) -> dict[str, Any]:
-    """The module attributes of a pipeline object, in attribute order."""
+def _pipeline_modules(obj: Any, names: Optional[list[str]] = None) -> dict[str, Any]:
+    """The module attributes of a pipeline object, in attribute order; only
+    those named in `names` when given (ray-zerocopy's model_attr_names)."""
     try:
         attributes = vars(obj)
     except TypeError:
         return {}
+    if names is not None:
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise UsageError(f"model_attr_names={_brief(names)}: must be a list of attribute names")
+        missing = [n for n in names if n not in attributes]
+        if missing:
+            raise UsageError(f"model_attr_names: {type(obj).__name__} object has no attribute "
+                             f"{', '.join(map(repr, missing))}")
+        return {n: attributes[n] for n in names if _is_module(attributes[n])}
     return {name: value for name, value in attributes.items() if _is_module(value)}
 
 
@@ -111,11 +121,11 @@ def _shell_of(pipeline: Any, modules: dict[str, Any]) -> bytes:
     """The pipeline object without its modules, pickled: the blob stores it
     (manifest "pipeline_object"), under the blob's checksums."""
     state = {k: (None if k in modules else v) for k, v in vars(pipeline).items()}
-    try:
-        data = pickle.dumps((type(pipeline), state), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as e:
-        raise BadModelError(f"pipeline {type(pipeline).__name__}: its attributes other than modules do not "
-                            f"pickle: {type(e).__name__}: {e}") from e
+    # Its class, or what its attributes hold, may live in the driver's
+    # __main__: pickled by value then (_eager.dumps).
+    data, _ = _eager.dumps(f"pipeline {type(pipeline).__name__} (its class and attributes other than modules)",
+                           (type(pipeline), state),
+                           lambda buffer, base: base(buffer, protocol=pickle.HIGHEST_PROTOCOL))
     return data
 
 
@@ -141,9 +151,16 @@ class ModelWrapper:
     weights) or send :meth:`to_actor`'s dict, and call :meth:`unwrap` there.
     """
 
+    _DEFAULT_METHODS: tuple[str, ...] = ("__call__",)  # task mode's method_names default (ray-zerocopy's)
+
     def __init__(self, config: dict[str, Any], kinds: Optional[list[str]] = None,
-                 memory: Any = None, ray_ref: Any = None, store_lock: Any = None) -> None:
-        """Not for direct use: see from_model, from_actor, open and from_buffer."""
+                 memory: Any = None, ray_ref: Any = None, store_lock: Any = None, *, mode: str = "actor",
+                 methods: Optional[dict[str, set[str]]] = None, task_cache: bool = False) -> None:
+        """Not for direct use: see from_model, from_actor, open, from_buffer and deserialize."""
+        if not (isinstance(config, dict) and "blob" in config):
+            raise UsageError(f"{type(self).__name__}({_brief(config)}, ...): zcwrap's constructor takes no "
+                             "skeleton and model_info as ray-zerocopy's does; use from_model(), or "
+                             "deserialize(**wrapper.serialize())")
         self._config = dict(config)
         self._kinds = list(kinds) if kinds is not None else None
         self._memory = memory
@@ -151,13 +168,20 @@ class ModelWrapper:
         # from_model: a shared lock on the store blob, so zcwrap.gc() keeps it
         # while this wrapper lives (it is not pickled: receivers open the blob).
         self._store_lock = store_lock
+        # ray-zerocopy's execution mode: "actor" (load() unwraps here) or
+        # "task" (load() gives shims whose calls run as Ray tasks, _tasks.py),
+        # with the methods each model's shim exposes.
+        self._mode = mode
+        self._methods = {k: set(v) for k, v in (methods or {}).items()}
+        self._task_cache = task_cache
 
     # --- making one -------------------------------------------------------
 
     @classmethod
-    def from_model(cls, model: Any, *, store_dir: Optional[str] = None, alignment: int = 4096,
-                   mode: str = "actor", file_mode: int = 0o600) -> "ModelWrapper":
-        """Packs `model` into the store, once per content.
+    def from_model(cls, model_or_pipeline: Any, mode: str = "actor", model_attr_names: Optional[list[str]] = None,
+                   method_names: Optional[tuple[str, ...]] = None, *, store_dir: Optional[str] = None,
+                   alignment: int = 4096, file_mode: int = 0o600, cache: bool = False) -> "ModelWrapper":
+        """Packs `model_or_pipeline` into the store, once per content.
 
         `model` is an ``nn.Module`` (eager), a ``torch.jit.ScriptModule``
         (scripted or traced), or a pipeline: any object whose attributes
@@ -172,32 +196,70 @@ class ModelWrapper:
         a shared lock on the blob while it lives, so :func:`zcwrap.gc` keeps
         it. `model` is not changed.
 
-        `mode` is accepted for ray-zerocopy 0.2 compatibility: "actor" (the
-        wrapper is unwrapped where it is used) is the only one.
+        Classes and functions a worker could not import (defined in the
+        driver's ``__main__``, local to a function, lambdas) are pickled by
+        value with cloudpickle, as Ray pickles them, inside the blob.
 
-        Raises UsageError for an object with no module in it, BadModelError
-        for a module that cannot be pickled or serialized, WriteError when the
-        store has no room.
+        ray-zerocopy 0.2's arguments: `mode` is "actor" (the wrapper is
+        sent to actors, whose ``load()`` unwraps it) or "task" (``load()``
+        gives the model or pipeline with each packed module replaced by a
+        shim whose calls run as Ray tasks; see :meth:`for_tasks`).
+        `model_attr_names` (actor mode) packs only those attributes of a
+        pipeline; other attributes, modules included, travel in the pipeline
+        object. `method_names` (task mode) are the methods each shim exposes,
+        besides ``__call__`` (default ``("__call__",)``). `cache` (task mode,
+        zcwrap's) keeps each model a worker process unwrapped for its next
+        tasks; by default every task unwraps the model it calls, as
+        ray-zerocopy does. The wrapper itself is not callable: call load().
+
+        Raises UsageError for an object with no module in it or a mode other
+        than "actor" and "task", BadModelError for a module that cannot be
+        pickled or serialized, WriteError when the store has no room.
         """
-        if mode != "actor":
-            raise UsageError(f"mode '{mode}': zcwrap wrappers are unwrapped in the actor or process that uses "
-                             "them (mode='actor'); ray-zerocopy's task mode has no equivalent")
+        if not isinstance(mode, str) or mode not in _MODES:
+            raise UsageError(f"Invalid mode: {_brief(mode)}: use 'actor' or 'task'")
+        if method_names is None:
+            method_names = cls._DEFAULT_METHODS
+        if mode == "task":
+            model_attr_names = None  # as in ray-zerocopy 0.2: task mode turns every module attribute into a shim
         store_dir, alignment = _path_arg("store_dir", store_dir), _alignment_arg(alignment)
-        file_mode = _file_mode_arg(file_mode)
+        file_mode, cache = _file_mode_arg(file_mode), _flag("cache", cache)
+        model = model_or_pipeline
         if _is_module(model):
-            entries = [_pack_entry("model", model)]
+            modules = {"model": model}
             standalone, shell = True, None
         else:
-            modules = _pipeline_modules(model)
+            modules = _pipeline_modules(model, model_attr_names)
             if not modules:
                 raise UsageError(f"{type(model).__name__} object: not a module and has no module attributes; "
                                  "pass an nn.Module, a ScriptModule, or an object whose attributes hold them")
-            entries = [_pack_entry(name, module) for name, module in modules.items()]
             standalone, shell = False, _shell_of(model, modules)
+        methods = ({name: _tasks.exposed_methods(module, method_names) for name, module in modules.items()}
+                   if mode == "task" else None)
+        entries = [_pack_entry(name, module) for name, module in modules.items()]
         config_text, store_lock = _C.pack(entries, standalone, "", store_dir or "", alignment, file_mode,
                                           pipeline_pickle=shell)
         config = json.loads(config_text)
-        return cls(config, [kind for _, kind, _ in entries], store_lock=store_lock)
+        wrapper = cls(config, [kind for _, kind, _ in entries], store_lock=store_lock, mode=mode, methods=methods,
+                      task_cache=cache)
+        # As ray-zerocopy's wrappers: the wrapped class's docstring follows the wrapper's.
+        if type(model).__doc__:
+            wrapper.__doc__ = f"{cls.__doc__}\n\nWrapped class documentation:\n{type(model).__doc__}"
+        return wrapper
+
+    @classmethod
+    def for_tasks(cls, model_or_pipeline: Any, method_names: Optional[tuple[str, ...]] = None, *,
+                  cache: bool = False, **pack_options: Any) -> Any:
+        """``from_model(model_or_pipeline, mode="task", method_names=...).load()``:
+        the model or pipeline, ready to call, with every packed module
+        replaced by a shim. Calling a shim (``shim(x)``, or an exposed
+        method, ``shim.forward(x)``) runs one Ray task that unwraps that
+        model on its node from Ray's object store, read-only and zero-copy,
+        calls the method under ``torch.no_grad()``, and returns its result.
+        A standalone module comes back as its shim. Needs a Ray job
+        (``ray.init()``) when called."""
+        return cls.from_model(model_or_pipeline, mode="task", method_names=method_names, cache=cache,
+                              **pack_options).load()
 
     @classmethod
     def from_actor(cls, **actor_config: Any) -> "ModelWrapper":
@@ -307,6 +369,26 @@ class ModelWrapper:
         the global, raised before any pickle is read (docs/SECURITY.md).
         Raises DeviceError, StaleError, BadBlobError, BadModelError.
         """
+        rebuilt, standalone, shell, name, weights_only = self._unwrap(
+            device, use_fast_load, verify=verify, copy_on_write=copy_on_write, prefetch=prefetch,
+            weights_only=weights_only)
+        if standalone:
+            return rebuilt[self.model_names[0]]
+        if shell is None:  # packed by the zcwrap command (or by zcwrap 0.2): no pipeline object to rebuild
+            return rebuilt
+        return _from_shell(shell, rebuilt, name, weights_only)
+
+    def _unwrap_models(self, only: Optional[str] = None) -> dict[str, Any]:
+        """Model name -> the model, unwrapped on the CPU with unwrap()'s
+        defaults; only model `only` (the others' pickles are not read) when
+        given. What a task-mode task runs."""
+        return self._unwrap("cpu", False, only=only)[0]
+
+    def _unwrap(self, device: str | torch.device = "cpu", use_fast_load: bool = False, *, verify: bool = False,
+                copy_on_write: bool = False, prefetch: str = "none", weights_only: Optional[bool] = None,
+                only: Optional[str] = None) -> tuple[dict[str, Any], bool, Optional[bytes], str, bool]:
+        """unwrap()'s work: (model name -> model, standalone, the pipeline
+        object's pickle or None, the blob's name for messages, weights_only)."""
         weights_only = _weights_only.resolve(weights_only)
         if not isinstance(prefetch, str) or prefetch not in _PREFETCH:
             raise UsageError(f"prefetch {_brief(prefetch)}: use one of {', '.join(_PREFETCH)}")
@@ -332,14 +414,19 @@ class ModelWrapper:
             unwrapped = _C.unwrap_actor(_actor_json(self._config), device, use_fast_load, verify, copy_on_write,
                                         prefetch)
         standalone, models, warnings, _, shell = unwrapped
+        if only is not None:
+            models = [m for m in models if m[0] == only]
+            shell = None
         if weights_only:  # every pickle, before any of them is read
             for model_name, kind, _, _, skeleton in models:
                 if kind != _TORCHSCRIPT:
+                    _refuse_by_value(f"{name}: model '{model_name}'", "the module", skeleton)
                     _weights_only.check(f"{name}: model '{model_name}'", "the module", skeleton)
             if shell is not None:
+                _refuse_by_value(name, "the pipeline object", shell)
                 _weights_only.check(name, "the pipeline object", shell)
         for line in warnings:
-            _warnings.warn(f"zcwrap: {line}", RuntimeWarning, stacklevel=2)
+            _warnings.warn(f"zcwrap: {line}", RuntimeWarning, stacklevel=3)
         rebuilt: dict[str, Any] = {}
         for model_name, kind, script, tensors, skeleton in models:
             if kind == _TORCHSCRIPT:
@@ -353,15 +440,118 @@ class ModelWrapper:
                         raise BadModelError(f"{name}: model '{model_name}': its modules nest deeper than Python's "
                                             f"recursion limit ({sys.getrecursionlimit()})") from e
             rebuilt[model_name] = module
-        if standalone:
-            return rebuilt[self.model_names[0]]
-        if shell is None:  # packed by the zcwrap command (or by zcwrap 0.2): no pipeline object to rebuild
-            return rebuilt
-        return _from_shell(shell, rebuilt, name, weights_only)
+        return rebuilt, standalone, shell, name, weights_only
 
-    def load(self, device: str | torch.device = "cpu", use_fast_load: bool = False, **options: Any) -> Any:
-        """unwrap() under ray-zerocopy 0.2's name."""
-        return self.unwrap(device, use_fast_load, **options)
+    def load(self, _use_fast_load: Any = False, **unwrap_options: Any) -> Any:
+        """ray-zerocopy 0.2's load().
+
+        Actor mode: the model (or pipeline), unwrapped on the CPU as by
+        unwrap(**unwrap_options); zero-copy either way, so ray-zerocopy's
+        `_use_fast_load` (plain tensors for parameters) is accepted and
+        changes nothing (parameters stay nn.Parameter, requires_grad off).
+        A device as first argument (zcwrap 0.2's load(device)) is unwrap's.
+
+        Task mode: the model (or a new pipeline object, rebuilt from the
+        blob) with each packed module replaced by a shim whose calls run as
+        Ray tasks (see for_tasks); nothing is unwrapped here for a standalone
+        module."""
+        if isinstance(_use_fast_load, (str, torch.device)):
+            unwrap_options.setdefault("device", _use_fast_load)
+        elif not isinstance(_use_fast_load, bool):
+            raise UsageError(f"_use_fast_load={_brief(_use_fast_load)}: must be True or False")
+        if self._mode != "task":
+            return self.unwrap(**unwrap_options)
+        if unwrap_options:
+            raise UsageError(f"load({', '.join(unwrap_options)}=...): a task-mode wrapper's models are unwrapped "
+                             "in the tasks, on the CPU with unwrap()'s defaults")
+        shims = {name: _tasks.TaskShim(self, name, self._methods.get(name, {"__call__"}))
+                 for name in self.model_names}
+        if self.is_standalone_module:
+            return shims[self.model_names[0]]
+        # The pipeline object from the blob; its modules are never used here.
+        rebuilt, _, shell, name, weights_only = self._unwrap()
+        if shell is None:
+            return shims
+        return _from_shell(shell, shims, name, weights_only)
+
+    # --- ray-zerocopy 0.2's serialize() / deserialize(**d) ----------------
+
+    @property
+    def model_refs(self) -> dict[str, Any]:
+        """Model name -> the blob's Ray ObjectRef (one object holds every
+        model), put into the object store now if it was not yet. Needs an
+        initialized Ray (UsageError otherwise)."""
+        return {name: self._blob_ref("model_refs") for name in self.model_names}
+
+    @property
+    def _skeleton(self) -> dict[str, Any]:
+        """serialize()["skeleton"]: the actor config (ray-zerocopy kept the
+        stripped model here; zcwrap's is in the blob)."""
+        return self.serialize()["skeleton"]
+
+    @property
+    def _model_info(self) -> dict[str, Any]:
+        """serialize()["model_info"]."""
+        return self.serialize()["model_info"]
+
+    def _blob_ref(self, what: str) -> Any:
+        if self._ray_ref is None and self._memory is None:
+            if not _ray.active():
+                raise UsageError(f"{what}: the blob goes to Ray's object store only inside a Ray job (ray.init()); "
+                                 f"here it is the file {self.blob_path}")
+            self._ray_ref = _ray.put_blob(self.blob_path)
+        return self._ray_ref
+
+    def serialize(self) -> dict[str, Any]:
+        """ray-zerocopy 0.2's serialize(): a dict that
+        ``ModelWrapper.deserialize(**d)`` turns back into this wrapper, with
+        its keys ("skeleton", "model_info", "is_standalone_module", "mode").
+        "skeleton" is the actor config (to_actor(): the blob's path, size,
+        checksum and models, plain values); "model_info" maps each model
+        to the blob's Ray ObjectRef (None outside a Ray job), and in task
+        mode to (ref, the methods it exposes). Like the wrapper's pickle it
+        holds no code and no weights."""
+        ref = self._ray_ref
+        if ref is None and self._memory is None and _ray.active():
+            ref = self._blob_ref("serialize()")
+        config = self.to_actor()
+        config["task_cache"] = self._task_cache
+        if self._mode == "task":
+            info: dict[str, Any] = {n: (ref, set(self._methods.get(n, {"__call__"}))) for n in self.model_names}
+        else:
+            info = {n: ref for n in self.model_names}
+        return {"skeleton": config, "model_info": info, "is_standalone_module": self.is_standalone_module,
+                "mode": self._mode}
+
+    @classmethod
+    def deserialize(cls, skeleton: dict[str, Any], model_info: dict[str, Any], is_standalone_module: bool = False,
+                    mode: str = "actor") -> "ModelWrapper":
+        """The wrapper serialize() described. Like unpickling, it does not
+        touch the blob: load() checks it. BadBlobError for a dict that
+        serialize() did not make."""
+        if not isinstance(mode, str) or mode not in _MODES:
+            raise UsageError(f"Invalid mode: {_brief(mode)}: use 'actor' or 'task'")
+        if not isinstance(skeleton, dict) or not isinstance(model_info, dict):
+            raise BadBlobError(f"{cls.__name__}.deserialize: 'skeleton' must be the actor config and 'model_info' a "
+                               "dict, as serialize() makes them (not ray-zerocopy's own)")
+        config = dict(skeleton)
+        cache = config.pop("task_cache", False)
+        refs, methods = [], {}
+        for name, info in model_info.items():
+            if mode == "task":
+                if not (isinstance(info, tuple) and len(info) == 2 and isinstance(info[1], (set, frozenset))):
+                    raise BadBlobError(f"{cls.__name__}.deserialize: model_info['{name}'] must be (ref, set of "
+                                       "methods) in task mode")
+                refs.append(info[0])
+                methods[name] = set(info[1])
+            else:
+                refs.append(info)
+        ray_ref = next((r for r in refs if r is not None), None)
+        wrapper = _restore(config, None, None, ray_ref, mode, methods, _flag("task_cache", cache))
+        if wrapper.is_standalone_module != bool(is_standalone_module) or set(model_info) != set(wrapper.model_names):
+            raise BadBlobError(f"{cls.__name__}.deserialize: 'is_standalone_module' or the models of 'model_info' "
+                               "do not match the actor config")
+        return _as_class(cls, wrapper)
 
     def unpack(self, path: str | os.PathLike[str], model: str = "") -> None:
         """Writes a TorchScript model back as a standard file that
@@ -376,19 +566,49 @@ class ModelWrapper:
         # The config (and a memory blob's bytes), never the unwrapped weights;
         # unpickling does not touch the blob: unwrap() checks it. Inside a
         # Ray job the blob goes to Ray's object store once (_ray.py).
+        task = (self._mode, self._methods, self._task_cache)
         if self._memory is not None:
-            return (_restore, (self._config, self._kinds, memoryview(self._memory).cast("B").tobytes()))
+            return (_restore_as, (type(self), self._config, self._kinds, memoryview(self._memory).cast("B").tobytes(),
+                                  None, *task))
         if self._ray_ref is None and _ray.active():
             self._ray_ref = _ray.put_blob(self.blob_path)
-        return (_restore, (self._config, self._kinds, None, self._ray_ref))
+        return (_restore_as, (type(self), self._config, self._kinds, None, self._ray_ref, *task))
 
     def __repr__(self) -> str:
         what = "standalone" if self.is_standalone_module else "pipeline " + ", ".join(self.model_names)
-        return f"<zcwrap.ModelWrapper {what} at {self.blob_path}>"
+        return f"<zcwrap.{type(self).__name__} {what} ({self._mode} mode) at {self.blob_path}>"
+
+
+def _as_class(cls: type, wrapper: ModelWrapper) -> ModelWrapper:
+    """`wrapper` as an instance of `cls` (a ModelWrapper subclass: JITModelWrapper)."""
+    if cls is not type(wrapper) and isinstance(cls, type) and issubclass(cls, ModelWrapper):
+        wrapper.__class__ = cls
+    return wrapper
+
+
+def _restore_as(cls: type, *args: Any) -> ModelWrapper:
+    if not (isinstance(cls, type) and issubclass(cls, ModelWrapper)):
+        raise BadBlobError("a pickled zcwrap.ModelWrapper: its state is damaged (its class is not a ModelWrapper)")
+    return _as_class(cls, _restore(*args))
+
+
+def _refuse_by_value(where: str, what: str, pickle_bytes: bytes) -> None:
+    """weights_only: a pickle that carries code by value (cloudpickle's, for a
+    class or function defined in the driver's __main__ or inside a function)
+    is refused with that reason, before anything is read."""
+    globals_, _ = _C.pickle_globals(pickle_bytes)
+    code = sorted({m for m, _ in globals_ if m.split(".")[0] == "cloudpickle" or m.startswith("ray.cloudpickle")})
+    if code:
+        raise BadModelError(f"{where}: weights_only refuses {what}: it carries code pickled by value "
+                            f"(its pickle imports {', '.join(code)}), because a class or function of it was defined in the driver's "
+                            "__main__ or inside a function; weights_only runs no code from a blob: define the "
+                            "class in a module the workers import and allow it with "
+                            "torch.serialization.add_safe_globals([...])")
 
 
 def _restore(config: dict[str, Any], kinds: Optional[list[str]], memory: Optional[bytes],
-             ray_ref: Any = None) -> ModelWrapper:
+             ray_ref: Any = None, mode: str = "actor", methods: Optional[dict[str, set[str]]] = None,
+             task_cache: bool = False) -> ModelWrapper:
     # What the wrapper's properties and repr read must be there; every other
     # field is checked by the native side when the blob is opened.
     # The pins are passed to the native side as they are on the Ray path.
@@ -397,7 +617,10 @@ def _restore(config: dict[str, Any], kinds: Optional[list[str]], memory: Optiona
             and all(isinstance(m, str) for m in config["models"])
             and type(config.get("blob_size")) is int and 0 <= config["blob_size"] < 2**64
             and isinstance(config.get("meta_checksum"), str)
-            and (kinds is None or isinstance(kinds, list)) and (memory is None or isinstance(memory, bytes))):
+            and (kinds is None or isinstance(kinds, list)) and (memory is None or isinstance(memory, bytes))
+            and mode in _MODES and isinstance(task_cache, bool)
+            and (methods is None or (isinstance(methods, dict) and all(
+                isinstance(v, (set, frozenset)) and all(isinstance(m, str) for m in v) for v in methods.values())))):
         raise BadBlobError("a pickled zcwrap.ModelWrapper: its state is damaged (an actor config with a string "
                            "'blob', an integer 'blob_size', a string 'meta_checksum', a bool 'standalone' and a "
                            "list of model names was expected)")
@@ -407,7 +630,19 @@ def _restore(config: dict[str, Any], kinds: Optional[list[str]], memory: Optiona
         aligned = mmap.mmap(-1, max(len(memory), 1))
         aligned[: len(memory)] = memory
         memory = memoryview(aligned)[: len(memory)]
-    return ModelWrapper(config, kinds, memory, ray_ref)
+    return ModelWrapper(config, kinds, memory, ray_ref, mode=mode, methods=methods, task_cache=task_cache)
+
+
+class JITModelWrapper(ModelWrapper):
+    """ray-zerocopy 0.2's TorchScript wrapper: from_model, for_tasks and
+    load for ``torch.jit.ScriptModule`` models and pipelines of them.
+
+    zcwrap packs scripted, traced and eager modules alike (TorchScript ones
+    as TorchScript, which the C++ library also reads), so this is
+    ModelWrapper with ray-zerocopy's TorchScript default for task mode's
+    `method_names`: ``("__call__", "forward")``."""
+
+    _DEFAULT_METHODS = ("__call__", "forward")
 
 
 class ActorWrapper:
