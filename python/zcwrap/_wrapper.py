@@ -382,13 +382,15 @@ class ModelWrapper:
         """Model name -> the model, unwrapped on the CPU with unwrap()'s
         defaults; only model `only` (the others' pickles are not read) when
         given. What a task-mode task runs."""
-        return self._unwrap("cpu", False, only=only)[0]
+        return self._unwrap("cpu", False, models=None if only is None else {only})[0]
 
     def _unwrap(self, device: str | torch.device = "cpu", use_fast_load: bool = False, *, verify: bool = False,
                 copy_on_write: bool = False, prefetch: str = "none", weights_only: Optional[bool] = None,
-                only: Optional[str] = None) -> tuple[dict[str, Any], bool, Optional[bytes], str, bool]:
+                models: Optional[set[str]] = None) -> tuple[dict[str, Any], bool, Optional[bytes], str, bool]:
         """unwrap()'s work: (model name -> model, standalone, the pipeline
-        object's pickle or None, the blob's name for messages, weights_only)."""
+        object's pickle or None, the blob's name for messages, weights_only).
+        Only the models named in `models` are rebuilt when it is given (the
+        others' pickles are neither checked nor read)."""
         weights_only = _weights_only.resolve(weights_only)
         if not isinstance(prefetch, str) or prefetch not in _PREFETCH:
             raise UsageError(f"prefetch {_brief(prefetch)}: use one of {', '.join(_PREFETCH)}")
@@ -413,12 +415,10 @@ class ModelWrapper:
         else:
             unwrapped = _C.unwrap_actor(_actor_json(self._config), device, use_fast_load, verify, copy_on_write,
                                         prefetch)
-        standalone, models, warnings, _, shell = unwrapped
-        if only is not None:
-            models = [m for m in models if m[0] == only]
-            shell = None
+        standalone, unwrapped_models, warnings, _, shell = unwrapped
+        wanted = [m for m in unwrapped_models if models is None or m[0] in models]
         if weights_only:  # every pickle, before any of them is read
-            for model_name, kind, _, _, skeleton in models:
+            for model_name, kind, _, _, skeleton in wanted:
                 if kind != _TORCHSCRIPT:
                     _refuse_by_value(f"{name}: model '{model_name}'", "the module", skeleton)
                     _weights_only.check(f"{name}: model '{model_name}'", "the module", skeleton)
@@ -428,7 +428,7 @@ class ModelWrapper:
         for line in warnings:
             _warnings.warn(f"zcwrap: {line}", RuntimeWarning, stacklevel=3)
         rebuilt: dict[str, Any] = {}
-        for model_name, kind, script, tensors, skeleton in models:
+        for model_name, kind, script, tensors, skeleton in wanted:
             if kind == _TORCHSCRIPT:
                 module = torch.jit._recursive.wrap_cpp_module(script)
             else:
@@ -468,8 +468,8 @@ class ModelWrapper:
                  for name in self.model_names}
         if self.is_standalone_module:
             return shims[self.model_names[0]]
-        # The pipeline object from the blob; its modules are never used here.
-        rebuilt, _, shell, name, weights_only = self._unwrap()
+        # The pipeline object from the blob; no model is rebuilt here.
+        _, _, shell, name, weights_only = self._unwrap(models=set())
         if shell is None:
             return shims
         return _from_shell(shell, shims, name, weights_only)
