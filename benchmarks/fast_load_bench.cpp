@@ -170,6 +170,15 @@ std::vector<c10::Storage> plain_storages(const std::shared_ptr<const BlobFile>& 
 struct Timed {
   double first = 0;              // the first rep: pins staging buffers, allocates
   std::vector<double> steady;    // the others
+
+  // Rep `r` took `seconds`.
+  void add(int r, double seconds) {
+    if (r == 0) {
+      first = seconds;
+    } else {
+      steady.push_back(seconds);
+    }
+  }
 };
 
 Timed time_fast(const std::string& path, const c10::Device& device, const FastLoadOptions& options, int reps,
@@ -179,13 +188,8 @@ Timed time_fast(const std::string& path, const c10::Device& device, const FastLo
     auto blob = BlobFile::open(path);
     const auto start = Clock::now();
     std::vector<c10::Storage> storages = zcwrap::detail::fast_load_storages(*blob, device, options);
-    const double s = seconds_since(start);
-    if (r == 0) {
-      t.first = s;
-      if (verified != nullptr) *verified = same_bytes(*blob, storages, device);
-    } else {
-      t.steady.push_back(s);
-    }
+    t.add(r, seconds_since(start));
+    if (r == 0 && verified != nullptr) *verified = same_bytes(*blob, storages, device);
   }
   return t;
 }
@@ -196,12 +200,7 @@ Timed time_plain(const std::string& path, const c10::Device& device, int reps) {
     auto blob = BlobFile::open(path);
     const auto start = Clock::now();
     std::vector<c10::Storage> storages = plain_storages(blob, device);
-    const double s = seconds_since(start);
-    if (r == 0) {
-      t.first = s;
-    } else {
-      t.steady.push_back(s);
-    }
+    t.add(r, seconds_since(start));
   }
   return t;
 }
@@ -213,12 +212,7 @@ Timed time_unwrap(const std::string& path, const std::string& device, bool fast,
     const auto start = Clock::now();
     zcwrap::Unwrapped u = wrapper.unwrap(device, fast);
     cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-    const double s = seconds_since(start);
-    if (r == 0) {
-      t.first = s;
-    } else {
-      t.steady.push_back(s);
-    }
+    t.add(r, seconds_since(start));
   }
   return t;
 }

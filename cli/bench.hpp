@@ -60,4 +60,7 @@ void from_json(const nlohmann::json& j, WorkerReport& report);
 /// Registers the hidden `bench-worker` subcommand.
 void setup_bench_worker(CLI::App& app, int& status);
 
+// The middle value, or the mean of the middle two; `values` is not empty.
+double median(std::vector<double> values);
+
 }  // namespace zcwrap::cli

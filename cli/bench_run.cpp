@@ -38,9 +38,8 @@ std::optional<Stats> stats_of(const Group& g, const std::function<std::optional<
     if (const std::optional<double> value = field(w.report)) values.push_back(*value);
   }
   if (values.empty()) return std::nullopt;
-  std::sort(values.begin(), values.end());
-  const size_t n = values.size();
-  return Stats{values.front(), n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2, values.back()};
+  const auto [min, max] = std::minmax_element(values.begin(), values.end());
+  return Stats{*min, median(values), *max};
 }
 
 uint64_t sum_of(const Group& g, uint64_t (*field)(const WorkerResult&)) {
@@ -145,6 +144,14 @@ std::string output_mismatch(const Group& zc, const Group* base) {
     }
   }
   return "";
+}
+
+double median(std::vector<double> values) {
+  const size_t n = values.size();
+  std::nth_element(values.begin(), values.begin() + n / 2, values.end());
+  const double upper = values[n / 2];
+  if (n % 2) return upper;
+  return (*std::max_element(values.begin(), values.begin() + n / 2) + upper) / 2;
 }
 
 }  // namespace zcwrap::cli

@@ -133,12 +133,6 @@ void warm_up() {
   torch::jit::load(archive);
 }
 
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const size_t n = values.size();
-  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
 // Loads, calls, touches, reports, then waits for the driver while the
 // modules stay alive and resident.
 void serve(const WorkerSpec& args) {

@@ -70,7 +70,8 @@ void require_readable(const std::string& path) {
 
 int run_bench(const BenchArgs& args) {
   const ModelWrapper wrapper = ModelWrapper::open(args.path);
-  const BlobInfo info = detail::describe_blob(wrapper, args.path, {.tensors = false});  // no second open
+  // Describes the mapping `wrapper` already holds.
+  const BlobInfo info = detail::describe_blob(wrapper, args.path, {.tensors = false});
   if (!args.worker.input.empty()) check_input_file(args.worker.input);
   if (args.worker.calls > 1 && args.worker.input.empty()) throw Error(ErrorCode::kUsage, "--calls needs --input");
   const std::vector<std::string> names = wrapper.model_names();

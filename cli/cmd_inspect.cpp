@@ -107,7 +107,7 @@ int run_inspect(const InspectArgs& args) {
                 human_bytes(model.shared_bytes).c_str(), human_bytes(model.unshared_bytes).c_str(),
                 100.0 * model.shared_fraction, printable(model.skeleton.kind).c_str(),
                 human_bytes(model.skeleton.stored_bytes).c_str(), human_bytes(model.skeleton.raw_bytes).c_str());
-    if (model.skeleton.kind == "python_pickle") {
+    if (format::skeleton_kind(model.skeleton.kind) == format::SkeletonKind::kPythonPickle) {
       std::printf("  an eager PyTorch module packed from Python: unwrap it with the zcwrap Python package "
                   "(zcwrap run and unpack cannot)\n");
       std::printf("  its pickle imports (unpickling may call them): %s\n", list_text(model.imports).c_str());

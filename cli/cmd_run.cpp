@@ -51,10 +51,8 @@ int run_run(const RunArgs& args) {
   std::string name = args.model;
   if (name.empty()) {
     if (!wrapper.is_standalone_module()) {
-      std::string names;
-      for (const std::string& n : wrapper.model_names()) names += (names.empty() ? "" : ", ") + n;
       throw Error(ErrorCode::kUsage, args.path + ": holds a pipeline; choose a model with --model (one of: " +
-                                         names + ")");
+                                         join(wrapper.model_names()) + ")");
     }
     name = wrapper.model_names().front();
   }
@@ -69,10 +67,10 @@ int run_run(const RunArgs& args) {
 
   auto method = module.find_method(args.method);
   if (!method) {
-    std::string methods;
-    for (const auto& m : module.get_methods()) methods += (methods.empty() ? "" : ", ") + m.name();
+    std::vector<std::string> methods;
+    for (const auto& m : module.get_methods()) methods.push_back(m.name());
     throw Error(ErrorCode::kUsage, "model '" + name + "' has no method '" + args.method + "' (it has: " +
-                                       methods + ")");
+                                       join(methods) + ")");
   }
   c10::IValue result;
   try {

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "text.hpp"
 #include "zcwrap/model_wrapper.hpp"
 
 namespace CLI {
@@ -24,8 +25,7 @@ std::string printable(const std::string& text);
 // "1.5 MiB", "812 B".
 std::string human_bytes(uint64_t bytes);
 
-// "a, b, c".
-std::string join(const std::vector<std::string>& items);
+using detail::join;  // "a, b, c"
 
 // NAME=PATH, as pack --model and bench --baseline take it; std::nullopt
 // when there is no '=' or either side is empty.

@@ -14,8 +14,6 @@ namespace zcwrap {
 namespace detail {
 namespace {
 
-constexpr const char* kPythonPickle = "python_pickle";
-
 std::vector<std::string> import_texts(const std::vector<PickleGlobal>& globals) {
   std::vector<std::string> out;
   out.reserve(globals.size());
@@ -30,7 +28,7 @@ std::vector<std::vector<PickleGlobal>> blob_imports(const BlobFile& blob) {
   const format::Manifest& m = blob.manifest();
   for (size_t i = 0; i < m.models.size(); ++i) {
     out.emplace_back();
-    if (m.models[i].skeleton.kind != kPythonPickle) continue;
+    if (format::skeleton_kind(m.models[i].skeleton.kind) != format::SkeletonKind::kPythonPickle) continue;
     out.back() = pickle_globals(blob.skeleton(i), blob.path() + ": model '" + m.models[i].name + "'");
   }
   if (const std::optional<std::string> pickle = blob.pipeline_pickle()) {

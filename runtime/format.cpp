@@ -444,6 +444,17 @@ uint64_t meta_checksum(const uint8_t* blob, const Header& h) {
   return digest;
 }
 
+SkeletonKind skeleton_kind(std::string_view name) {
+  for (size_t i = 0; i < std::size(kSkeletonKindNames); ++i) {
+    if (kSkeletonKindNames[i] == name) return static_cast<SkeletonKind>(i);
+  }
+  return SkeletonKind::kUnknown;
+}
+
+std::string skeleton_kind_name(SkeletonKind kind) {
+  return std::string(kSkeletonKindNames[static_cast<size_t>(kind)]);
+}
+
 const char* tensor_kind_name(TensorKind kind) { return kKindNames[static_cast<int>(kind)]; }
 
 const Dtype* find_dtype(std::string_view name) {

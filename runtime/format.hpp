@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -113,8 +114,21 @@ struct TensorEntry {
   Quantization quantization;    // for the quantized dtypes (qint8, quint8, qint32)
 };
 
+// The kinds of skeleton, by the name the manifest gives them
+// (SkeletonEntry::kind): what a model's skeleton is, and so what rebuilds
+// it. The one table of kinds, as kDtypes is of dtypes: a new kind is a row
+// here and a case in rebind.cpp's rebuild. A name this zcwrap does not know
+// is kUnknown: describe shows it as named, unwrap refuses it.
+enum class SkeletonKind { kTorchScript, kPythonPickle, kUnknown };
+inline constexpr std::string_view kSkeletonKindNames[] = {"torchscript", "python_pickle"};
+static_assert(std::size(kSkeletonKindNames) == static_cast<size_t>(SkeletonKind::kUnknown),
+              "one name for every SkeletonKind but kUnknown");
+SkeletonKind skeleton_kind(std::string_view name);
+// The manifest's name of a known kind.
+std::string skeleton_kind_name(SkeletonKind kind);
+
 struct SkeletonEntry {
-  std::string kind = "torchscript";  // the only kind v1 readers load
+  std::string kind{kSkeletonKindNames[0]};  // see SkeletonKind
   std::string compression = "zstd";  // "zstd" or "none"
   uint64_t offset = 0;               // relative to skeletons_offset
   uint64_t length = 0;               // stored bytes

@@ -4,8 +4,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <caffe2/serialize/inline_container.h>
-
 #include "actor_config.hpp"
 #include "blob_file.hpp"
 #include "constants.hpp"
@@ -13,6 +11,7 @@
 #include "placement.hpp"
 #include "rebind.hpp"
 #include "store.hpp"
+#include "text.hpp"
 #include "torch_util.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/version.hpp"
@@ -22,22 +21,14 @@ namespace zcwrap {
 using detail::BlobFile;
 using nlohmann::json;
 
-namespace {
-
-std::string join_names(const std::vector<std::string>& names) {
-  std::string out;
-  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out;
-}
-
-}  // namespace
+using detail::join;
 
 // --- Unwrapped ---
 
 torch::jit::Module& Unwrapped::module() {
   if (!state_->standalone) {
     throw Error(ErrorCode::kUsage, "this blob holds a pipeline, not a standalone module; use at(name) "
-                                   "with one of: " + join_names(state_->names));
+                                   "with one of: " + join(state_->names));
   }
   return state_->modules.front();
 }
@@ -46,7 +37,7 @@ torch::jit::Module& Unwrapped::at(const std::string& name) {
   for (size_t i = 0; i < state_->names.size(); ++i) {
     if (state_->names[i] == name) return state_->modules[i];
   }
-  throw Error(ErrorCode::kUsage, "no model named '" + name + "'; the blob holds: " + join_names(state_->names));
+  throw Error(ErrorCode::kUsage, "no model named '" + name + "'; the blob holds: " + join(state_->names));
 }
 
 std::vector<std::string> Unwrapped::names() const { return state_->names; }
@@ -210,51 +201,6 @@ Unwrapped ModelWrapper::unwrap(const std::string& device, bool use_fast_load) co
 Unwrapped ModelWrapper::unwrap(const UnwrapOptions& options) const {
   auto state = detail::unwrap_blob(detail::checked_blob(*this, options.copy_on_write), options);
   return Unwrapped(std::move(state));
-}
-
-void ModelWrapper::unpack(const std::string& output_path, const std::string& model) const {
-  auto blob = detail::checked_blob(*this);
-  if (model.empty() && !standalone_) {
-    throw Error(ErrorCode::kUsage, blob_path_ + ": holds a pipeline; name the model to unpack (one of: " +
-                                       join_names(names_) + ")");
-  }
-  const int index = model.empty() ? 0 : blob->find_model(model);
-  if (index < 0) {
-    throw Error(ErrorCode::kUsage, "no model named '" + model + "'; the blob holds: " + join_names(names_));
-  }
-  if (blob->manifest().models[index].skeleton.kind == detail::kPythonPickleSkeleton) {
-    throw Error(ErrorCode::kBadModel, blob_path_ + ": model '" + names_[index] +
-                                          "' is an eager PyTorch module (skeleton kind python_pickle), not "
-                                          "TorchScript; unwrap it from Python with the zcwrap package");
-  }
-  const std::string skeleton = blob->skeleton(static_cast<size_t>(index));
-  torch::jit::ExtraFilesMap extra_files;
-  try {
-    std::istringstream in(skeleton);
-    caffe2::serialize::PyTorchStreamReader reader(&in);
-    for (const std::string& record : reader.getAllRecords()) {
-      if (record.rfind("extra/", 0) != 0) continue;
-      auto [data, size] = reader.getRecord(record);
-      extra_files[record.substr(6)] = std::string(static_cast<const char*>(data.get()), size);
-    }
-  } catch (const std::exception& e) {
-    throw Error(ErrorCode::kBadBlob, blob_path_ + ": skeleton does not read: " + detail::first_line(e));
-  }
-  torch::jit::Module module =
-      detail::rebuild_model(*blob, static_cast<size_t>(index), detail::make_storages(blob, c10::Device(c10::kCPU)),
-                            c10::Device(c10::kCPU), /*as_saved=*/true);
-  std::ostringstream out;
-  try {
-    detail::sink_tensor_constants(module);
-    module.save(out, extra_files);
-  } catch (const std::exception& e) {
-    throw Error(ErrorCode::kBadModel, blob_path_ + ": cannot save model '" + names_[index] + "': " +
-                                          detail::first_line(e));
-  }
-  detail::AtomicFile file(output_path);
-  const std::string bytes = out.str();
-  file.write(bytes.data(), bytes.size());
-  file.commit();
 }
 
 // --- ActorWrapper ---

@@ -279,7 +279,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
         }
         add_tensor(et.path, et.kind, et.tensor);
       }
-      entry.skeleton.kind = "python_pickle";
+      entry.skeleton.kind = format::skeleton_kind_name(format::SkeletonKind::kPythonPickle);
       add_skeleton(input.eager->pickle, input.origin, &entry.skeleton, &skeletons);
       entry.skeleton.unshared_bytes = input.eager->unshared_bytes;
       manifest.models.push_back(std::move(entry));
@@ -314,7 +314,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
 
   if (pipeline_pickle) {
     format::SkeletonEntry& entry = manifest.pipeline_object.emplace();
-    entry.kind = "python_pickle";
+    entry.kind = format::skeleton_kind_name(format::SkeletonKind::kPythonPickle);
     add_skeleton(*pipeline_pickle, "the pipeline object", &entry, &skeletons);
   }
 

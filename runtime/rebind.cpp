@@ -70,6 +70,12 @@ at::Tensor bind(const format::TensorEntry& t, const std::vector<c10::Storage>& s
 
 }  // namespace
 
+Error needs_python(const std::string& blob, const std::string& model) {
+  return Error(ErrorCode::kBadModel, blob + ": model '" + model +
+                                         "' is an eager PyTorch module (skeleton kind python_pickle), not "
+                                         "TorchScript; unwrap it from Python with the zcwrap package");
+}
+
 std::vector<at::Tensor> bind_tensors(const BlobFile& blob, size_t index, const std::vector<c10::Storage>& storages,
                                      const c10::Device& device, bool as_saved) {
   std::vector<at::Tensor> out;
@@ -83,13 +89,14 @@ torch::jit::Module rebuild_model(const BlobFile& blob, size_t index, const std::
                                  const c10::Device& device, bool as_saved) {
   const format::ModelEntry& entry = blob.manifest().models[index];
   const std::string where = blob.path() + ": model '" + entry.name + "'";
-  if (entry.skeleton.kind == kPythonPickleSkeleton) {
-    throw Error(ErrorCode::kBadModel, where + ": is an eager PyTorch module (skeleton kind python_pickle); "
-                                              "unwrap it from Python with the zcwrap package");
-  }
-  if (entry.skeleton.kind != kTorchScriptSkeleton) {
-    throw Error(ErrorCode::kBadBlob, where + ": skeleton kind '" + entry.skeleton.kind +
-                                         "' is not supported by this zcwrap; upgrade zcwrap");
+  switch (format::skeleton_kind(entry.skeleton.kind)) {
+    case format::SkeletonKind::kTorchScript:
+      break;
+    case format::SkeletonKind::kPythonPickle:
+      throw needs_python(blob.path(), entry.name);
+    case format::SkeletonKind::kUnknown:
+      throw Error(ErrorCode::kBadBlob, where + ": skeleton kind '" + entry.skeleton.kind +
+                                           "' is not supported by this zcwrap; upgrade zcwrap");
   }
   torch::jit::Module module;
   try {
@@ -147,18 +154,15 @@ std::shared_ptr<Unwrapped::State> unwrap_blob(const std::shared_ptr<const BlobFi
   state->standalone = blob->manifest().standalone;
   state->device = target.str();
   for (const format::ModelEntry& m : blob->manifest().models) {
-    if (m.skeleton.kind == kPythonPickleSkeleton && !bind_only_pickles) {
-      throw Error(ErrorCode::kBadModel, blob->path() + ": model '" + m.name +
-                                            "' is an eager PyTorch module (skeleton kind python_pickle); "
-                                            "unwrap it from Python with the zcwrap package");
-    }
+    const format::SkeletonKind kind = format::skeleton_kind(m.skeleton.kind);
+    if (kind == format::SkeletonKind::kPythonPickle && !bind_only_pickles) throw needs_python(blob->path(), m.name);
     state->names.push_back(m.name);
-    state->kinds.push_back(m.skeleton.kind);
+    state->kinds.push_back(kind);
   }
   try {
     const std::vector<c10::Storage> storages = make_storages(blob, target, options.use_fast_load);
     for (size_t i = 0; i < blob->manifest().models.size(); ++i) {
-      if (state->kinds[i] == kPythonPickleSkeleton) {
+      if (state->kinds[i] == format::SkeletonKind::kPythonPickle) {
         state->modules.emplace_back();
         state->tensors.push_back(bind_tensors(*blob, i, storages, target));
       } else {

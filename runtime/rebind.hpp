@@ -9,6 +9,7 @@
 #include <torch/script.h>
 
 #include "blob_file.hpp"
+#include "zcwrap/error.hpp"
 #include "zcwrap/model_wrapper.hpp"
 
 namespace zcwrap {
@@ -17,7 +18,7 @@ namespace zcwrap {
 struct Unwrapped::State {
   std::shared_ptr<const detail::BlobFile> blob;
   std::vector<std::string> names;
-  std::vector<std::string> kinds;                  // each model's skeleton kind
+  std::vector<format::SkeletonKind> kinds;         // each model's skeleton kind
   std::vector<torch::jit::Module> modules;         // "torchscript" models; empty Module for others
   std::vector<std::vector<at::Tensor>> tensors;    // "python_pickle" models: bound tensors, manifest order
   bool standalone = false;
@@ -27,9 +28,9 @@ struct Unwrapped::State {
 
 namespace detail {
 
-// Skeleton kinds (SkeletonEntry::kind).
-inline constexpr const char* kTorchScriptSkeleton = "torchscript";
-inline constexpr const char* kPythonPickleSkeleton = "python_pickle";
+// Error(kBadModel) for model `model` of the blob at `blob`: an eager module,
+// which only the Python package rebuilds (and unpack cannot write back).
+Error needs_python(const std::string& blob, const std::string& model);
 
 // Model `index`'s tensors, in manifest order, each bound to its storage with
 // the manifest's dtype, quantizer, sizes, strides and offset. With

@@ -1,6 +1,6 @@
 // LibTorch glue shared by pack and unwrap: dtype names, the tensor walk that
 // both sides run in the same order, and conversion of LibTorch errors.
-// Internal; the only runtime header that includes LibTorch.
+// Internal; includes LibTorch (as pack.hpp, rebind.hpp and mapped_load.hpp do).
 #pragma once
 
 #include <functional>

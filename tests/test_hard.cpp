@@ -69,17 +69,31 @@ void check_same_tensors(const torch::jit::Module& a, const torch::jit::Module& b
   }
 }
 
+// One hard fixture, packed on its own into a folder of its own.
+struct PackedFixture {
+  explicit PackedFixture(const json& fx)
+      : name(fx["name"].get<std::string>()),
+        model(test::fixture(fx["file"])),
+        input(test::fixture(fx["input"])),
+        wrapper(ModelWrapper::pack_files({{"m", model}}, Layout::kStandalone, dir / "m.zcb")) {}
+  std::string blob() const { return dir / "m.zcb"; }
+
+  std::string name;
+  std::string model;
+  std::string input;
+  test::TempDir dir;
+  ModelWrapper wrapper;
+};
+
 }  // namespace
 
 TEST_CASE("hard models unwrap bit-equal to torch::jit::load, sharing what LibTorch allows") {
   for (const json& fx : hard_fixtures()) {
-    const std::string name = fx["name"];
-    CAPTURE(name);
-    const std::string model_path = test::fixture(fx["file"]);
-    const std::string input = test::fixture(fx["input"]);
-    test::TempDir dir;
-    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, Layout::kStandalone, dir / "m.zcb");
-    zcwrap::Unwrapped u = w.unwrap();
+    const PackedFixture f(fx);
+    CAPTURE(f.name);
+    const std::string& model_path = f.model;
+    const std::string& input = f.input;
+    zcwrap::Unwrapped u = f.wrapper.unwrap();
     // Eval even when saved in training mode (frozen modules have no flag).
     if (u.module().hasattr("training")) CHECK_FALSE(u.module().is_training());
 
@@ -88,11 +102,11 @@ TEST_CASE("hard models unwrap bit-equal to torch::jit::load, sharing what LibTor
                                   test::call(u.module(), fx["method"], test::load_inputs(input)), &why),
                   why);
 
-    const json info = zcwrap::describe(dir / "m.zcb");
+    const json info = zcwrap::describe(f.blob());
     const json& model = info["models"][0];
     const uint64_t shared = info["storages"]["bytes"];
     const uint64_t unshared = model["unshared_bytes"];
-    MESSAGE(name << ": " << shared << " bytes shared, " << unshared << " left in the skeleton");
+    MESSAGE(f.name << ": " << shared << " bytes shared, " << unshared << " left in the skeleton");
     // Every byte of tensor data in the original archive is accounted for:
     // moved to the data section, reported as left in the skeleton, or (the
     // per-channel scales and zero points of quantized tensors, which the
@@ -125,16 +139,15 @@ TEST_CASE("hard models unwrap bit-equal to torch::jit::load, sharing what LibTor
 
 TEST_CASE("unpack gives back an equal TorchScript file: outputs, tensors, methods, extra files, training flag") {
   for (const json& fx : hard_fixtures()) {
-    const std::string name = fx["name"];
-    CAPTURE(name);
-    const std::string model_path = test::fixture(fx["file"]);
-    const std::string input = test::fixture(fx["input"]);
-    test::TempDir dir;
-    ModelWrapper w = ModelWrapper::pack_files({{"m", model_path}}, Layout::kStandalone, dir / "m.zcb");
-    w.unpack(dir / "back.pt");
+    const PackedFixture f(fx);
+    CAPTURE(f.name);
+    const std::string& model_path = f.model;
+    const std::string& input = f.input;
+    const std::string back_path = f.dir / "back.pt";
+    f.wrapper.unpack(back_path);
 
     torch::jit::Module original = torch::jit::load(model_path);
-    torch::jit::Module back = torch::jit::load(dir / "back.pt");
+    torch::jit::Module back = torch::jit::load(back_path);
     CHECK(back.is_training() == original.is_training());
     if (fx.contains("training")) CHECK(back.is_training() == fx["training"].get<bool>());
     check_same_tensors(original, back);
@@ -150,12 +163,12 @@ TEST_CASE("unpack gives back an equal TorchScript file: outputs, tensors, method
                                   test::call(back, fx["method"], test::load_inputs(input)), &why),
                   why);
     if (fx.contains("extra_file_names")) {
-      CHECK(read_extra_files(dir / "back.pt", fx["extra_file_names"]) ==
+      CHECK(read_extra_files(back_path, fx["extra_file_names"]) ==
             read_extra_files(model_path, fx["extra_file_names"]));
-      CHECK(read_extra_files(dir / "back.pt", fx["extra_file_names"])["config.json"].find("labels") !=
+      CHECK(read_extra_files(back_path, fx["extra_file_names"])["config.json"].find("labels") !=
             std::string::npos);
     }
-    CHECK(archive_tensor_bytes(dir / "back.pt") == archive_tensor_bytes(model_path));
+    CHECK(archive_tensor_bytes(back_path) == archive_tensor_bytes(model_path));
   }
 }
 

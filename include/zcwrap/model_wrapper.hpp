@@ -282,7 +282,7 @@ class ModelWrapper {
   std::vector<std::string> names_;
 };
 
-/// The seed's primary API: wrap a model (or pipeline) once in the driver with
+/// ray-zerocopy's primary API, in C++: wrap a model (or pipeline) once in the driver with
 /// the device its workers use, send to_actor() to each worker, and call
 /// from_actor(config).load() there.
 class ActorWrapper {

@@ -78,7 +78,7 @@ std::pair<std::string, StoreLock> pack(const py::list& models, bool standalone, 
     const auto entry = item.cast<py::tuple>();
     const auto name = entry[0].cast<std::string>();
     const auto kind = entry[1].cast<std::string>();
-    if (kind == zcwrap::detail::kTorchScriptSkeleton) {
+    if (zcwrap::format::skeleton_kind(kind) == zcwrap::format::SkeletonKind::kTorchScript) {
       scripted.emplace_back(name, entry[2].cast<torch::jit::Module>());
       inputs.push_back({name, "module '" + name + "'", {}, {}, std::nullopt});
     } else {
@@ -186,17 +186,17 @@ py::tuple unwrap(const std::shared_ptr<const zcwrap::detail::BlobFile>& blob, co
   auto state = without_gil([&] {
     auto s = zcwrap::detail::unwrap_blob(blob, options, /*bind_only_pickles=*/true);
     for (size_t i = 0; i < s->names.size(); ++i) {
-      pickles.push_back(s->kinds[i] == zcwrap::detail::kPythonPickleSkeleton ? blob->skeleton(i) : "");
+      pickles.push_back(s->kinds[i] == zcwrap::format::SkeletonKind::kPythonPickle ? blob->skeleton(i) : "");
     }
     pipeline = blob->pipeline_pickle();
     return s;
   });
   py::list models;
   for (size_t i = 0; i < state->names.size(); ++i) {
-    const bool pickled = state->kinds[i] == zcwrap::detail::kPythonPickleSkeleton;
+    const bool pickled = state->kinds[i] == zcwrap::format::SkeletonKind::kPythonPickle;
     py::list tensors;
     for (const at::Tensor& t : state->tensors[i]) tensors.append(py::cast(t));
-    models.append(py::make_tuple(state->names[i], state->kinds[i],
+    models.append(py::make_tuple(state->names[i], zcwrap::format::skeleton_kind_name(state->kinds[i]),
                                  pickled ? py::none() : py::cast(state->modules[i]), tensors,
                                  pickled ? py::object(py::bytes(pickles[i])) : py::none()));
   }
