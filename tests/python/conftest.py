@@ -1,5 +1,7 @@
-"""Shared by the Python suites: where scripts/test.sh put things."""
+"""Shared by the Python suites: where scripts/test.sh put things, and the
+Ray cluster every Ray suite shares."""
 
+import logging
 import os
 
 import pytest
@@ -38,3 +40,48 @@ def file_offset(address):
     """(path, inode, offset in that file) of the byte at `address`."""
     path, inode, _, page = mapping_of(address)
     return path, inode, page + address % 4096
+
+
+# --- the Ray cluster ----------------------------------------------------------
+
+NODES = 3
+
+
+@pytest.fixture(autouse=True)
+def outside_ray_unless_on_the_cluster(request, monkeypatch):
+    """Once started, the cluster lives until the session ends. A test that
+    does not ask for it sees wrappers behave as outside a Ray job
+    (ZCWRAP_RAY_TRANSPORT=0: no blob goes to the object store)."""
+    if "cluster" not in request.fixturenames:
+        monkeypatch.setenv("ZCWRAP_RAY_TRANSPORT", "0")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A 3-node Ray cluster on this machine, started once for every Ray suite
+    (test_ray.py, test_dropin.py). ray.cluster_utils.Cluster gives each node
+    its own raylet and object store, one CPU, and a custom resource naming
+    it ("node0", ...) so actors and tasks can be pinned."""
+    # The suites that ask for it import Ray first (a failure where the
+    # package is required).
+    ray = pytest.importorskip("ray", reason="Ray is not installed (scripts/requirements.txt pins it)")
+    from ray.cluster_utils import Cluster
+
+    store = tmp_path_factory.mktemp("store")
+    os.environ["ZCWRAP_STORE"] = str(store)
+    # Workers import the package (and the suites' helpers) like the driver.
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"node0": 1}, "object_store_memory": 128 << 20})
+    for i in range(1, NODES):
+        cluster.add_node(num_cpus=1, resources={f"node{i}": 1}, object_store_memory=128 << 20)
+    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": path, "ZCWRAP_STORE": str(store)}},
+             include_dashboard=False, log_to_driver=False)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    # Ray Data leaves a daemon thread polling a Prometheus that is not there;
+    # its debug records would hit pytest's closed streams at exit.
+    logging.getLogger("ray.data._internal.usage").setLevel(logging.WARNING)

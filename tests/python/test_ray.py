@@ -6,7 +6,6 @@ so actors can be pinned. Small enough for 2 cores: one CPU per node, a
 small model. Skips (never fails) where Ray is not installed.
 """
 
-import logging
 import os
 import sys
 import time
@@ -15,13 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import file_offset, import_zcwrap, mapping_of
+from conftest import NODES, file_offset, import_zcwrap, mapping_of
 
 zcwrap = import_zcwrap()
 ray = pytest.importorskip("ray", reason="Ray is not installed (scripts/requirements.txt pins it)")
-from ray.cluster_utils import Cluster  # noqa: E402
-
-NODES = 3
 
 
 def make_model():
@@ -44,28 +40,6 @@ def reference(model, x):
             return model(x)
     finally:
         torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    os.environ["ZCWRAP_STORE"] = str(store)
-    # Workers import the package (and this file's helpers) like the driver.
-    here = os.path.dirname(os.path.abspath(__file__))
-    path = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {"node0": 1}, "object_store_memory": 128 << 20})
-    for i in range(1, NODES):
-        cluster.add_node(num_cpus=1, resources={f"node{i}": 1}, object_store_memory=128 << 20)
-    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": path, "ZCWRAP_STORE": str(store)}},
-             include_dashboard=False, log_to_driver=False)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-    # Ray Data leaves a daemon thread polling a Prometheus that is not there;
-    # its debug records would hit pytest's closed streams at exit.
-    logging.getLogger("ray.data._internal.usage").setLevel(logging.WARNING)
 
 
 @ray.remote(num_cpus=0)
