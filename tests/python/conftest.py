@@ -11,6 +11,14 @@ import pytest
 REQUIRE_PACKAGE = os.environ.get("ZCWRAP_REQUIRE_PACKAGE") == "1"
 
 
+def import_or_skip(module, reason):
+    """`module`, imported; where it is missing, a skip saying `reason`, or,
+    under scripts/test.sh (which installs every pinned package), a failure."""
+    if REQUIRE_PACKAGE:
+        return __import__(module)
+    return pytest.importorskip(module, reason=reason)
+
+
 def import_zcwrap():
     """The zcwrap package, or a skip saying why it is missing."""
     try:

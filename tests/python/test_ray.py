@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import NODES, file_offset, import_zcwrap, mapping_of
+from conftest import NODES, file_offset, import_or_skip, import_zcwrap, mapping_of
 
 zcwrap = import_zcwrap()
-ray = pytest.importorskip("ray", reason="Ray is not installed (scripts/requirements.txt pins it)")
+ray = import_or_skip("ray", "Ray is not installed (scripts/requirements.txt pins it)")
 
 
 def make_model():
