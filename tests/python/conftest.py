@@ -72,7 +72,7 @@ def cluster(tmp_path_factory):
     it ("node0", ...) so actors and tasks can be pinned."""
     # The suites that ask for it import Ray first (a failure where the
     # package is required).
-    ray = pytest.importorskip("ray", reason="Ray is not installed (scripts/requirements.txt pins it)")
+    ray = import_or_skip("ray", "Ray is not installed (scripts/requirements.txt pins it)")
     from ray.cluster_utils import Cluster
 
     store = tmp_path_factory.mktemp("store")
