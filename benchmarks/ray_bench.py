@@ -32,6 +32,24 @@ Measured in one run:
                the wrapper passed through fn_constructor_kwargs (start-up
                included: the job is what a user runs); once per row
 
+With --task-mode, ray-zerocopy's task mode instead (for_tasks(model): each
+call of the returned model runs one Ray task that loads it from the object
+store zero-copy and calls it), for each model of --models (eager), three
+ways: ray-zerocopy's ModelWrapper.for_tasks, zcwrap's (each task unwraps
+the model, as ray-zerocopy's does), and zcwrap's with cache=True (each
+worker keeps the model for its next tasks). On one node with --task-cpus
+CPUs, its worker pool started first (each worker importing torch,
+torchvision, zcwrap and ray-zerocopy):
+  wrap         for_tasks() in the driver (ray-zerocopy puts the weights into
+               the object store here; zcwrap packs the blob, and puts it at
+               the first call)
+  first call   the first call after for_tasks (blob put included for zcwrap)
+  warm call    median latency of --task-calls sequential calls
+  throughput   calls/s of --task-cpus callers (threads) making
+               --task-calls calls each
+  PSS          summed smaps_rollup Pss of this job's Ray workers after the
+               calls
+
 Needs the package on PYTHONPATH and ray-zerocopy importable (benchmarks/run.sh
 installs it into build-bench/peers, never into the project's environment):
 
@@ -220,6 +238,121 @@ def throughput(method, handle, n, x, rows):
     return rows / seconds
 
 
+def job_worker_pids(marker):
+    """PIDs of the Ray worker processes whose environment holds `marker`
+    (this job's ZCWRAP_STORE, set through its runtime_env)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if not f.read().startswith(b"ray::"):
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker.encode() not in f.read().split(b"\0"):
+                    continue
+        except OSError:
+            continue
+        pids.append(int(entry))
+    return pids
+
+
+def pss_of(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+    except OSError:
+        return 0
+
+
+@ray.remote
+def start_worker():
+    """Run once per CPU before measuring: a worker with the libraries imported."""
+    import ray_zerocopy  # noqa: F401
+    import torchvision  # noqa: F401
+
+    import zcwrap  # noqa: F401
+
+    time.sleep(1)  # hold the CPU, so that each call lands on its own worker
+    return os.getpid()
+
+
+def task_row(method, model, x, calls, callers, marker):
+    import threading
+
+    import ray_zerocopy
+
+    quiesce()
+    started = time.perf_counter()
+    if method == "ray-zerocopy":
+        wrapped = ray_zerocopy.ModelWrapper.for_tasks(model)
+    else:
+        wrapped = zcwrap.ModelWrapper.for_tasks(model, cache=method == "zcwrap cache=True")
+    wrap_s = time.perf_counter() - started
+    started = time.perf_counter()
+    out = wrapped(x)
+    first_s = time.perf_counter() - started
+    warm = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        wrapped(x)
+        warm.append(time.perf_counter() - started)
+
+    def caller():
+        for _ in range(calls):
+            wrapped(x)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    per_s = callers * calls / (time.perf_counter() - started)
+    pss = sum(pss_of(pid) for pid in job_worker_pids(marker))
+    del wrapped
+    return {"wrap_s": wrap_s, "first_call_s": first_s, "warm_call_median_s": statistics.median(warm),
+            "calls_per_s": per_s, "summed_worker_pss_bytes": pss, "output": bytes_of_tensor(out)}
+
+
+def bytes_of_tensor(t):
+    return first_tensor(t).detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def task_main(args):
+    import ray_zerocopy
+
+    work = tempfile.mkdtemp(prefix="zcwrap-ray-task-bench-")
+    os.environ["ZCWRAP_STORE"] = work
+    path = os.pathsep.join([HERE] + [p for p in sys.path if p and os.path.isdir(p)])
+    ray.init(num_cpus=args.task_cpus, include_dashboard=False, log_to_driver=False, object_store_memory=4 << 30,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "ZCWRAP_STORE": work}})
+    marker = f"ZCWRAP_STORE={work}"
+    workers = set(ray.get([start_worker.remote() for _ in range(args.task_cpus)]))
+    rows = []
+    methods = ["ray-zerocopy", "zcwrap", "zcwrap cache=True"]
+    for name in args.models.split(","):
+        model, x = make(name)
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        outputs = {}
+        for method in methods:
+            row = {"model": name, "method": method, "weights_bytes": weights, "cpus": args.task_cpus,
+                   "calls": args.task_calls, **task_row(method, model, x, args.task_calls, args.task_cpus, marker)}
+            outputs[method] = row.pop("output")
+            rows.append(row)
+            print(f"{name:8} {method:18} wrap {row['wrap_s']:6.2f} s  first call {row['first_call_s'] * 1e3:8.1f} ms  "
+                  f"warm call {row['warm_call_median_s'] * 1e3:8.1f} ms  {row['calls_per_s']:6.2f} calls/s  "
+                  f"worker PSS {row['summed_worker_pss_bytes'] / 2**20:7.0f} MiB", flush=True)
+        for row in rows[-len(methods):]:
+            row["same_output_as_ray_zerocopy"] = outputs[row["method"]] == outputs["ray-zerocopy"]
+        with open(os.path.join(args.out, "ray_tasks.json"), "w") as f:
+            json.dump({"torch": torch.__version__, "ray": ray.__version__, "zcwrap": zcwrap.__version__,
+                       "ray_zerocopy": getattr(ray_zerocopy, "__version__", "0.2.0"), "workers": len(workers),
+                       "rows": rows}, f, indent=1)
+    ray.shutdown()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="folder for ray.json")
@@ -229,8 +362,14 @@ def main():
     parser.add_argument("--methods", default="plain,ray-zerocopy,zcwrap")
     parser.add_argument("--rows", type=int, default=32, help="rows of the map_batches job")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the start-up and PSS measurement per row")
+    parser.add_argument("--task-mode", action="store_true", help="measure ray-zerocopy's task mode instead")
+    parser.add_argument("--task-cpus", type=int, default=2, help="task mode: the node's CPUs (and callers)")
+    parser.add_argument("--task-calls", type=int, default=10, help="task mode: calls per measurement")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.task_mode:
+        task_main(args)
+        return
     work = tempfile.mkdtemp(prefix="zcwrap-ray-bench-")
     os.environ["ZCWRAP_STORE"] = work
     # Workers find the package, ray-zerocopy and this file as the driver does.
