@@ -13,6 +13,7 @@
 #include "describe.hpp"
 #include "format.hpp"
 #include "zcwrap/zcwrap.hpp"
+#include "wrapper_access.hpp"
 
 namespace zcwrap::cli {
 namespace {

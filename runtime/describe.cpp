@@ -8,6 +8,7 @@
 #include "blob_file.hpp"
 #include "file_util.hpp"
 #include "pickle_scan.hpp"
+#include "wrapper_access.hpp"
 
 namespace zcwrap {
 

@@ -12,6 +12,7 @@
 #include "rebind.hpp"
 #include "store.hpp"
 #include "text.hpp"
+#include "wrapper_access.hpp"
 #include "torch_util.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/version.hpp"
@@ -84,7 +85,7 @@ ModelWrapper ModelWrapper::pack_files(const std::vector<ModelFile>& models, Layo
   return detail::written_wrapper(blob_path, blob);
 }
 
-ModelWrapper detail::written_wrapper(const std::string& path, const detail::PreparedBlob& blob) {
+ModelWrapper detail::WrapperAccess::written(const std::string& path, const detail::PreparedBlob& blob) {
   ModelWrapper w;
   w.blob_path_ = detail::absolute_path(path);
   w.blob_size_ = blob.header.file_size;
@@ -94,14 +95,12 @@ ModelWrapper detail::written_wrapper(const std::string& path, const detail::Prep
   return w;
 }
 
-ModelWrapper detail::stored_wrapper(const detail::PreparedBlob& blob, const PackOptions& options) {
+ModelWrapper detail::WrapperAccess::stored(const detail::PreparedBlob& blob, const PackOptions& options) {
   detail::StoredBlob stored = detail::store_blob(blob, options);
   ModelWrapper w = written_wrapper(stored.path, blob);
   w.store_lock_ = std::move(stored.lock);
   return w;
 }
-
-std::shared_ptr<const void> detail::store_lock(const ModelWrapper& wrapper) { return wrapper.store_lock_; }
 
 ModelWrapper ModelWrapper::from_actor(const json& config) { return from_config(detail::parse_actor_config(config)); }
 
@@ -148,7 +147,7 @@ ModelWrapper ModelWrapper::from_memory(MemoryBlob memory) {
   return w;
 }
 
-std::shared_ptr<const BlobFile> detail::checked_blob(const ModelWrapper& w, bool copy_on_write) {
+std::shared_ptr<const BlobFile> detail::WrapperAccess::checked_blob(const ModelWrapper& w, bool copy_on_write) {
   if (w.memory_) {
     if (!copy_on_write) return w.memory_;
     // Memory offers no file to map privately: a private, writable copy.

@@ -9,7 +9,7 @@
 
 #include "file_util.hpp"
 #include "format.hpp"
-#include "zcwrap/model_wrapper.hpp"
+#include "zcwrap/options.hpp"
 
 namespace zcwrap::detail {
 

@@ -13,6 +13,7 @@
 #include "torch_util.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/model_wrapper.hpp"
+#include "wrapper_access.hpp"
 
 namespace zcwrap {
 

@@ -28,6 +28,7 @@
 #include "zcwrap/model_wrapper.hpp"
 #include "zcwrap/store.hpp"
 #include "zcwrap/version.hpp"
+#include "wrapper_access.hpp"
 
 namespace py = pybind11;
 using nlohmann::json;
