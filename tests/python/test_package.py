@@ -485,6 +485,41 @@ def test_shared_memory_is_mapped_again_read_only_without_a_copy(tmp_path):
     assert shared.read_bytes() == before
 
 
+def rss_of_mapping(address):
+    """Resident bytes (/proc/self/smaps Rss) of the mapping holding `address`."""
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            first = line.split()[0]
+            if "-" in first and ":" not in first:
+                start, end = (int(x, 16) for x in first.split("-"))
+                inside = start <= address < end
+            elif inside and first == "Rss:":
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.parametrize("prefetch", ["none", "populate"])
+def test_prefetch_populates_a_memory_blobs_read_only_mapping(tmp_path, prefetch):
+    """populate maps every page of the data section before unwrap returns, also
+    where a memory blob's data section does not start on a page."""
+    import mmap
+
+    wrapper = zcwrap.ModelWrapper.from_model(nn.Sequential(*[nn.Linear(256, 256) for _ in range(16)]))
+    data = open(wrapper.blob_path, "rb").read()
+    offset = 192  # not on a page boundary, as in Ray's object store
+    region = mmap.mmap(-1, len(data) + offset)
+    region[offset:offset + len(data)] = data
+    buffer = np.frombuffer(region, dtype=np.uint8)[offset:offset + len(data)]
+    unwrapped = zcwrap.ModelWrapper.from_buffer(buffer).unwrap(prefetch=prefetch)
+    weights = sum(p.numel() * p.element_size() for p in unwrapped.parameters())
+    resident = rss_of_mapping(next(unwrapped.parameters()).data_ptr())
+    if prefetch == "populate":
+        assert resident >= weights, (resident, weights)
+    else:
+        assert resident < weights / 2, (resident, weights)
+
+
 MEMORY_WRITER = textwrap.dedent("""
     import mmap, sys, numpy, torch, zcwrap
     with open(sys.argv[1], "r+b") as f:
