@@ -5,6 +5,7 @@ import logging
 import os
 
 import pytest
+import torch
 
 # scripts/test.sh installs the package (pip install --target) and sets
 # ZCWRAP_REQUIRE_PACKAGE=1: there a missing package is a failure, not a skip.
@@ -93,3 +94,31 @@ def cluster(tmp_path_factory):
     # Ray Data leaves a daemon thread polling a Prometheus that is not there;
     # its debug records would hit pytest's closed streams at exit.
     logging.getLogger("ray.data._internal.usage").setLevel(logging.WARNING)
+
+
+def same_bytes(a, b):
+    """Same type, dtype, shape and bytes, through tuples, lists and dicts."""
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_bytes(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_bytes(a[k], b[k]) for k in a)
+    if hasattr(a, "to_tuple"):  # transformers' ModelOutput
+        return same_bytes(a.to_tuple(), b.to_tuple())
+    if isinstance(a, torch.Tensor) and a.is_quantized:
+        if not (isinstance(b, torch.Tensor) and b.is_quantized and a.qscheme() == b.qscheme()):
+            return False
+        params = ((a.q_scale(), a.q_zero_point()) == (b.q_scale(), b.q_zero_point())
+                  if a.qscheme() == torch.per_tensor_affine else
+                  same_bytes(a.q_per_channel_scales(), b.q_per_channel_scales())
+                  and same_bytes(a.q_per_channel_zero_points(), b.q_per_channel_zero_points()))
+        return params and same_bytes(a.int_repr(), b.int_repr())
+    if isinstance(a, torch.Tensor):
+        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
+                and a.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+                == b.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return a == b
+
+
+def run(model, *args):
+    with torch.no_grad():
+        return model(*args)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import file_offset, import_zcwrap, mapping_of
+from conftest import file_offset, import_zcwrap, mapping_of, run, same_bytes
 
 zcwrap = import_zcwrap()
 
@@ -32,34 +32,6 @@ def store(tmp_path, monkeypatch):
     folder = tmp_path / "store"
     monkeypatch.setenv("ZCWRAP_STORE", str(folder))
     return folder
-
-
-def same_bytes(a, b):
-    """Same type, dtype, shape and bytes, through tuples, lists and dicts."""
-    if isinstance(a, (tuple, list)):
-        return type(a) is type(b) and len(a) == len(b) and all(same_bytes(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_bytes(a[k], b[k]) for k in a)
-    if hasattr(a, "to_tuple"):  # transformers' ModelOutput
-        return same_bytes(a.to_tuple(), b.to_tuple())
-    if isinstance(a, torch.Tensor) and a.is_quantized:
-        if not (isinstance(b, torch.Tensor) and b.is_quantized and a.qscheme() == b.qscheme()):
-            return False
-        params = ((a.q_scale(), a.q_zero_point()) == (b.q_scale(), b.q_zero_point())
-                  if a.qscheme() == torch.per_tensor_affine else
-                  same_bytes(a.q_per_channel_scales(), b.q_per_channel_scales())
-                  and same_bytes(a.q_per_channel_zero_points(), b.q_per_channel_zero_points()))
-        return params and same_bytes(a.int_repr(), b.int_repr())
-    if isinstance(a, torch.Tensor):
-        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-                and a.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
-                == b.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return a == b
-
-
-def run(model, *args):
-    with torch.no_grad():
-        return model(*args)
 
 
 def blob_mappings(path):

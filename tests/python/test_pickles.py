@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import import_zcwrap
+from conftest import import_zcwrap, run, same_bytes
 
 zcwrap = import_zcwrap()
 
@@ -93,22 +93,6 @@ class Pipeline:
         self.threshold = 0.25
         self.options = {"top_k": 3, "tags": ("a", "b"), "flags": {1, 2}}
         self.__dict__.update(modules)
-
-
-def same_bytes(a, b):
-    """Same type, dtype, shape and bytes, through tuples and lists."""
-    if isinstance(a, (tuple, list)):
-        return type(a) is type(b) and len(a) == len(b) and all(same_bytes(x, y) for x, y in zip(a, b))
-    if isinstance(a, torch.Tensor):
-        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-                and a.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
-                == b.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return a == b
-
-
-def run(model, *args):
-    with torch.no_grad():
-        return model(*args)
 
 
 def encoder():
