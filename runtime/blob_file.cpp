@@ -32,10 +32,16 @@ BlobLayout parse_blob(const uint8_t* bytes, size_t size, const std::string& path
 }
 
 std::shared_ptr<const BlobFile> BlobFile::open(const std::string& path, bool copy_on_write) {
+  struct stat st {};
+  UniqueFd fd = open_regular_file(path, &st);
+  return open_fd(std::move(fd), st, path, copy_on_write);
+}
+
+std::shared_ptr<const BlobFile> BlobFile::open_fd(UniqueFd fd, const struct stat& st, const std::string& path,
+                                                  bool copy_on_write) {
   auto blob = std::make_shared<BlobFile>();
   blob->path_ = path;
-  struct stat st {};
-  blob->fd_ = open_regular_file(path, &st);
+  blob->fd_ = std::move(fd);
   lock_shared(blob->fd_.get(), path);
   blob->region_ = MappedRegion::map_fd(blob->fd_.get(), static_cast<uint64_t>(st.st_size), path, copy_on_write);
   blob->base_ = blob->region_.data();

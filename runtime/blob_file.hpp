@@ -32,6 +32,10 @@ class BlobFile {
   // UnwrapOptions::copy_on_write). The file stays open, with flock(LOCK_SH)
   // held, as long as this object: `zcwrap gc` never removes a mapped blob.
   static std::shared_ptr<const BlobFile> open(const std::string& path, bool copy_on_write = false);
+  // The same for a file the caller opened (open_regular_file; `st` its
+  // stat), so that a file sniffed for its magic is not opened twice.
+  static std::shared_ptr<const BlobFile> open_fd(UniqueFd fd, const struct stat& st, const std::string& path,
+                                                 bool copy_on_write = false);
 
   // open(), then checks that the file is still the blob an actor config
   // pinned (its size and meta checksum): Error(kStale) when it was replaced.

@@ -329,20 +329,6 @@ std::string read_file(const std::string& path) {
   return out;
 }
 
-bool starts_with_bytes(const std::string& path, const char* prefix, size_t size) {
-  struct stat st {};
-  UniqueFd fd = open_regular_file(path, &st);
-  std::vector<char> head(size);
-  size_t got = 0;
-  while (got < size) {
-    ssize_t n = ::read(fd.get(), head.data() + got, size - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += static_cast<size_t>(n);
-  }
-  return got == size && std::equal(head.begin(), head.end(), prefix);
-}
-
 int make_dirs(const std::string& path) {
   if (path.empty() || path == "/" || path == ".") return 0;
   struct stat st {};

@@ -150,10 +150,6 @@ const char* file_type_name(mode_t mode);
 // Whole file as a string; throws Error(kInput) naming the path.
 std::string read_file(const std::string& path);
 
-// Whether the file at `path` begins with `size` bytes equal to `prefix`.
-// Throws Error(kInput) when it cannot be opened.
-bool starts_with_bytes(const std::string& path, const char* prefix, size_t size);
-
 // Creates `path` and any missing parents (mode 0755). Returns 0 or errno.
 int make_dirs(const std::string& path);
 

@@ -1,5 +1,9 @@
 #include "zcwrap/model_wrapper.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -158,8 +162,13 @@ std::shared_ptr<const BlobFile> detail::WrapperAccess::checked_blob(const ModelW
 }
 
 ModelWrapper ModelWrapper::open(const std::string& path) {
-  if (detail::starts_with_bytes(path, format::kMagic, format::kMagicFamilyLength)) {
-    auto blob = BlobFile::open(path);
+  // One open: the magic is read through the descriptor that is then mapped.
+  struct stat st {};
+  detail::UniqueFd fd = detail::open_regular_file(path, &st);
+  char magic[format::kMagicFamilyLength] = {};
+  if (::pread(fd.get(), magic, sizeof(magic), 0) == static_cast<ssize_t>(sizeof(magic)) &&
+      std::equal(magic, magic + sizeof(magic), format::kMagic)) {
+    auto blob = BlobFile::open_fd(std::move(fd), st, path);
     ModelWrapper w;
     w.blob_path_ = detail::absolute_path(path);
     w.blob_size_ = blob->size();

@@ -10,7 +10,7 @@
 
 PACKAGES=(libtorch-dev libcli11-dev nlohmann-json3-dev libzstd-dev libxxhash-dev doctest-dev
           meson ninja-build pkg-config ccache python3-torch python3-torchvision g++
-          python3-venv python3-dev)
+          python3-venv python3-dev strace)
 # Debian's python3-torch lives here; the python3 first on PATH (pyenv, a venv)
 # may have no torch. It also makes the torch2 lane's virtual environment.
 DEBIAN_PYTHON=/usr/bin/python3

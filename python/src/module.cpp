@@ -56,6 +56,12 @@ struct StoreLock {
   std::shared_ptr<const void> held;
 };
 
+// The blob a Python wrapper opened and checked (from_actor, open), kept so
+// that its unwrap maps nothing again: one open per operation.
+struct OpenedBlob {
+  std::shared_ptr<const zcwrap::detail::BlobFile> blob;
+};
+
 zcwrap::format::TensorKind kind_from_name(const std::string& name) {
   using zcwrap::format::TensorKind;
   if (name == "parameter") return TensorKind::kParameter;
@@ -254,13 +260,25 @@ PYBIND11_MODULE(_C, m) {
     return out;
   }, py::arg("store_dir") = "", py::arg("dry_run") = false);
   m.def("shareable", [](const at::Tensor& t) { return zcwrap::detail::is_shareable(t); });
+  py::class_<OpenedBlob>(m, "OpenedBlob", "A blob mapped and checked once; unwrap_opened unwraps it.");
   m.def("open_actor", [](const std::string& config) {
     auto blob = without_gil([&] { return open_config(config, false); });
-    return summary(*blob);
+    return py::make_tuple(summary(*blob), OpenedBlob{blob});
   });
+  // (actor config as JSON text, summary, the opened blob): one open.
   m.def("open_path", [](const std::string& path) {
-    return without_gil([&] { return zcwrap::ModelWrapper::open(path).to_actor().dump(); });
+    std::string config;
+    auto blob = without_gil([&] {
+      const zcwrap::ModelWrapper wrapper = zcwrap::ModelWrapper::open(path);
+      config = wrapper.to_actor().dump();
+      return zcwrap::detail::checked_blob(wrapper);
+    });
+    return py::make_tuple(config, summary(*blob), OpenedBlob{blob});
   });
+  m.def("unwrap_opened", [](const OpenedBlob& opened, const std::string& device, bool use_fast_load, bool verify,
+                            const std::string& prefetch) {
+    return unwrap(opened.blob, device, use_fast_load, verify, false, prefetch);
+  }, py::arg("opened"), py::arg("device"), py::arg("use_fast_load"), py::arg("verify"), py::arg("prefetch"));
   m.def("open_buffer", [](const py::object& buffer, const std::string& name) {
     return summary(*open_buffer(buffer, name));
   });

@@ -61,7 +61,8 @@ def gc(store_dir: str | None = None, dry_run: bool = False) -> list[dict]:
     ``{"path", "bytes", "temporary"}`` dict per file.
 
     A blob stays while any process has it unwrapped or opened, and while a
-    wrapper made by ``from_model`` lives (each holds a shared lock on it), so
+    wrapper made by ``from_model``, ``from_actor`` or ``open`` lives (each
+    holds a shared lock on it), so
     gc is safe to run at any time, by any job of the same user: it never
     removes what another job uses. `store_dir` defaults as for
     ``from_model``; a folder that is not the caller's own, or that others can

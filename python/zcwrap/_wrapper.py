@@ -155,7 +155,7 @@ class ModelWrapper:
 
     def __init__(self, config: dict[str, Any], kinds: Optional[list[str]] = None,
                  memory: Any = None, ray_ref: Any = None, store_lock: Any = None, *, mode: str = "actor",
-                 methods: Optional[dict[str, set[str]]] = None, task_cache: bool = False) -> None:
+                 methods: Optional[dict[str, set[str]]] = None, task_cache: bool = False, opened: Any = None) -> None:
         """Not for direct use: see from_model, from_actor, open, from_buffer and deserialize."""
         if not (isinstance(config, dict) and "blob" in config):
             raise UsageError(f"{type(self).__name__}({_brief(config)}, ...): zcwrap's constructor takes no "
@@ -168,6 +168,9 @@ class ModelWrapper:
         # from_model: a shared lock on the store blob, so zcwrap.gc() keeps it
         # while this wrapper lives (it is not pickled: receivers open the blob).
         self._store_lock = store_lock
+        # from_actor and open: the blob they mapped and checked, which unwrap
+        # uses instead of opening it again (not pickled).
+        self._opened = opened
         # ray-zerocopy's execution mode: "actor" (load() unwraps here) or
         # "task" (load() gives shims whose calls run as Ray tasks, _tasks.py),
         # with the methods each model's shim exposes.
@@ -272,8 +275,8 @@ class ModelWrapper:
         config = dict(actor_config)
         config.pop("device", None)
         config.pop("pipeline", None)
-        summary = _C.open_actor(_actor_json(config))
-        return cls(config, summary["kinds"])
+        summary, opened = _C.open_actor(_actor_json(config))
+        return cls(config, summary["kinds"], opened=opened)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "ModelWrapper":
@@ -281,8 +284,8 @@ class ModelWrapper:
         checked = _path_arg("path", path)
         if checked is None:
             raise UsageError("path=None: name a blob or actor config file")
-        config = json.loads(_C.open_path(checked))
-        return cls.from_actor(**config)
+        config, summary, opened = _C.open_path(checked)
+        return cls(json.loads(config), summary["kinds"], opened=opened)
 
     @classmethod
     def from_buffer(cls, buffer: Any, name: str = "memory blob") -> "ModelWrapper":
@@ -412,6 +415,8 @@ class ModelWrapper:
             pinned = (0, "") if memory is self._memory else (self._config["blob_size"], self._config["meta_checksum"])
             unwrapped = _C.unwrap_buffer(memory, name, device, use_fast_load, verify, prefetch, *pinned,
                                          copy_on_write=copy_on_write)
+        elif self._opened is not None and not copy_on_write:
+            unwrapped = _C.unwrap_opened(self._opened, device, use_fast_load, verify, prefetch)
         else:
             unwrapped = _C.unwrap_actor(_actor_json(self._config), device, use_fast_load, verify, copy_on_write,
                                         prefetch)

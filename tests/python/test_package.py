@@ -621,3 +621,54 @@ def test_cuda_unwrap(fast):
     unwrapped = zcwrap.ModelWrapper.from_model(model).unwrap(device="cuda:0", use_fast_load=fast)
     assert all(t.device.type == "cuda" for t in all_tensors(unwrapped))
     assert same_bytes(run(unwrapped, x.cuda()).cpu(), run(model.cuda(), x.cuda()).cpu())
+
+
+# --- one open per operation ----------------------------------------------------
+
+
+OPERATIONS = {
+    "ModelWrapper.open(blob).unwrap()": "zcwrap.ModelWrapper.open(BLOB).unwrap()",
+    "ModelWrapper.open(config).unwrap()": "zcwrap.ModelWrapper.open(CONFIG).unwrap()",
+    "from_actor(**config).unwrap()": "zcwrap.ModelWrapper.from_actor(**json.load(open(CONFIG))).unwrap()",
+    "pickle.load(wrapper).unwrap()": "pickle.load(open(PICKLE, 'rb')).unwrap()",  # as a worker gets it
+    "describe(blob)": "zcwrap.describe(BLOB)",
+    "zcwrap run": ["run", "BLOB", "-i", "IN", "-o", "OUT"],
+    "zcwrap run config": ["run", "CONFIG", "-i", "IN", "-o", "OUT"],
+    "zcwrap inspect": ["inspect", "BLOB"],
+    "zcwrap inspect --json": ["inspect", "--json", "BLOB"],
+    "zcwrap verify": ["verify", "BLOB"],
+    "zcwrap unpack": ["unpack", "BLOB", "-o", "OUT"],
+}
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_each_operation_opens_the_blob_once(tmp_path, operation):
+    """Counted with strace: every successful open of the blob file is one
+    mapping and one check of its header, meta checksum and manifest."""
+    import shutil
+
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (scripts/test.sh installs it)")
+    what = OPERATIONS[operation]
+    if isinstance(what, list) and not os.path.exists(ZCWRAP_BIN):
+        pytest.skip(f"no zcwrap binary at {ZCWRAP_BIN} (scripts/test.sh sets ZCWRAP_TORCH2_BUILD)")
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(16, 16), nn.ReLU()).eval())
+    wrapper = zcwrap.ModelWrapper.from_model(scripted)
+    blob, config = tmp_path / "m.zcb", tmp_path / "m.actor.json"
+    shutil.copy(wrapper.blob_path, blob)
+    config.write_text(json.dumps({**wrapper.to_actor(), "blob": str(blob)}))
+    torch.save(torch.randn(2, 16), tmp_path / "in.pt")
+    (tmp_path / "w.pkl").write_bytes(pickle.dumps(zcwrap.ModelWrapper.from_actor(**json.loads(config.read_text()))))
+    names = {"PICKLE": str(tmp_path / "w.pkl"), "BLOB": str(blob), "CONFIG": str(config), "IN": str(tmp_path / "in.pt"), "OUT": str(tmp_path / "out.pt")}
+    if isinstance(what, list):
+        argv = [ZCWRAP_BIN] + [names.get(a, a) for a in what]
+    else:
+        code = "import json, pickle, zcwrap\n" + "".join(f"{k} = {v!r}\n" for k, v in names.items()) + what
+        argv = [sys.executable, "-c", code]
+    log = tmp_path / "strace.log"
+    done = subprocess.run([strace, "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(log)] + argv,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    opens = [line for line in log.read_text().splitlines() if f'"{blob}"' in line and " = -1 " not in line]
+    assert len(opens) == 1, "\n".join(opens)
