@@ -280,7 +280,8 @@ PYBIND11_MODULE(_C, m) {
     return unwrap(opened.blob, device, use_fast_load, verify, false, prefetch);
   }, py::arg("opened"), py::arg("device"), py::arg("use_fast_load"), py::arg("verify"), py::arg("prefetch"));
   m.def("open_buffer", [](const py::object& buffer, const std::string& name) {
-    return summary(*open_buffer(buffer, name));
+    auto blob = open_buffer(buffer, name);
+    return py::make_tuple(summary(*blob), OpenedBlob{blob});
   });
   m.def("unwrap_actor", [](const std::string& config, const std::string& device, bool use_fast_load, bool verify,
                            bool copy_on_write, const std::string& prefetch) {

@@ -296,12 +296,12 @@ class ModelWrapper:
         if not isinstance(name, str):
             raise UsageError(f"name={_brief(name)}: must be a string (it names the blob in messages)")
         try:
-            summary = _C.open_buffer(buffer, name)
+            summary, opened = _C.open_buffer(buffer, name)
         except (BufferError, TypeError, ValueError) as e:  # no buffer protocol, or not one contiguous block
             raise UsageError(f"{name}: not a contiguous buffer of bytes ({type(buffer).__name__}: {e})") from e
         config = {k: summary[k] for k in ("blob_size", "meta_checksum", "standalone", "models")}
         config["blob"] = name
-        return cls(config, summary["kinds"], memory=buffer)
+        return cls(config, summary["kinds"], memory=buffer, opened=opened)
 
     # --- what it holds ----------------------------------------------------
 
@@ -410,13 +410,15 @@ class ModelWrapper:
                 raise StaleError(f"{self.blob_path}: the blob's Ray object {self._ray_ref.hex()} cannot be fetched "
                                  "here (its owner, the driver that packed it, is gone, or the object was lost), "
                                  "and the blob file is not on this node")
-        if memory is not None:
+        if self._opened is not None and not copy_on_write and memory is self._memory:
+            # The blob from_actor, open or from_buffer checked: nothing is opened
+            # (or, for private memory, copied) again.
+            unwrapped = _C.unwrap_opened(self._opened, device, use_fast_load, verify, prefetch)
+        elif memory is not None:
             # The blob's pins, checked before the unwrap (a from_buffer wrapper's own bytes need none).
             pinned = (0, "") if memory is self._memory else (self._config["blob_size"], self._config["meta_checksum"])
             unwrapped = _C.unwrap_buffer(memory, name, device, use_fast_load, verify, prefetch, *pinned,
                                          copy_on_write=copy_on_write)
-        elif self._opened is not None and not copy_on_write:
-            unwrapped = _C.unwrap_opened(self._opened, device, use_fast_load, verify, prefetch)
         else:
             unwrapped = _C.unwrap_actor(_actor_json(self._config), device, use_fast_load, verify, copy_on_write,
                                         prefetch)
