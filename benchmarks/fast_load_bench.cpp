@@ -118,10 +118,10 @@ std::string make_blob(const std::string& dir, int64_t layers) {
   }
   model.define("def forward(self, x):\n  return torch.matmul(x, self.w0) + self.b0\n");
   std::vector<zcwrap::detail::PackInput> inputs;
-  inputs.push_back({"model", "fast_load_bench", std::move(model), {}, std::nullopt});
+  inputs.push_back({"model", "fast_load_bench", zcwrap::detail::ScriptModel{std::move(model), {}, nullptr}});
   const std::string path = dir + "/zcwrap-fast-load-bench-" + std::to_string(::getpid()) + "-" +
                            std::to_string(layers) + ".zcb";
-  zcwrap::detail::PreparedBlob prepared = zcwrap::detail::prepare_blob(inputs, true, {});
+  zcwrap::detail::PreparedBlob prepared = zcwrap::detail::prepare_blob(inputs, zcwrap::Layout::kStandalone, {});
   zcwrap::detail::write_blob(prepared, path);
   return path;
 }

@@ -135,7 +135,7 @@ json bench_json(const BenchResult& r) {
               {"workers", args.workers},
               {"threads", args.worker.threads},
               {"calls", args.worker.calls},
-              {"prefetch", prefetch_name(args.worker.prefetch)},
+              {"prefetch", std::string(prefetch_name(args.worker.prefetch))},
               {"device", args.worker.device},
               {"fast_load", args.worker.fast_load},
               {"input", args.worker.input.empty() ? json(nullptr) : json(args.worker.input)},
@@ -169,7 +169,7 @@ void print_bench_table(const BenchResult& r) {
               human_bytes(r.blob.alignment).c_str());
   std::printf("workers   %d per group, %s, %d thread%s each, device %s, prefetch %s%s%s\n", args.workers,
               args.concurrent ? "started at once" : "started one after another", args.worker.threads,
-              args.worker.threads == 1 ? "" : "s", args.worker.device.c_str(), prefetch_name(args.worker.prefetch),
+              args.worker.threads == 1 ? "" : "s", args.worker.device.c_str(), std::string(prefetch_name(args.worker.prefetch)).c_str(),
               args.cold ? ", page cache emptied of the model files first (--cold)" : "",
               args.worker.warm_up ? ", LibTorch warmed up before the timed load" : "");
   std::printf("load      zcwrap: from_actor(config).unwrap()%s%s\n", args.worker.fast_load ? " with fast load" : "",

@@ -27,7 +27,7 @@ void to_json(json& j, const WorkerSpec& spec) {
   json loads = json::array();
   for (const ModelFile& file : spec.loads) loads.push_back({{"name", file.name}, {"path", file.path}});
   j = {{"actor", spec.actor},         {"loads", std::move(loads)},          {"input", spec.input},
-       {"model", spec.model},         {"device", spec.device},              {"prefetch", prefetch_name(spec.prefetch)},
+       {"model", spec.model},         {"device", spec.device},              {"prefetch", std::string(prefetch_name(spec.prefetch))},
        {"fast_load", spec.fast_load}, {"threads", spec.threads},            {"calls", spec.calls},
        {"warm_up", spec.warm_up}};
 }
@@ -39,9 +39,7 @@ void from_json(const json& j, WorkerSpec& spec) {
   spec.input = j.at("input");
   spec.model = j.at("model");
   spec.device = j.at("device");
-  const std::optional<Prefetch> prefetch = parse_prefetch(j.at("prefetch").get<std::string>());
-  if (!prefetch) throw Error(ErrorCode::kUsage, "bench-worker: unknown prefetch " + j.at("prefetch").dump());
-  spec.prefetch = *prefetch;
+  spec.prefetch = parse_prefetch(j.at("prefetch").get<std::string>());
   spec.fast_load = j.at("fast_load");
   spec.threads = j.at("threads");
   spec.calls = j.at("calls");

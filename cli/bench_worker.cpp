@@ -25,6 +25,8 @@
 #include "torch_io.hpp"
 #include "worker_process.hpp"
 #include "zcwrap/zcwrap.hpp"
+#include "messages.hpp"
+#include "output_digest.hpp"  // samples/: the sample worker reports its outputs the same way
 
 namespace zcwrap::cli {
 namespace {
@@ -33,50 +35,6 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-// FNV-1a over dtype, shape and bytes: equal digests mean bit-equal outputs
-// (up to a 64-bit collision), so the driver compares workers without the
-// tensors crossing the socket.
-class Digest {
- public:
-  void add(const void* data, size_t size) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < size; ++i) hash_ = (hash_ ^ p[i]) * 0x100000001b3ULL;
-  }
-
-  void add(const c10::IValue& value) {
-    if (value.isTensor()) {
-      const at::Tensor t = value.toTensor().contiguous().cpu();
-      const std::string dtype = c10::toString(t.scalar_type());
-      add(dtype.data(), dtype.size());
-      for (const int64_t size : t.sizes()) add(&size, sizeof(size));
-      add(t.data_ptr(), t.nbytes());
-    } else if (value.isTuple() || value.isList()) {
-      for (const c10::IValue& e : value.isTuple() ? as_arguments(value) : value.toList().vec()) add(e);
-    } else {
-      const std::string text = value.tagKind();
-      add(text.data(), text.size());
-    }
-  }
-
-  std::string hex() const {
-    char buf[17];
-    std::snprintf(buf, sizeof(buf), "%016" PRIx64, hash_);
-    return buf;
-  }
-
- private:
-  uint64_t hash_ = 0xcbf29ce484222325ULL;
-};
-
-// "Float[1, 1000]"; for a tuple or list, its kind.
-std::string describe_output(const c10::IValue& value) {
-  if (!value.isTensor()) return value.tagKind();
-  const at::Tensor& t = value.toTensor();
-  std::string text = std::string(c10::toString(t.scalar_type())) + "[";
-  for (int64_t d = 0; d < t.dim(); ++d) text += (d ? ", " : "") + std::to_string(t.size(d));
-  return text + "]";
 }
 
 // Reads one byte of every page in [data, data + size); volatile keeps the
@@ -196,11 +154,11 @@ void serve(const WorkerSpec& args) {
       }
       call_ms.push_back(ms_since(start));
     }
-    Digest digest;
+    sample::OutputDigest digest;
     digest.add(result);
     report.first_call_ms = call_ms.front();
     if (call_ms.size() > 1) report.call_ms = median(std::vector<double>(call_ms.begin() + 1, call_ms.end()));
-    report.output = describe_output(result);
+    report.output = sample::describe_output(result);
     report.output_digest = digest.hex();
   }
   const bool on_cpu = device.is_cpu();

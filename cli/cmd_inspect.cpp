@@ -37,38 +37,62 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return out + "]";
 }
 
+// `value` as nlohmann's dump(2) writes it nested `depth` levels deep: its
+// continuation lines indented by 2 * depth more spaces.
+std::string dump_at(const nlohmann::json& value, int depth) {
+  std::string text = value.dump(2);
+  for (size_t nl = text.find('\n'); nl != std::string::npos; nl = text.find('\n', nl + 1)) {
+    text.insert(nl + 1, static_cast<size_t>(2 * depth), ' ');
+  }
+  return text;
+}
+
 // Prints to_json(describe(path)).dump(2), byte for byte, but writes each
-// model's tensors one at a time from the manifest: the JSON of a million
-// tensors is never held at once.
+// model's tensors one at a time from the manifest (tensor_info, as
+// describe does): the JSON of a million tensors is never held at once.
 void print_json(const ModelWrapper& wrapper, const std::string& path) {
   const std::shared_ptr<const detail::BlobFile> blob = detail::checked_blob(wrapper);
   const format::Manifest& m = blob->manifest();
-  const std::string text = nlohmann::json(detail::describe_blob(wrapper, path, {.tensors = false})).dump(2);
-  // Each model's empty list, in model order. Strings in the dump are escaped
-  // (a newline is "\\n"), so this newline-led line is only ever the key.
-  const std::string empty = "\n      \"tensors\": []";
-  size_t done = 0;
-  for (const format::ModelEntry& model : m.models) {
-    const size_t at = text.find(empty, done);
-    if (at == std::string::npos) throw Error(ErrorCode::kInternal, "inspect --json: no tensor list for model " + model.name);
-    std::fwrite(text.data() + done, 1, at - done, stdout);
-    done = at + empty.size();
+  const nlohmann::json doc = detail::describe_blob(wrapper, path, {.tensors = false});
+  auto print_tensors = [&](const format::ModelEntry& model) {
     if (model.tensors.empty()) {
-      std::fputs(empty.c_str(), stdout);
-      continue;
+      std::fputs("[]", stdout);
+      return;
     }
-    std::fputs("\n      \"tensors\": [", stdout);
+    std::fputs("[", stdout);
     for (size_t i = 0; i < model.tensors.size(); ++i) {
-      std::string tensor = nlohmann::json(detail::tensor_info(model.tensors[i], m, blob->header())).dump(2);
-      for (size_t nl = tensor.find('\n'); nl != std::string::npos; nl = tensor.find('\n', nl + 1)) {
-        tensor.insert(nl + 1, 8, ' ');
-      }
-      std::printf("%s\n        %s", i ? "," : "", tensor.c_str());
+      const nlohmann::json tensor = detail::tensor_info(model.tensors[i], m, blob->header());
+      std::printf("%s\n        %s", i ? "," : "", dump_at(tensor, 4).c_str());
     }
     std::fputs("\n      ]", stdout);
+  };
+  std::fputs("{", stdout);
+  const char* separator = "";
+  for (const auto& [key, value] : doc.items()) {
+    std::printf("%s\n  %s: ", separator, nlohmann::json(key).dump().c_str());
+    separator = ",";
+    if (key != "models") {
+      std::fputs(dump_at(value, 1).c_str(), stdout);
+      continue;
+    }
+    std::fputs("[", stdout);
+    for (size_t i = 0; i < value.size(); ++i) {
+      std::printf("%s\n    {", i ? "," : "");
+      const char* field_separator = "";
+      for (const auto& [field, content] : value[i].items()) {
+        std::printf("%s\n      %s: ", field_separator, nlohmann::json(field).dump().c_str());
+        field_separator = ",";
+        if (field == "tensors") {
+          print_tensors(m.models[i]);
+        } else {
+          std::fputs(dump_at(content, 3).c_str(), stdout);
+        }
+      }
+      std::fputs("\n    }", stdout);
+    }
+    std::fputs("\n  ]", stdout);
   }
-  std::fwrite(text.data() + done, 1, text.size() - done, stdout);
-  std::fputc('\n', stdout);
+  std::fputs("\n}\n", stdout);
 }
 
 int run_inspect(const InspectArgs& args) {
@@ -108,9 +132,12 @@ int run_inspect(const InspectArgs& args) {
                 human_bytes(model.shared_bytes).c_str(), human_bytes(model.unshared_bytes).c_str(),
                 100.0 * model.shared_fraction, printable(model.skeleton.kind).c_str(),
                 human_bytes(model.skeleton.stored_bytes).c_str(), human_bytes(model.skeleton.raw_bytes).c_str());
-    if (format::skeleton_kind(model.skeleton.kind) == format::SkeletonKind::kPythonPickle) {
-      std::printf("  an eager PyTorch module packed from Python: unwrap it with the zcwrap Python package "
-                  "(zcwrap run and unpack cannot)\n");
+    const format::SkeletonKind kind = format::skeleton_kind(model.skeleton.kind);
+    if (kind != format::SkeletonKind::kUnknown && format::skeleton_kind_info(kind).rebuilt_in_python) {
+      std::printf("  %s packed from Python: unwrap it with the zcwrap Python package (zcwrap run and unpack "
+                  "cannot)\n", std::string(format::skeleton_kind_info(kind).description).c_str());
+    }
+    if (kind == format::SkeletonKind::kPythonPickle) {
       std::printf("  its pickle imports (unpickling may call them): %s\n", list_text(model.imports).c_str());
     }
     if (args.brief) continue;

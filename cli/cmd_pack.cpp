@@ -14,6 +14,7 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "file_util.hpp"
+#include "wrapper_access.hpp"
 #include "zcwrap/zcwrap.hpp"
 
 namespace zcwrap::cli {
@@ -107,20 +108,13 @@ int run_pack(const PackArgs& args) {
     options.progress = [&bar](uint64_t done, uint64_t total) { bar.update(done, total); };
   }
   const Layout layout = standalone ? Layout::kStandalone : Layout::kPipeline;
-  const ModelWrapper wrapper = ModelWrapper::pack_files(files, layout, args.output, options);
+  const detail::Packed packed = detail::WrapperAccess::pack_files(files, layout, args.output, options);
+  const ModelWrapper& wrapper = packed.wrapper;
+  const BlobInfo& info = packed.summary;
   write_actor_config(wrapper, config_path);
 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  BlobInfo info;
-  try {
-    info = describe(args.output, {.tensors = false});
-  } catch (const Error& e) {
-    // The blob and its config are in place: the pack worked, only its summary did not.
-    std::fprintf(stderr, "zcwrap: warning: packed %s, but reading it back for the summary failed: %s\n",
-                 printable(args.output).c_str(), printable(e.what()).c_str());
-    return 0;
-  }
   if (args.json) {
     std::printf("%s\n", nlohmann::json{{"blob", args.output},
                                        {"config", config_path},

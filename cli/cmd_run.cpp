@@ -1,6 +1,7 @@
 // zcwrap run: one call of a model's method, straight from the blob.
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "torch_io.hpp"
 #include "file_util.hpp"
 #include "zcwrap/zcwrap.hpp"
+#include "messages.hpp"
 
 namespace zcwrap::cli {
 namespace {
@@ -62,20 +64,28 @@ int run_run(const RunArgs& args) {
   options.prefetch = args.prefetch;
   Unwrapped unwrapped = wrapper.unwrap(options);
   for (const std::string& warning : unwrapped.warnings()) std::fprintf(stderr, "zcwrap: warning: %s\n", warning.c_str());
-  torch::jit::Module& module = unwrapped.at(name);
+  Unwrapped::Model model = unwrapped.model(name);
   std::vector<c10::IValue> inputs = read_inputs(args.input, c10::Device(unwrapped.device()));
 
-  auto method = module.find_method(args.method);
-  if (!method) {
-    std::vector<std::string> methods;
-    for (const auto& m : module.get_methods()) methods.push_back(m.name());
-    throw Error(ErrorCode::kUsage, "model '" + name + "' has no method '" + args.method + "' (it has: " +
-                                       join(methods) + ")");
+  // forward through run(), which runs every kind; another method of a
+  // TorchScript module by its name.
+  std::optional<torch::jit::Method> method;
+  if (args.method != "forward") {
+    torch::jit::Module& module = model.module();
+    method = module.find_method(args.method);
+    if (!method) {
+      std::vector<std::string> methods;
+      for (const auto& m : module.get_methods()) methods.push_back(m.name());
+      throw Error(ErrorCode::kUsage, "model '" + name + "' has no method '" + args.method + "' (it has: " +
+                                         join(methods) + ")");
+    }
   }
   c10::IValue result;
   try {
     torch::NoGradGuard no_grad;
-    result = (*method)(std::move(inputs));
+    result = method ? (*method)(std::move(inputs)) : model.run(std::move(inputs));
+  } catch (const Error&) {
+    throw;
   } catch (const std::exception& e) {
     throw Error(ErrorCode::kBadModel, args.input + ": model '" + name + "' failed on this input: " +
                                           torch_message(e));

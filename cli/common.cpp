@@ -128,9 +128,12 @@ void write_actor_config(const ModelWrapper& wrapper, const std::string& config_p
 
 namespace {
 
-const std::map<std::string, Prefetch> kPrefetchNames = {
-    {"none", Prefetch::kNone}, {"willneed", Prefetch::kWillNeed}, {"populate", Prefetch::kPopulate},
-    {"lock", Prefetch::kLock}};
+// --prefetch's names, as CLI11's transformer takes them.
+std::map<std::string, Prefetch> prefetch_modes() {
+  std::map<std::string, Prefetch> modes;
+  for (size_t i = 0; i < std::size(kPrefetchNames); ++i) modes.emplace(kPrefetchNames[i], static_cast<Prefetch>(i));
+  return modes;
+}
 
 }  // namespace
 
@@ -140,22 +143,10 @@ void add_prefetch_option(CLI::App* cmd, Prefetch* prefetch) {
                   "populate (read all before unwrap returns), lock (populate, then mlock; a warning if the\n"
                   "memlock limit is too low). Any but none also asks for huge pages (MADV_HUGEPAGE) when the\n"
                   "blob was packed with --align 2M")
-      ->transform(CLI::CheckedTransformer(kPrefetchNames, CLI::ignore_case).description(""))
+      ->transform(CLI::CheckedTransformer(prefetch_modes(), CLI::ignore_case).description(""))
       ->type_name("MODE")
       ->default_str("none");
 }
 
-const char* prefetch_name(Prefetch prefetch) {
-  for (const auto& [name, value] : kPrefetchNames) {
-    if (value == prefetch) return name.c_str();
-  }
-  return "?";
-}
-
-std::optional<Prefetch> parse_prefetch(const std::string& name) {
-  auto it = kPrefetchNames.find(name);
-  if (it == kPrefetchNames.end()) return std::nullopt;
-  return it->second;
-}
 
 }  // namespace zcwrap::cli

@@ -56,8 +56,4 @@ void write_actor_config(const ModelWrapper& wrapper, const std::string& config_p
 // Adds --prefetch none|willneed|populate|lock (UnwrapOptions::prefetch).
 void add_prefetch_option(CLI::App* cmd, Prefetch* prefetch);
 
-// The --prefetch name of a mode ("willneed"), and back.
-const char* prefetch_name(Prefetch prefetch);
-std::optional<Prefetch> parse_prefetch(const std::string& name);
-
 }  // namespace zcwrap::cli

@@ -12,6 +12,7 @@
 #include "input_check.hpp"
 #include "torch_compat.hpp"
 #include "torch_util.hpp"
+#include "messages.hpp"
 #include "zcwrap/error.hpp"
 #include "file_util.hpp"
 #include "format.hpp"

@@ -15,10 +15,10 @@
 
 namespace zcwrap::detail {
 
-BlobLayout parse_blob(const uint8_t* bytes, size_t size, const std::string& path) {
-  BlobLayout layout;
-  layout.header = format::decode_header(bytes, size, size, path);
-  const format::Header& h = layout.header;
+ParsedBlob parse_blob(const uint8_t* bytes, size_t size, const std::string& path) {
+  ParsedBlob parsed;
+  parsed.header = format::decode_header(bytes, size, size, path);
+  const format::Header& h = parsed.header;
   const uint64_t actual = format::meta_checksum(bytes, h);
   if (actual != h.meta_checksum) {
     throw Error(ErrorCode::kBadBlob,
@@ -26,42 +26,48 @@ BlobLayout parse_blob(const uint8_t* bytes, size_t size, const std::string& path
                     format::hex64(h.meta_checksum) + ", computed " + format::hex64(actual) +
                     "): the blob is corrupt; re-pack it");
   }
-  layout.manifest = format::parse_manifest(reinterpret_cast<const char*>(bytes + h.manifest_offset),
+  parsed.manifest = format::parse_manifest(reinterpret_cast<const char*>(bytes + h.manifest_offset),
                                            h.manifest_length, h, path);
-  return layout;
+  return parsed;
 }
 
-std::shared_ptr<const BlobFile> BlobFile::open(const std::string& path, bool copy_on_write) {
+void check_pins(const BlobFile& blob, const Pins& pins, const std::string& by) {
+  if (blob.size() == pins.size && blob.header().meta_checksum == pins.meta_checksum) return;
+  throw Error(ErrorCode::kStale, blob.path() + ": is not the blob " + by + " was made for (it pins " +
+                                     std::to_string(pins.size) + " bytes, checksum " +
+                                     format::hex64(pins.meta_checksum) + "; found " + std::to_string(blob.size()) +
+                                     " bytes, checksum " + format::hex64(blob.header().meta_checksum) +
+                                     "): it was re-packed or replaced");
+}
+
+std::shared_ptr<const BlobFile> BlobFile::open(const std::string& path, Access access) {
   struct stat st {};
   UniqueFd fd = open_regular_file(path, &st);
-  return open_fd(std::move(fd), st, path, copy_on_write);
+  return open_fd(std::move(fd), st, path, access);
 }
 
 std::shared_ptr<const BlobFile> BlobFile::open_fd(UniqueFd fd, const struct stat& st, const std::string& path,
-                                                  bool copy_on_write) {
+                                                  Access access) {
   auto blob = std::make_shared<BlobFile>();
   blob->path_ = path;
   blob->fd_ = std::move(fd);
   lock_shared(blob->fd_.get(), path);
-  blob->region_ = MappedRegion::map_fd(blob->fd_.get(), static_cast<uint64_t>(st.st_size), path, copy_on_write);
+  blob->region_ = MappedRegion::map_fd(blob->fd_.get(), static_cast<uint64_t>(st.st_size), path, access);
   blob->base_ = blob->region_.data();
   blob->size_ = blob->region_.size();
-  blob->check(/*guard=*/!copy_on_write);
+  blob->check(access);
   return blob;
 }
 
-std::shared_ptr<const BlobFile> BlobFile::open_pinned(const std::string& path, uint64_t size,
-                                                      uint64_t meta_checksum, bool copy_on_write) {
-  auto blob = open(path, copy_on_write);
-  if (blob->size() != size || blob->header().meta_checksum != meta_checksum) {
-    throw Error(ErrorCode::kStale, path + ": changed since this wrapper was made (re-packed or replaced)");
-  }
+std::shared_ptr<const BlobFile> BlobFile::open_pinned(const std::string& path, const Pins& pins, Access access) {
+  auto blob = open(path, access);
+  check_pins(*blob, pins, "this wrapper");
   return blob;
 }
 
 std::shared_ptr<const BlobFile> BlobFile::open_memory(const void* data, size_t size,
                                                       std::shared_ptr<const void> owner, std::string name,
-                                                      bool copy_on_write) {
+                                                      Access access) {
   if (data == nullptr && size != 0) throw Error(ErrorCode::kUsage, name + ": null memory region");
   if (reinterpret_cast<uintptr_t>(data) % format::kMinAlignment != 0) {
     throw Error(ErrorCode::kBadBlob, name + ": memory region at " +
@@ -73,8 +79,8 @@ std::shared_ptr<const BlobFile> BlobFile::open_memory(const void* data, size_t s
   // Never null, so in_memory() holds even for an owner the caller left empty.
   blob->owner_ = owner ? std::move(owner) : std::make_shared<int>(0);
   blob->size_ = size;
-  if (copy_on_write) {
-    blob->region_ = MappedRegion::copy_of(data, size, /*writable=*/true);
+  if (access == Access::kCopyOnWrite) {
+    blob->region_ = MappedRegion::copy_of(data, size, Access::kCopyOnWrite);
     blob->base_ = blob->region_.data();
   } else if (MappedRegion alias = MappedRegion::alias_readonly(data, size); alias.size() != 0) {
     // Same offset within the page as `data`, so the blob's alignment holds.
@@ -84,18 +90,18 @@ std::shared_ptr<const BlobFile> BlobFile::open_memory(const void* data, size_t s
   } else if (size == 0 || mapped_readonly(data, size)) {
     blob->base_ = static_cast<const uint8_t*>(data);
   } else {
-    blob->region_ = MappedRegion::copy_of(data, size, /*writable=*/false);
+    blob->region_ = MappedRegion::copy_of(data, size, Access::kReadOnly);
     blob->base_ = blob->region_.data();
   }
-  blob->check(/*guard=*/!copy_on_write);
+  blob->check(access);
   return blob;
 }
 
-void BlobFile::check(bool guard) {
-  BlobLayout layout = parse_blob(base_, size_, path_);
-  header_ = layout.header;
-  manifest_ = std::move(layout.manifest);
-  if (guard) fault_handle_ = register_readonly_mapping(base_, size_, in_memory() ? path_ : absolute_path(path_));
+void BlobFile::check(Access access) {
+  ParsedBlob parsed = parse_blob(base_, size_, path_);
+  header_ = parsed.header;
+  manifest_ = std::move(parsed.manifest);
+  if (access == Access::kReadOnly) fault_handle_ = register_readonly_mapping(base_, size_, in_memory() ? path_ : absolute_path(path_));
 }
 
 BlobFile::~BlobFile() { unregister_readonly_mapping(fault_handle_); }

@@ -14,33 +14,43 @@ namespace zcwrap::detail {
 
 // Header and manifest of a blob, checked. Pure function of the bytes: the
 // container parser that the fuzz target drives.
-struct BlobLayout {
+struct ParsedBlob {
   format::Header header;
   format::Manifest manifest;
 };
 
 // Checks `size` bytes of a whole blob: header, meta checksum, manifest.
 // Throws Error(kBadBlob) naming `path`; never reads outside the bytes.
-BlobLayout parse_blob(const uint8_t* bytes, size_t size, const std::string& path);
+ParsedBlob parse_blob(const uint8_t* bytes, size_t size, const std::string& path);
+
+class BlobFile;
+
+// What an actor config or a pickled wrapper pins of its blob.
+struct Pins {
+  uint64_t size = 0;
+  uint64_t meta_checksum = 0;
+};
+
+// Throws Error(kStale) unless `blob` is the blob `pins` names: the one check
+// of a blob against what its sender saw. `by` names the sender ("this actor
+// config").
+void check_pins(const BlobFile& blob, const Pins& pins, const std::string& by);
 
 class BlobFile {
  public:
   // Maps `path` and checks everything but the storage checksums. Throws
   // Error(kInput) when it cannot be read, Error(kBadBlob) when it is not a
   // valid v1 blob. Tensors made from the mapping hold the shared_ptr.
-  // With `copy_on_write` the mapping is private and writable (see
-  // UnwrapOptions::copy_on_write). The file stays open, with flock(LOCK_SH)
+  // kCopyOnWrite makes the mapping private and writable. The file stays open, with flock(LOCK_SH)
   // held, as long as this object: `zcwrap gc` never removes a mapped blob.
-  static std::shared_ptr<const BlobFile> open(const std::string& path, bool copy_on_write = false);
+  static std::shared_ptr<const BlobFile> open(const std::string& path, Access access = Access::kReadOnly);
   // The same for a file the caller opened (open_regular_file; `st` its
   // stat), so that a file sniffed for its magic is not opened twice.
   static std::shared_ptr<const BlobFile> open_fd(UniqueFd fd, const struct stat& st, const std::string& path,
-                                                 bool copy_on_write = false);
+                                                 Access access = Access::kReadOnly);
 
-  // open(), then checks that the file is still the blob an actor config
-  // pinned (its size and meta checksum): Error(kStale) when it was replaced.
-  static std::shared_ptr<const BlobFile> open_pinned(const std::string& path, uint64_t size, uint64_t meta_checksum,
-                                                     bool copy_on_write = false);
+  // open(), then check_pins: Error(kStale) when the file was replaced.
+  static std::shared_ptr<const BlobFile> open_pinned(const std::string& path, const Pins& pins, Access access);
 
   // Checks the blob in [data, data + size), memory the caller owns (shared
   // memory, a Ray object), like open(); `name` stands for the path in
@@ -53,11 +63,11 @@ class BlobFile {
   // shared memory (Ray's object store maps it writable) is mapped a second
   // time, read-only (same pages, no copy); memory already read-only is used
   // as it is; private writable memory (bytes, a heap array) is copied once
-  // into a read-only mapping. With `copy_on_write`, a private, writable copy
+  // into a read-only mapping. kCopyOnWrite: a private, writable copy
   // (memory offers no file to map privately).
   static std::shared_ptr<const BlobFile> open_memory(const void* data, size_t size,
                                                      std::shared_ptr<const void> owner, std::string name,
-                                                     bool copy_on_write = false);
+                                                     Access access = Access::kReadOnly);
 
   // Whether the bytes are a caller's memory region (open_memory), not a file.
   bool in_memory() const { return owner_ != nullptr; }
@@ -97,14 +107,16 @@ class BlobFile {
   int find_model(const std::string& name) const;
 
   BlobFile() = default;
-  // Checks the bytes at base_ and registers them with the fault guard.
-  void check(bool guard);
 
   BlobFile(const BlobFile&) = delete;
   BlobFile& operator=(const BlobFile&) = delete;
   ~BlobFile();
 
  private:
+  // Checks the bytes at base_ and, for read-only bytes, registers them with
+  // the fault guard (a write there then says why it faulted).
+  void check(Access access);
+
   int fault_handle_ = -1;
   std::string path_;
   UniqueFd fd_;                        // a file's descriptor, holding flock(LOCK_SH)

@@ -12,6 +12,7 @@
 
 #include "placement.hpp"
 #include "torch_util.hpp"
+#include "messages.hpp"
 #include "zcwrap/error.hpp"
 
 namespace zcwrap::detail {

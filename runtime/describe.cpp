@@ -54,14 +54,10 @@ TensorInfo tensor_info(const format::TensorEntry& t, const format::Manifest& m, 
           h.data_offset + m.storages[t.storage].offset + t.storage_offset * item};
 }
 
-BlobInfo describe_blob(const ModelWrapper& wrapper, const std::string& path, const DescribeOptions& options) {
-  const std::shared_ptr<const BlobFile> blob = checked_blob(wrapper);
-  const format::Header& h = blob->header();
-  const format::Manifest& m = blob->manifest();
-
+BlobInfo describe_layout(const format::Header& h, const format::Manifest& m, const std::string& blob_path,
+                         const std::vector<std::vector<PickleGlobal>>& imports, const DescribeOptions& options) {
   BlobInfo info;
-  info.blob = wrapper.blob_path();
-  if (absolute_path(path) != wrapper.blob_path()) info.config = path;
+  info.blob = blob_path;
   info.format_version = m.version;
   info.producer = m.producer;
   info.file_size = h.file_size;
@@ -72,11 +68,10 @@ BlobInfo describe_blob(const ModelWrapper& wrapper, const std::string& path, con
   info.storage_count = m.storages.size();
   for (const format::StorageEntry& s : m.storages) info.storage_bytes += s.nbytes;
 
-  const std::vector<std::vector<PickleGlobal>> imports = blob_imports(*blob);
   info.models.reserve(m.models.size());
   for (const format::ModelEntry& entry : m.models) {
     ModelInfo model;
-    model.imports = import_texts(imports[info.models.size()]);
+    if (info.models.size() < imports.size()) model.imports = import_texts(imports[info.models.size()]);
     model.name = entry.name;
     model.skeleton = {entry.skeleton.kind, entry.skeleton.compression, entry.skeleton.length,
                       entry.skeleton.raw_length};
@@ -97,8 +92,16 @@ BlobInfo describe_blob(const ModelWrapper& wrapper, const std::string& path, con
   info.dedup_saved_bytes = info.tensor_bytes > info.storage_bytes ? info.tensor_bytes - info.storage_bytes : 0;
   if (m.pipeline_object) {
     const format::SkeletonEntry& sk = *m.pipeline_object;
-    info.pipeline_object = PipelineObjectInfo{sk.compression, sk.length, sk.raw_length, import_texts(imports.back())};
+    info.pipeline_object = PipelineObjectInfo{sk.compression, sk.length, sk.raw_length, {}};
+    if (imports.size() > m.models.size()) info.pipeline_object->imports = import_texts(imports.back());
   }
+  return info;
+}
+
+BlobInfo describe_blob(const ModelWrapper& wrapper, const std::string& path, const DescribeOptions& options) {
+  const std::shared_ptr<const BlobFile> blob = checked_blob(wrapper);
+  BlobInfo info = describe_layout(blob->header(), blob->manifest(), wrapper.blob_path(), blob_imports(*blob), options);
+  if (absolute_path(path) != wrapper.blob_path()) info.config = path;
   return info;
 }
 

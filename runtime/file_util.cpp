@@ -75,16 +75,16 @@ const char* file_type_name(mode_t mode) {
   return "a regular file";
 }
 
-MappedRegion MappedRegion::map_file(const std::string& path, bool copy_on_write) {
+MappedRegion MappedRegion::map_file(const std::string& path, Access access) {
   struct stat st {};
   UniqueFd fd = open_regular_file(path, &st);
-  return map_fd(fd.get(), static_cast<uint64_t>(st.st_size), path, copy_on_write);
+  return map_fd(fd.get(), static_cast<uint64_t>(st.st_size), path, access);
 }
 
-MappedRegion MappedRegion::map_fd(int fd, uint64_t size, const std::string& path, bool copy_on_write) {
+MappedRegion MappedRegion::map_fd(int fd, uint64_t size, const std::string& path, Access access) {
   MappedRegion region;
   if (size == 0) return region;
-  void* base = copy_on_write ? ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0)
+  void* base = access == Access::kCopyOnWrite ? ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0)
                              : ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) throw Error(ErrorCode::kInput, path + ": cannot map: " + errno_text(errno));
   region.base_ = base;
@@ -108,7 +108,7 @@ MappedRegion MappedRegion::alias_readonly(const void* data, size_t size) {
   return region;
 }
 
-MappedRegion MappedRegion::copy_of(const void* data, size_t size, bool writable) {
+MappedRegion MappedRegion::copy_of(const void* data, size_t size, Access access) {
   MappedRegion region;
   if (size == 0) return region;
   void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -118,7 +118,7 @@ MappedRegion MappedRegion::copy_of(const void* data, size_t size, bool writable)
   region.base_ = base;
   region.size_ = size;
   std::memcpy(base, data, size);
-  if (!writable) ::mprotect(base, size, PROT_READ);
+  if (access == Access::kReadOnly) ::mprotect(base, size, PROT_READ);
   return region;
 }
 

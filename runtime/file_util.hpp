@@ -33,6 +33,11 @@ class UniqueFd {
   int fd_ = -1;
 };
 
+// How bytes are mapped: read-only and shared by every process (the default),
+// or private and writable, each process's writes its own (see
+// UnwrapOptions::copy_on_write).
+enum class Access { kReadOnly, kCopyOnWrite };
+
 // A read-only, shared mapping of a whole file, unmapped on destruction.
 class MappedRegion {
  public:
@@ -43,14 +48,14 @@ class MappedRegion {
   MappedRegion& operator=(const MappedRegion&) = delete;
   ~MappedRegion();
 
-  // Maps `path` PROT_READ, MAP_SHARED; with `copy_on_write`, PROT_READ |
+  // Maps `path` PROT_READ, MAP_SHARED; kCopyOnWrite: PROT_READ |
   // PROT_WRITE, MAP_PRIVATE (writes stay in this process). Throws
   // Error(kInput) when the file cannot be opened or mapped. An empty file
   // gives an empty region.
-  static MappedRegion map_file(const std::string& path, bool copy_on_write = false);
+  static MappedRegion map_file(const std::string& path, Access access = Access::kReadOnly);
   // The same for a file already open as `fd`, `size` bytes long (its stat);
   // `path` is for messages. The descriptor may be closed afterwards.
-  static MappedRegion map_fd(int fd, uint64_t size, const std::string& path, bool copy_on_write = false);
+  static MappedRegion map_fd(int fd, uint64_t size, const std::string& path, Access access = Access::kReadOnly);
   // A second, read-only mapping of the pages that hold [data, data + size),
   // made with mremap (old size 0): the same physical pages, no copy, and the
   // caller's own mapping keeps its protection. Possible only where those
@@ -59,8 +64,8 @@ class MappedRegion {
   // region starts on the page that holds `data`.
   static MappedRegion alias_readonly(const void* data, size_t size);
   // A fresh anonymous mapping holding a copy of [data, data + size),
-  // page-aligned, then made read-only unless `writable`.
-  static MappedRegion copy_of(const void* data, size_t size, bool writable);
+  // page-aligned, then made read-only unless kCopyOnWrite.
+  static MappedRegion copy_of(const void* data, size_t size, Access access);
 
   const uint8_t* data() const { return static_cast<const uint8_t*>(base_); }
   uint8_t* mutable_data() const { return static_cast<uint8_t*>(base_); }

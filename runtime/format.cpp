@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
 
+#include "byte_reader.hpp"
 #include "zcwrap/error.hpp"
 
 namespace zcwrap::format {
@@ -25,41 +26,6 @@ using nlohmann::json;
 }
 
 std::string u64s(uint64_t v) { return std::to_string(v); }
-
-// Reads little-endian integers from a byte range, checking before each read.
-class ByteReader {
- public:
-  ByteReader(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-
-  bool read_u32(uint32_t* out) {
-    if (size_ - pos_ < 4) return false;
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; --i) v = (v << 8) | data_[pos_ + i];
-    pos_ += 4;
-    *out = v;
-    return true;
-  }
-
-  bool read_u64(uint64_t* out) {
-    if (size_ - pos_ < 8) return false;
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; --i) v = (v << 8) | data_[pos_ + i];
-    pos_ += 8;
-    *out = v;
-    return true;
-  }
-
-  bool skip(size_t n) {
-    if (size_ - pos_ < n) return false;
-    pos_ += n;
-    return true;
-  }
-
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
 
 void put_u32(std::vector<uint8_t>& out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
@@ -382,7 +348,7 @@ Header decode_header(const uint8_t* bytes, size_t size, uint64_t file_size,
                   "' is not supported by this zcwrap (it reads version 01); re-pack the model "
                   "with this zcwrap or upgrade zcwrap");
   }
-  ByteReader r(bytes, size);
+  detail::ByteReader r(bytes, size);
   Header h;
   uint64_t reserved = 0;
   r.skip(sizeof(kMagic));
@@ -445,15 +411,15 @@ uint64_t meta_checksum(const uint8_t* blob, const Header& h) {
 }
 
 SkeletonKind skeleton_kind(std::string_view name) {
-  for (size_t i = 0; i < std::size(kSkeletonKindNames); ++i) {
-    if (kSkeletonKindNames[i] == name) return static_cast<SkeletonKind>(i);
+  for (size_t i = 0; i < std::size(kSkeletonKinds); ++i) {
+    if (kSkeletonKinds[i].name == name) return static_cast<SkeletonKind>(i);
   }
   return SkeletonKind::kUnknown;
 }
 
-std::string skeleton_kind_name(SkeletonKind kind) {
-  return std::string(kSkeletonKindNames[static_cast<size_t>(kind)]);
-}
+const SkeletonKindInfo& skeleton_kind_info(SkeletonKind kind) { return kSkeletonKinds[static_cast<size_t>(kind)]; }
+
+std::string skeleton_kind_name(SkeletonKind kind) { return std::string(skeleton_kind_info(kind).name); }
 
 const char* tensor_kind_name(TensorKind kind) { return kKindNames[static_cast<int>(kind)]; }
 

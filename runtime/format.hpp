@@ -117,18 +117,30 @@ struct TensorEntry {
 // The kinds of skeleton, by the name the manifest gives them
 // (SkeletonEntry::kind): what a model's skeleton is, and so what rebuilds
 // it. The one table of kinds, as kDtypes is of dtypes: a new kind is a row
-// here and a case in rebind.cpp's rebuild. A name this zcwrap does not know
-// is kUnknown: describe shows it as named, unwrap refuses it.
-enum class SkeletonKind { kTorchScript, kPythonPickle, kUnknown };
-inline constexpr std::string_view kSkeletonKindNames[] = {"torchscript", "python_pickle"};
-static_assert(std::size(kSkeletonKindNames) == static_cast<size_t>(SkeletonKind::kUnknown),
-              "one name for every SkeletonKind but kUnknown");
+// here and a case in rebind.cpp's build_model (and, for a kind Python
+// rebuilds, the Python package's table of kinds). A name this zcwrap does
+// not know is kUnknown: describe shows it as named, unwrap refuses it.
+enum class SkeletonKind { kTorchScript, kPythonPickle, kTorchExport, kUnknown };
+struct SkeletonKindInfo {
+  std::string_view name;         // in the manifest
+  std::string_view description;  // for messages: "an eager PyTorch module"
+  bool rebuilt_in_python;        // C++ binds its tensors, the Python package rebuilds it
+};
+inline constexpr SkeletonKindInfo kSkeletonKinds[] = {
+    {"torchscript", "a TorchScript module", false},
+    {"python_pickle", "an eager PyTorch module", true},
+    {"torch_export", "a torch.export ExportedProgram", true},
+};
+static_assert(std::size(kSkeletonKinds) == static_cast<size_t>(SkeletonKind::kUnknown),
+              "one row for every SkeletonKind but kUnknown");
 SkeletonKind skeleton_kind(std::string_view name);
+// The row of a known kind.
+const SkeletonKindInfo& skeleton_kind_info(SkeletonKind kind);
 // The manifest's name of a known kind.
 std::string skeleton_kind_name(SkeletonKind kind);
 
 struct SkeletonEntry {
-  std::string kind{kSkeletonKindNames[0]};  // see SkeletonKind
+  std::string kind{kSkeletonKinds[0].name};  // see SkeletonKind
   std::string compression = "zstd";  // "zstd" or "none"
   uint64_t offset = 0;               // relative to skeletons_offset
   uint64_t length = 0;               // stored bytes

@@ -10,6 +10,7 @@
 // every TorchScript writer; each one's zip local header is checked anyway.
 #include "mapped_load.hpp"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,64 +23,80 @@
 
 #include <caffe2/serialize/inline_container.h>
 
+#include "byte_reader.hpp"
 #include "constants.hpp"
 #include "torch_util.hpp"
+#include "tensor_walk.hpp"
 #include "file_util.hpp"
+#include "zcwrap/error.hpp"
 
 namespace zcwrap::detail {
 namespace {
 
 constexpr size_t kTagSize = 8;
 
-uint32_t le32(const uint8_t* p) { return p[0] | p[1] << 8 | p[2] << 16 | uint32_t(p[3]) << 24; }
-uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
-
-uint64_t le64(const uint8_t* p) { return le32(p) | uint64_t(le32(p + 4)) << 32; }
-
 }  // namespace
 
 std::map<std::string, ZipEntry> zip_central_directory(const uint8_t* base, uint64_t n) {
   std::map<std::string, ZipEntry> out;
+  ByteReader in(base, n);
+  uint32_t signature = 0;
+  // The end-of-central-directory record: 22 bytes, then a comment of up to
+  // 65535; found by its signature, from the end.
   if (n < 22) return out;
   uint64_t eocd = n - 22;
   const uint64_t lowest = n > 22 + 65535 ? n - 22 - 65535 : 0;
-  while (le32(base + eocd) != 0x06054b50) {
+  for (;;) {
+    if (in.seek(eocd) && in.read_u32(&signature) && signature == 0x06054b50) break;
     if (eocd == lowest) return out;
     --eocd;
   }
-  uint64_t entries = le16(base + eocd + 10);
-  uint64_t cd = le32(base + eocd + 16);
-  if ((cd == 0xffffffffu || entries == 0xffff) && eocd >= 20 && le32(base + eocd - 20) == 0x07064b50) {
-    const uint64_t eocd64 = le64(base + eocd - 20 + 8);
-    if (n < 56 || eocd64 > n - 56 || le32(base + eocd64) != 0x06064b50) return out;
-    entries = le64(base + eocd64 + 32);
-    cd = le64(base + eocd64 + 48);
-  }
-  uint64_t pos = cd;
-  for (uint64_t i = 0; i < entries; ++i) {
-    if (n < 46 || pos > n - 46 || le32(base + pos) != 0x02014b50) return {};
-    ZipEntry e;
-    e.method = le16(base + pos + 10);
-    e.compressed = le32(base + pos + 20);
-    e.size = le32(base + pos + 24);
-    const uint16_t name_len = le16(base + pos + 28), extra_len = le16(base + pos + 30), comment_len = le16(base + pos + 32);
-    if (pos + 46 + name_len + extra_len > n) return {};
-    std::string name(reinterpret_cast<const char*>(base + pos + 46), name_len);
-    // Zip64: sizes that do not fit 32 bits are in extra field 0x0001, in order.
-    for (uint64_t x = pos + 46 + name_len; x + 4 <= pos + 46 + name_len + extra_len;) {
-      const uint16_t id = le16(base + x), len = le16(base + x + 2);
-      if (x + 4 + len > pos + 46 + name_len + extra_len) break;
-      if (id == 0x0001) {
-        uint64_t at = x + 4;
-        if (e.size == 0xffffffffu && at + 8 <= x + 4 + len) e.size = le64(base + at), at += 8;
-        if (e.compressed == 0xffffffffu && at + 8 <= x + 4 + len) e.compressed = le64(base + at);
-      }
-      x += 4 + len;
+  uint16_t entries16 = 0;
+  uint32_t cd32 = 0;
+  if (!in.seek(eocd + 10) || !in.read_u16(&entries16) || !in.skip(4) || !in.read_u32(&cd32)) return out;
+  uint64_t entries = entries16, cd = cd32;
+  // Zip64: the real counts are in the zip64 end record the locator names.
+  uint64_t eocd64 = 0;
+  if ((cd == 0xffffffffu || entries == 0xffff) && eocd >= 20 && in.seek(eocd - 20) && in.read_u32(&signature) &&
+      signature == 0x07064b50 && in.skip(4) && in.read_u64(&eocd64)) {
+    if (!in.seek(eocd64) || !in.read_u32(&signature) || signature != 0x06064b50 || !in.seek(eocd64 + 32) ||
+        !in.read_u64(&entries) || !in.skip(8) || !in.read_u64(&cd)) {
+      return out;
     }
+  }
+  if (!in.seek(cd)) return {};
+  for (uint64_t i = 0; i < entries; ++i) {
+    ZipEntry e;
+    uint32_t compressed = 0, size = 0;
+    uint16_t name_len = 0, extra_len = 0, comment_len = 0;
+    if (!in.read_u32(&signature) || signature != 0x02014b50 || !in.skip(6) || !in.read_u16(&e.method) ||
+        !in.skip(8) || !in.read_u32(&compressed) || !in.read_u32(&size) || !in.read_u16(&name_len) ||
+        !in.read_u16(&extra_len) || !in.read_u16(&comment_len) || !in.skip(12)) {
+      return {};
+    }
+    e.compressed = compressed;
+    e.size = size;
+    std::string name;
+    if (!in.read_string(name_len, &name)) return {};
+    // Zip64: sizes that do not fit 32 bits are in extra field 0x0001, in order.
+    const uint64_t extra_end = in.position() + extra_len;
+    if (extra_end > n) return {};
+    while (in.position() + 4 <= extra_end) {
+      uint16_t id = 0, len = 0;
+      in.read_u16(&id);
+      in.read_u16(&len);
+      const uint64_t field_end = in.position() + len;
+      if (field_end > extra_end) break;
+      if (id == 0x0001) {
+        if (e.size == 0xffffffffu && in.position() + 8 <= field_end) in.read_u64(&e.size);
+        if (e.compressed == 0xffffffffu && in.position() + 8 <= field_end) in.read_u64(&e.compressed);
+      }
+      in.seek(field_end);
+    }
+    if (!in.seek(extra_end) || !in.skip(comment_len)) return {};
     // Keyed by record name: the reader strips the "<archive>/" prefix too.
     const size_t slash = name.find('/');
     if (slash != std::string::npos) out.emplace(name.substr(slash + 1), e);
-    pos += 46 + name_len + extra_len + comment_len;
   }
   return out;
 }
@@ -88,18 +105,49 @@ namespace {
 
 bool contains(const std::string& haystack, const char* needle) { return haystack.find(needle) != std::string::npos; }
 
-// The file a model was loaded from: its mapping, which the storages point
-// into, and a descriptor, from which pack copies their bytes file to file.
-struct MappedSource {
-  MappedRegion region;
-  UniqueFd fd;
+// Reads of the mapped file, for LibTorch's zip reader.
+class RegionAdapter final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  explicit RegionAdapter(std::shared_ptr<const ModelSource> source) : source_(std::move(source)) {}
+  size_t size() const override { return source_->region.size(); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/) const override {
+    const size_t total = source_->region.size();
+    if (pos >= total) return 0;
+    n = std::min<uint64_t>(n, total - pos);
+    std::memcpy(buf, source_->region.data() + pos, n);
+    return n;
+  }
+
+ private:
+  std::shared_ptr<const ModelSource> source_;
 };
 
 // The deleter of storages that point into the file's mapping; it also marks
 // them (is_mapped_file_storage).
-void release_mapping(void* ctx) { delete static_cast<std::shared_ptr<const MappedSource>*>(ctx); }
+void release_mapping(void* ctx) { delete static_cast<std::shared_ptr<const ModelSource>*>(ctx); }
 
 }  // namespace
+
+std::shared_ptr<const ModelSource> open_model_source(const std::string& path) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
+  // before the type check below could refuse it.
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd.valid()) throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) throw Error(ErrorCode::kInput, path + ": cannot stat: " + errno_text(errno));
+  if (S_ISDIR(st.st_mode)) throw Error(ErrorCode::kInput, path + ": is a folder, not a model file");
+  if (!S_ISREG(st.st_mode)) {
+    throw Error(ErrorCode::kInput, path + ": not a regular file (" + file_type_name(st.st_mode) +
+                                       "); save the model to a file first");
+  }
+  if (st.st_size == 0) throw Error(ErrorCode::kBadModel, path + ": empty file, not a TorchScript archive");
+  MappedRegion region = MappedRegion::map_fd(fd.get(), static_cast<uint64_t>(st.st_size), path);
+  return std::make_shared<const ModelSource>(ModelSource{path, std::move(fd), std::move(region)});
+}
+
+std::shared_ptr<caffe2::serialize::ReadAdapterInterface> read_adapter(std::shared_ptr<const ModelSource> source) {
+  return std::make_shared<RegionAdapter>(std::move(source));
+}
 
 bool is_mapped_file_storage(const c10::Storage& storage) {
   return storage.data_ptr().get_deleter() == &release_mapping;
@@ -107,7 +155,7 @@ bool is_mapped_file_storage(const c10::Storage& storage) {
 
 std::optional<FileSpan> mapped_file_span(const c10::Storage& storage) {
   if (!is_mapped_file_storage(storage)) return std::nullopt;
-  const auto& source = *static_cast<const std::shared_ptr<const MappedSource>*>(storage.data_ptr().get_context());
+  const auto& source = *static_cast<const std::shared_ptr<const ModelSource>*>(storage.data_ptr().get_context());
   const auto* data = static_cast<const uint8_t*>(storage.data_ptr().get());
   return FileSpan{source->fd.get(), static_cast<uint64_t>(data - source->region.data())};
 }
@@ -120,12 +168,9 @@ void drop_mapped_pages(const void* data, size_t size) {
   if (end > start) ::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
 }
 
-std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::jit::ExtraFilesMap& extra_files) {
-  struct stat st {};
-  UniqueFd fd = open_regular_file(path, &st);
-  MappedRegion region = MappedRegion::map_fd(fd.get(), static_cast<uint64_t>(st.st_size), path);
-  auto file = std::make_shared<MappedSource>(MappedSource{std::move(region), std::move(fd)});
-  caffe2::serialize::PyTorchStreamReader reader(path);
+std::optional<torch::jit::Module> load_mapped(const std::shared_ptr<const ModelSource>& file,
+                                              torch::jit::ExtraFilesMap& extra_files) {
+  caffe2::serialize::PyTorchStreamReader reader(read_adapter(file));
   const std::vector<std::string> records = reader.getAllRecords();
 
   const std::map<std::string, ZipEntry> entries = zip_central_directory(file->region.data(), file->region.size());
@@ -202,7 +247,7 @@ std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::ji
       ok = false;
       return t;
     }
-    auto* keep = new std::shared_ptr<const MappedSource>(file);
+    auto* keep = new std::shared_ptr<const ModelSource>(file);
     void* data = file->region.mutable_data() + tagged[tag].offset;
     storage->set_data_ptr_noswap(c10::DataPtr(data, keep, &release_mapping, c10::Device(c10::kCPU)));
     return t;

@@ -3,20 +3,44 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include <torch/script.h>
 
+#include "file_util.hpp"
+
+namespace caffe2::serialize {
+class ReadAdapterInterface;
+}  // namespace caffe2::serialize
+
 namespace zcwrap::detail {
 
-// Loads `path` with every tensor whose record is at least 8 bytes pointing
+// A model file opened once for packing: its descriptor (from which pack
+// copies storages file to file) and a read-only mapping of it (which mapped
+// storages point into). Every read of the file goes through these.
+struct ModelSource {
+  std::string path;
+  UniqueFd fd;
+  MappedRegion region;
+};
+
+// Opens and maps `path`. Throws Error(kInput) when it cannot be read or is
+// not a regular file.
+std::shared_ptr<const ModelSource> open_model_source(const std::string& path);
+
+// A LibTorch reader of the mapped bytes (PyTorchStreamReader, torch::jit::load).
+std::shared_ptr<caffe2::serialize::ReadAdapterInterface> read_adapter(std::shared_ptr<const ModelSource> source);
+
+// Loads `source` with every tensor whose record is at least 8 bytes pointing
 // into a read-only mapping of the file (kept alive by the tensors), and the
 // graph constants of frozen methods already moved to buffers. Returns
 // nullopt for archives this path does not handle (quantized tensors, custom
 // classes, __setstate__, anything whose storages it cannot account for): load
 // those with torch::jit::load. Throws what torch::jit::load throws.
-std::optional<torch::jit::Module> load_mapped(const std::string& path, torch::jit::ExtraFilesMap& extra_files);
+std::optional<torch::jit::Module> load_mapped(const std::shared_ptr<const ModelSource>& source,
+                                              torch::jit::ExtraFilesMap& extra_files);
 
 struct ZipEntry {
   uint16_t method = 0;

@@ -13,7 +13,8 @@
 #include "constants.hpp"
 #include "pack.hpp"
 #include "placement.hpp"
-#include "rebind.hpp"
+#include "unwrap.hpp"
+#include "describe.hpp"
 #include "store.hpp"
 #include "text.hpp"
 #include "wrapper_access.hpp"
@@ -28,82 +29,64 @@ using nlohmann::json;
 
 using detail::join;
 
-// --- Unwrapped ---
+namespace {
 
-torch::jit::Module& Unwrapped::module() {
-  if (!state_->standalone) {
-    throw Error(ErrorCode::kUsage, "this blob holds a pipeline, not a standalone module; use at(name) "
-                                   "with one of: " + join(state_->names));
-  }
-  return state_->modules.front();
+std::vector<std::string> kinds_of(const BlobFile& blob) {
+  std::vector<std::string> kinds;
+  for (const format::ModelEntry& m : blob.manifest().models) kinds.push_back(m.skeleton.kind);
+  return kinds;
 }
 
-torch::jit::Module& Unwrapped::at(const std::string& name) {
-  for (size_t i = 0; i < state_->names.size(); ++i) {
-    if (state_->names[i] == name) return state_->modules[i];
-  }
-  throw Error(ErrorCode::kUsage, "no model named '" + name + "'; the blob holds: " + join(state_->names));
-}
-
-std::vector<std::string> Unwrapped::names() const { return state_->names; }
-bool Unwrapped::is_standalone_module() const { return state_->standalone; }
-const std::string& Unwrapped::device() const { return state_->device; }
-const std::vector<std::string>& Unwrapped::warnings() const { return state_->warnings; }
-const void* Unwrapped::mapping_data() const { return state_->blob->data(); }
-size_t Unwrapped::mapping_size() const { return state_->blob->size(); }
+}  // namespace
 
 // --- ModelWrapper ---
 
 ModelWrapper ModelWrapper::from_model(const torch::jit::Module& model, const PackOptions& options) {
   std::vector<detail::PackInput> inputs;
   inputs.push_back(detail::copy_module(options.standalone_name, model));
-  return detail::stored_wrapper(detail::prepare_blob(inputs, /*standalone=*/true, options), options);
+  return detail::WrapperAccess::pack(inputs, Layout::kStandalone, options).wrapper;
 }
 
 ModelWrapper ModelWrapper::from_pipeline(
     const std::vector<std::pair<std::string, torch::jit::Module>>& models, const PackOptions& options) {
   std::vector<detail::PackInput> inputs;
   for (const auto& [name, module] : models) inputs.push_back(detail::copy_module(name, module));
-  return detail::stored_wrapper(detail::prepare_blob(inputs, /*standalone=*/false, options), options);
+  return detail::WrapperAccess::pack(inputs, Layout::kPipeline, options).wrapper;
 }
 
 ModelWrapper ModelWrapper::pack_files(const std::vector<ModelFile>& models, Layout layout,
                                       const std::string& blob_path, const PackOptions& options) {
-  const bool standalone = layout == Layout::kStandalone;
-  auto load_all = [&](bool mapped) {
-    std::vector<detail::PackInput> inputs;
-    for (const ModelFile& file : models) {
-      inputs.push_back(detail::load_model_file(standalone ? options.standalone_name : file.name, file.path, mapped));
-    }
-    return inputs;
-  };
-  std::vector<detail::PackInput> inputs = load_all(/*mapped=*/true);
-  detail::PreparedBlob blob = detail::prepare_blob(inputs, standalone, options);
-  if (blob.unshared_bytes > 0) {
-    // Something stayed in a skeleton: it must hold real bytes, not the tags
-    // the mapped load leaves in storages it does not reach. Load normally.
-    inputs = load_all(/*mapped=*/false);
-    blob = detail::prepare_blob(inputs, standalone, options);
-  }
-  detail::write_blob(blob, blob_path, options.progress);
-  return detail::written_wrapper(blob_path, blob);
+  return detail::WrapperAccess::pack_files(models, layout, blob_path, options).wrapper;
 }
 
-ModelWrapper detail::WrapperAccess::written(const std::string& path, const detail::PreparedBlob& blob) {
+detail::Packed detail::WrapperAccess::pack_files(const std::vector<ModelFile>& files, Layout layout,
+                                                 const std::string& blob_path, const PackOptions& options) {
+  std::vector<PackInput> inputs = load_model_files(files, layout, options);
+  return pack(inputs, layout, options, std::nullopt, blob_path);
+}
+
+detail::Packed detail::WrapperAccess::pack(std::vector<PackInput>& inputs, Layout layout, const PackOptions& options,
+                                           const std::optional<std::string>& pipeline_object,
+                                           const std::string& blob_path) {
+  const PreparedBlob blob = prepare_blob(inputs, layout, options, pipeline_object);
   ModelWrapper w;
-  w.blob_path_ = detail::absolute_path(path);
+  if (blob_path.empty()) {
+    StoredBlob stored = store_blob(blob, options);
+    w.blob_path_ = stored.path;
+    w.store_lock_ = std::move(stored.lock);
+  } else {
+    write_blob(blob, blob_path, options.progress);
+    w.blob_path_ = absolute_path(blob_path);
+  }
+  // The pins come from what was written: the file is not mapped and parsed
+  // back (a pack must not fail once its blob is in place).
   w.blob_size_ = blob.header.file_size;
   w.meta_checksum_ = blob.header.meta_checksum;
-  w.standalone_ = blob.standalone;
+  w.standalone_ = blob.layout == Layout::kStandalone;
   w.names_ = blob.names;
-  return w;
-}
-
-ModelWrapper detail::WrapperAccess::stored(const detail::PreparedBlob& blob, const PackOptions& options) {
-  detail::StoredBlob stored = detail::store_blob(blob, options);
-  ModelWrapper w = written_wrapper(stored.path, blob);
-  w.store_lock_ = std::move(stored.lock);
-  return w;
+  for (format::SkeletonKind kind : blob.kinds) w.kinds_.push_back(format::skeleton_kind_name(kind));
+  BlobInfo summary = describe_layout(blob.header, blob.parsed, w.blob_path_, {}, {.tensors = false});
+  return {std::move(w), std::move(summary)};
 }
 
 ModelWrapper ModelWrapper::from_actor(const json& config) { return from_config(detail::parse_actor_config(config)); }
@@ -123,42 +106,42 @@ ModelWrapper ModelWrapper::from_config(const detail::ActorConfig& config) {
     throw Error(e.code() == ErrorCode::kInput ? ErrorCode::kStale : e.code(),
                 std::string(e.what()) + " (named by the actor config)");
   }
-  if (blob->size() != w.blob_size_ || blob->header().meta_checksum != w.meta_checksum_) {
-    throw Error(ErrorCode::kStale,
-                w.blob_path_ + ": is not the blob this actor config was made for (config pins " +
-                    std::to_string(w.blob_size_) + " bytes, checksum " + format::hex64(w.meta_checksum_) +
-                    "; file has " + std::to_string(blob->size()) + " bytes, checksum " +
-                    format::hex64(blob->header().meta_checksum) + "); it was re-packed or replaced: "
-                    "use the actor config written with it");
-  }
+  detail::check_pins(*blob, {w.blob_size_, w.meta_checksum_}, "this actor config");
   std::vector<std::string> names;
   for (const format::ModelEntry& m : blob->manifest().models) names.push_back(m.name);
   if (names != w.names_ || blob->manifest().standalone != w.standalone_) {
     throw Error(ErrorCode::kStale, w.blob_path_ + ": models differ from those the actor config lists");
   }
+  w.kinds_ = kinds_of(*blob);
   w.opened_ = std::move(blob);
   return w;
 }
 
-ModelWrapper ModelWrapper::from_memory(MemoryBlob memory) {
+ModelWrapper detail::WrapperAccess::of_blob(std::shared_ptr<const BlobFile> blob, const std::string& path) {
   ModelWrapper w;
-  w.memory_ = BlobFile::open_memory(memory.data, memory.size, std::move(memory.owner), memory.name);
-  w.blob_path_ = memory.name;
-  w.blob_size_ = w.memory_->size();
-  w.meta_checksum_ = w.memory_->header().meta_checksum;
-  w.standalone_ = w.memory_->manifest().standalone;
-  for (const format::ModelEntry& m : w.memory_->manifest().models) w.names_.push_back(m.name);
+  w.blob_path_ = path;
+  w.blob_size_ = blob->size();
+  w.meta_checksum_ = blob->header().meta_checksum;
+  w.standalone_ = blob->manifest().standalone;
+  for (const format::ModelEntry& m : blob->manifest().models) w.names_.push_back(m.name);
+  w.kinds_ = kinds_of(*blob);
+  (blob->in_memory() ? w.memory_ : w.opened_) = std::move(blob);
   return w;
 }
 
-std::shared_ptr<const BlobFile> detail::WrapperAccess::checked_blob(const ModelWrapper& w, bool copy_on_write) {
+ModelWrapper ModelWrapper::from_memory(MemoryBlob memory) {
+  return detail::WrapperAccess::of_blob(
+      BlobFile::open_memory(memory.data, memory.size, std::move(memory.owner), memory.name), memory.name);
+}
+
+std::shared_ptr<const BlobFile> detail::WrapperAccess::checked_blob(const ModelWrapper& w, Access access) {
   if (w.memory_) {
-    if (!copy_on_write) return w.memory_;
+    if (access == Access::kReadOnly) return w.memory_;
     // Memory offers no file to map privately: a private, writable copy.
-    return BlobFile::open_memory(w.memory_->data(), w.memory_->size(), nullptr, w.blob_path_, /*copy_on_write=*/true);
+    return BlobFile::open_memory(w.memory_->data(), w.memory_->size(), nullptr, w.blob_path_, access);
   }
-  if (w.opened_ && !copy_on_write) return w.opened_;
-  return BlobFile::open_pinned(w.blob_path_, w.blob_size_, w.meta_checksum_, copy_on_write);
+  if (w.opened_ && access == Access::kReadOnly) return w.opened_;
+  return BlobFile::open_pinned(w.blob_path_, {w.blob_size_, w.meta_checksum_}, access);
 }
 
 ModelWrapper ModelWrapper::open(const std::string& path) {
@@ -168,15 +151,7 @@ ModelWrapper ModelWrapper::open(const std::string& path) {
   char magic[format::kMagicFamilyLength] = {};
   if (::pread(fd.get(), magic, sizeof(magic), 0) == static_cast<ssize_t>(sizeof(magic)) &&
       std::equal(magic, magic + sizeof(magic), format::kMagic)) {
-    auto blob = BlobFile::open_fd(std::move(fd), st, path);
-    ModelWrapper w;
-    w.blob_path_ = detail::absolute_path(path);
-    w.blob_size_ = blob->size();
-    w.meta_checksum_ = blob->header().meta_checksum;
-    w.standalone_ = blob->manifest().standalone;
-    for (const format::ModelEntry& m : blob->manifest().models) w.names_.push_back(m.name);
-    w.opened_ = std::move(blob);
-    return w;
+    return detail::WrapperAccess::of_blob(BlobFile::open_fd(std::move(fd), st, path), detail::absolute_path(path));
   }
   json config;
   try {
@@ -207,40 +182,51 @@ Unwrapped ModelWrapper::unwrap(const std::string& device, bool use_fast_load) co
 }
 
 Unwrapped ModelWrapper::unwrap(const UnwrapOptions& options) const {
-  auto state = detail::unwrap_blob(detail::checked_blob(*this, options.copy_on_write), options);
-  return Unwrapped(std::move(state));
+  return Unwrapped(detail::unwrap_blob(detail::checked_blob(*this, detail::access_of(options)), options));
 }
 
 // --- ActorWrapper ---
 
-ActorWrapper::ActorWrapper(const torch::jit::Module& model, std::string device, const PackOptions& options)
-    : wrapper_(ModelWrapper::from_model(model, options)), device_(std::move(device)) {}
+ActorWrapper::ActorWrapper(const torch::jit::Module& model, std::string device, bool use_fast_load,
+                           const PackOptions& options)
+    : ActorWrapper(ModelWrapper::from_model(model, options), std::move(device), use_fast_load) {}
 
 ActorWrapper::ActorWrapper(const std::vector<std::pair<std::string, torch::jit::Module>>& models,
-                           std::string device, const PackOptions& options)
-    : wrapper_(ModelWrapper::from_pipeline(models, options)), device_(std::move(device)) {}
+                           std::string device, bool use_fast_load, const PackOptions& options)
+    : ActorWrapper(ModelWrapper::from_pipeline(models, options), std::move(device), use_fast_load) {}
 
-ActorWrapper::ActorWrapper(ModelWrapper wrapper, std::string device)
-    : wrapper_(std::move(wrapper)), device_(std::move(device)) {}
+ActorWrapper::ActorWrapper(ModelWrapper wrapper, std::string device, bool use_fast_load)
+    : wrapper_(std::move(wrapper)), device_(std::move(device)), use_fast_load_(use_fast_load) {}
 
-Unwrapped ActorWrapper::load() const { return wrapper_.unwrap(device_); }
+Unwrapped ActorWrapper::load() const { return load(UnwrapOptions{}); }
 
 Unwrapped ActorWrapper::load(UnwrapOptions options) const {
   options.device = device_;
+  options.use_fast_load = use_fast_load_;
   return wrapper_.unwrap(options);
 }
 
 json ActorWrapper::to_actor() const {
   json config = wrapper_.to_actor();
   config["device"] = device_;
+  config["use_fast_load"] = use_fast_load_;
   return config;
 }
 
 ActorWrapper ActorWrapper::from_actor(const json& config) {
-  if (!config.is_object() || !config.contains("device") || !config["device"].is_string()) {
-    throw Error(ErrorCode::kBadBlob, "actor config: missing string field 'device'");
+  std::string device = "cpu";
+  bool use_fast_load = false;
+  if (config.is_object() && config.contains("device")) {
+    if (!config["device"].is_string()) throw Error(ErrorCode::kBadBlob, "actor config: 'device' must be a string");
+    device = config["device"].get<std::string>();
   }
-  return ActorWrapper(ModelWrapper::from_actor(config), config["device"].get<std::string>());
+  if (config.is_object() && config.contains("use_fast_load")) {
+    if (!config["use_fast_load"].is_boolean()) {
+      throw Error(ErrorCode::kBadBlob, "actor config: 'use_fast_load' must be true or false");
+    }
+    use_fast_load = config["use_fast_load"].get<bool>();
+  }
+  return ActorWrapper(ModelWrapper::from_actor(config), std::move(device), use_fast_load);
 }
 
 }  // namespace zcwrap

@@ -18,6 +18,8 @@
 #include "mapped_load.hpp"
 #include "torch_compat.hpp"
 #include "torch_util.hpp"
+#include "tensor_walk.hpp"
+#include "messages.hpp"
 #include "file_util.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/version.hpp"
@@ -84,7 +86,7 @@ class StoragePlan {
 
   // Lays the storages out in order (see format::storage_alignment); returns
   // the data section's length.
-  uint64_t layout(uint64_t alignment) {
+  uint64_t assign_offsets(uint64_t alignment) {
     uint64_t end = 0;
     for (format::StorageEntry& e : entries_) {
       format::align_up(end, format::storage_alignment(e.nbytes, alignment), &e.offset);
@@ -171,25 +173,25 @@ void add_skeleton(const std::string& raw, const std::string& origin, format::Ske
 
 }  // namespace
 
-PackInput load_model_file(const std::string& name, const std::string& path, bool mapped) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    throw Error(ErrorCode::kInput, path + ": cannot open: " + errno_text(errno));
-  }
-  if (S_ISDIR(st.st_mode)) throw Error(ErrorCode::kInput, path + ": is a folder, not a model file");
-  if (!S_ISREG(st.st_mode)) {
-    throw Error(ErrorCode::kInput, path + ": not a regular file (" + file_type_name(st.st_mode) +
-                                       "); save the model to a file first");
-  }
-  if (st.st_size == 0) throw Error(ErrorCode::kBadModel, path + ": empty file, not a TorchScript archive");
+namespace {
 
-  PackInput input{name, path, torch::jit::Module(), {}, std::nullopt};
+// How load_script gets a model's tensors: pointing into the file's mapping
+// where the archive allows (mapped_load.hpp), or read into memory.
+enum class Tensors { kMapped, kRead };
+
+// Loads one TorchScript file through its source (one open): checks its
+// records first, then loads it with its tensors as asked (read when the
+// archive does not allow mapping them).
+ScriptModel load_script(const std::shared_ptr<const ModelSource>& shared, Tensors tensors) {
+  const bool mapped = tensors == Tensors::kMapped;
+  const std::string& path = shared->path;
+  ScriptModel model;
   try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
+    caffe2::serialize::PyTorchStreamReader reader(read_adapter(shared));
     bool has_code = false;
     for (const std::string& record : reader.getAllRecords()) {
       if (record.rfind("code/", 0) == 0) has_code = true;
-      if (record.rfind("extra/", 0) == 0) input.extra_files.emplace(record.substr(6), "");
+      if (record.rfind("extra/", 0) == 0) model.extra_files.emplace(record.substr(6), "");
     }
     if (!has_code || !reader.hasRecord("constants.pkl")) {
       throw Error(ErrorCode::kBadModel,
@@ -200,17 +202,30 @@ PackInput load_model_file(const std::string& name, const std::string& path, bool
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    throw Error(ErrorCode::kBadModel,
-                path + ": not a TorchScript archive (" + first_line(e) + ")");
+    throw Error(ErrorCode::kBadModel, path + ": not a TorchScript archive (" + first_line(e) + ")");
   }
   try {
     std::optional<torch::jit::Module> module;
-    if (mapped) module = load_mapped(path, input.extra_files);
-    input.module = module ? *module : torch::jit::load(path, at::kCPU, input.extra_files);
+    if (mapped) module = load_mapped(shared, model.extra_files);
+    model.module = module ? *module : torch::jit::load(read_adapter(shared), at::kCPU, model.extra_files);
   } catch (const std::exception& e) {
     throw Error(ErrorCode::kBadModel, path + ": cannot load the TorchScript module: " + first_line(e));
   }
-  return input;
+  if (mapped) model.mapped_from = shared;
+  return model;
+}
+
+}  // namespace
+
+std::vector<PackInput> load_model_files(const std::vector<ModelFile>& files, Layout layout,
+                                        const PackOptions& options) {
+  std::vector<PackInput> inputs;
+  for (const ModelFile& file : files) {
+    const std::shared_ptr<const ModelSource> source = open_model_source(file.path);
+    const std::string name = layout == Layout::kStandalone ? options.standalone_name : file.name;
+    inputs.push_back({name, file.path, load_script(source, Tensors::kMapped)});
+  }
+  return inputs;
 }
 
 PackInput copy_module(const std::string& name, const torch::jit::Module& model) {
@@ -218,14 +233,53 @@ PackInput copy_module(const std::string& name, const torch::jit::Module& model) 
   try {
     model.save(buffer);
     buffer.seekg(0);
-    return {name, "module '" + name + "'", torch::jit::load(buffer, at::kCPU), {}, std::nullopt};
+    return {name, "module '" + name + "'", ScriptModel{torch::jit::load(buffer, at::kCPU), {}, nullptr}};
   } catch (const std::exception& e) {
     throw Error(ErrorCode::kBadModel, "module '" + name + "': cannot serialize: " + first_line(e));
   }
 }
 
-PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
-                          const PackOptions& options, const std::optional<std::string>& pipeline_pickle) {
+namespace {
+
+// A TorchScript model's skeleton (the module saved with its tensors replaced
+// by empty placeholders), the tensors taken out of it, and the tensor bytes
+// that stayed inside.
+struct ScriptSkeleton {
+  std::string raw;
+  std::vector<NamedTensor> tensors;
+  uint64_t unshared_bytes = 0;
+};
+
+ScriptSkeleton script_skeleton(ScriptModel& model, const std::string& origin) {
+  ScriptSkeleton out;
+  try {
+    hoist_tensor_constants(model.module);
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kBadModel, origin + ": cannot move graph constants to attributes: " + first_line(e));
+  }
+  rewrite_tensors(model.module, [&](const std::string& path, format::TensorKind kind, const at::Tensor& t) {
+    out.tensors.push_back({path, kind, t});
+    // A quantized tensor's placeholder is an empty tensor of its integer
+    // representation: LibTorch 2.x cannot reload an empty quantized tensor
+    // ("setStorage: ... out of bounds for storage of size 0").
+    return at::empty({0}, at::TensorOptions().dtype(c10::toUnderlying(t.scalar_type())));
+  });
+  std::ostringstream saved;
+  try {
+    model.module.save(saved, model.extra_files);
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kBadModel, origin + ": cannot save the skeleton: " + first_line(e));
+  }
+  out.raw = saved.str();
+  out.unshared_bytes = unshared_bytes(out.raw);
+  return out;
+}
+
+}  // namespace
+
+PreparedBlob prepare_blob(std::vector<PackInput>& models, Layout layout, const PackOptions& options,
+                          const std::optional<std::string>& pipeline_pickle) {
+  const bool standalone = layout == Layout::kStandalone;
   const uint64_t alignment = options.alignment;
   if (!format::is_power_of_two(alignment) || alignment < format::kMinAlignment ||
       alignment > format::kMaxAlignment) {
@@ -258,10 +312,11 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
   for (PackInput& input : models) {
     format::ModelEntry entry;
     entry.name = input.name;
-    auto add_tensor = [&](const std::string& path, format::TensorKind kind, const at::Tensor& t) {
+    auto add_tensor = [&](const NamedTensor& named) {
+      const at::Tensor& t = named.tensor;
       format::TensorEntry te;
-      te.path = path;
-      te.kind = kind;
+      te.path = named.path;
+      te.kind = named.kind;
       te.dtype = dtype_name(t.scalar_type());
       te.sizes = t.sizes().vec();
       te.strides = t.strides().vec();
@@ -271,44 +326,34 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
       if (t.is_quantized()) te.quantization = quantization_of(t);
       entry.tensors.push_back(std::move(te));
     };
-    if (input.eager) {
-      for (const EagerTensor& et : input.eager->tensors) {
-        if (!is_shareable(et.tensor)) {
-          throw Error(ErrorCode::kBadModel, input.origin + ": tensor '" + et.path +
+    format::SkeletonKind kind = format::SkeletonKind::kTorchScript;
+    if (auto* python = std::get_if<PythonModel>(&input.model)) {
+      for (const NamedTensor& named : python->tensors) {
+        if (!is_shareable(named.tensor)) {
+          throw Error(ErrorCode::kBadModel, input.origin + ": tensor '" + named.path +
                                                 "' cannot be shared (not a dense CPU tensor of a supported dtype)");
         }
-        add_tensor(et.path, et.kind, et.tensor);
+        add_tensor(named);
       }
-      entry.skeleton.kind = format::skeleton_kind_name(format::SkeletonKind::kPythonPickle);
-      add_skeleton(input.eager->pickle, input.origin, &entry.skeleton, &skeletons);
-      entry.skeleton.unshared_bytes = input.eager->unshared_bytes;
-      manifest.models.push_back(std::move(entry));
-      continue;
+      kind = python->kind;
+      add_skeleton(python->skeleton, input.origin, &entry.skeleton, &skeletons);
+      entry.skeleton.unshared_bytes = python->unshared_bytes;
+    } else {
+      auto& script = std::get<ScriptModel>(input.model);
+      ScriptSkeleton skeleton = script_skeleton(script, input.origin);
+      if (skeleton.unshared_bytes > 0 && script.mapped_from) {
+        // What stayed must be real bytes, not the tags the mapped load leaves
+        // in storages it does not reach: load it again, reading its tensors.
+        script = load_script(script.mapped_from, Tensors::kRead);
+        skeleton = script_skeleton(script, input.origin);
+      }
+      for (const NamedTensor& named : skeleton.tensors) add_tensor(named);
+      add_skeleton(skeleton.raw, input.origin, &entry.skeleton, &skeletons);
+      entry.skeleton.unshared_bytes = skeleton.unshared_bytes;
     }
-    try {
-      hoist_tensor_constants(input.module);
-    } catch (const std::exception& e) {
-      throw Error(ErrorCode::kBadModel, input.origin + ": cannot move graph constants to attributes: " + first_line(e));
-    }
-    rewrite_tensors(input.module, [&](const std::string& path, format::TensorKind kind,
-                                      const at::Tensor& t) {
-      add_tensor(path, kind, t);
-      // A quantized tensor's placeholder is an empty tensor of its integer
-      // representation: LibTorch 2.x cannot reload an empty quantized tensor
-      // ("setStorage: ... out of bounds for storage of size 0").
-      return at::empty({0}, at::TensorOptions().dtype(c10::toUnderlying(t.scalar_type())));
-    });
-
-    std::ostringstream out;
-    try {
-      input.module.save(out, input.extra_files);
-    } catch (const std::exception& e) {
-      throw Error(ErrorCode::kBadModel, input.origin + ": cannot save the skeleton: " + first_line(e));
-    }
-    const std::string raw = out.str();
-    add_skeleton(raw, input.origin, &entry.skeleton, &skeletons);
-    entry.skeleton.unshared_bytes = unshared_bytes(raw);
+    entry.skeleton.kind = format::skeleton_kind_name(kind);
     blob.unshared_bytes += entry.skeleton.unshared_bytes;
+    blob.kinds.push_back(kind);
     manifest.models.push_back(std::move(entry));
   }
 
@@ -318,7 +363,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
     add_skeleton(*pipeline_pickle, "the pipeline object", &entry, &skeletons);
   }
 
-  const uint64_t data_length = plan.layout(alignment);
+  const uint64_t data_length = plan.assign_offsets(alignment);
   manifest.storages = plan.entries();
   blob.manifest = format::manifest_to_json(manifest).dump();
   blob.skeletons = std::move(skeletons);
@@ -348,14 +393,14 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
   std::string origins;
   for (const PackInput& input : models) origins += (origins.empty() ? "" : ", ") + input.origin;
   try {
-    format::parse_manifest(blob.manifest.data(), blob.manifest.size(), h, origins);
+    blob.parsed = format::parse_manifest(blob.manifest.data(), blob.manifest.size(), h, origins);
   } catch (const Error& e) {
     throw Error(ErrorCode::kBadModel, std::string(e.what()) + " (in the model as loaded; nothing was written)");
   }
 
   blob.storages = std::move(plan.storages());
   blob.entries = std::move(manifest.storages);
-  blob.standalone = standalone;
+  blob.layout = layout;
   for (const PackInput& input : models) blob.names.push_back(input.name);
   return blob;
 }

@@ -1,39 +1,52 @@
 // The packer: turns loaded TorchScript modules into a blob. Internal.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include <torch/script.h>
 
 #include "file_util.hpp"
 #include "format.hpp"
+#include "mapped_load.hpp"
 #include "zcwrap/options.hpp"
 
 namespace zcwrap::detail {
 
-// One tensor of an eager (Python) module, in the order its pickle names it.
-struct EagerTensor {
+// One tensor of a skeleton the Python package made, in the order the
+// skeleton refers to them.
+struct NamedTensor {
   std::string path;  // "layer1.0.conv1.weight", or "tensor[7]" for one no attribute names
   format::TensorKind kind = format::TensorKind::kAttribute;
   at::Tensor tensor;  // on the CPU
 };
 
-// An eager module as the Python package hands it over: its pickle, in which
-// persistent id N stands for tensors[N], and those tensors.
-struct EagerModel {
-  std::string pickle;
-  std::vector<EagerTensor> tensors;
-  uint64_t unshared_bytes = 0;  // of tensors left inside the pickle
+// A TorchScript module to pack, with the extra files saved beside it.
+struct ScriptModel {
+  torch::jit::Module module;
+  torch::jit::ExtraFilesMap extra_files;
+  // The file it was loaded from with its tensors mapped (load_model_files),
+  // from which prepare_blob loads it again when it must.
+  std::shared_ptr<const ModelSource> mapped_from;
+};
+
+// A model of a kind the Python package rebuilds (an eager module's pickle,
+// an ExportedProgram's serialized graph): its skeleton, in which tensor N
+// stands for tensors[N], and those tensors.
+struct PythonModel {
+  format::SkeletonKind kind = format::SkeletonKind::kPythonPickle;
+  std::string skeleton;
+  std::vector<NamedTensor> tensors;
+  uint64_t unshared_bytes = 0;  // of tensors left inside the skeleton
 };
 
 struct PackInput {
   std::string name;
-  std::string origin;  // the file it came from, for messages
-  torch::jit::Module module;
-  torch::jit::ExtraFilesMap extra_files;
-  std::optional<EagerModel> eager;  // set: an eager module, and `module` is unused
+  std::string origin;  // where it came from, for messages: a file, "module 'm'"
+  std::variant<ScriptModel, PythonModel> model;
 };
 
 // A copy of `model` that the packer may change: saved and reloaded, so the
@@ -46,28 +59,35 @@ PackInput copy_module(const std::string& name, const torch::jit::Module& model);
 struct PreparedBlob {
   format::Header header;
   std::string manifest;
+  format::Manifest parsed;  // the manifest as every reader parses it
   std::string skeletons;
   std::vector<c10::Storage> storages;  // same order as the manifest's
   std::vector<format::StorageEntry> entries;
   std::vector<std::string> names;
-  bool standalone = false;
+  std::vector<format::SkeletonKind> kinds;  // each model's
+  Layout layout = Layout::kStandalone;
   uint64_t unshared_bytes = 0;  // tensor bytes left in the skeletons, all models
 };
 
-// Loads a TorchScript file for packing, with its extra files. Throws
-// Error(kInput) when unreadable, Error(kBadModel) with a hint for an eager
-// torch.save pickle or anything else that is not TorchScript.
-// With `mapped`, tensors point into a read-only mapping of the file where
-// possible (mapped_load.hpp) instead of being read into memory.
-PackInput load_model_file(const std::string& name, const std::string& path, bool mapped = false);
+// Loads TorchScript files for packing, each opened once, with their extra
+// files; `layout` kStandalone names the one model options.standalone_name.
+// Tensors point into a read-only mapping of their file where the archive
+// allows it (mapped_load.hpp) instead of being read into memory. Throws
+// Error(kInput) when a file is unreadable, Error(kBadModel) with a hint for
+// an eager torch.save pickle or anything else that is not TorchScript.
+std::vector<PackInput> load_model_files(const std::vector<ModelFile>& files, Layout layout,
+                                        const PackOptions& options);
 
 // Moves every shareable tensor of `models` into the data-section plan and
 // replaces it with an empty placeholder: the modules are changed, so pass
 // modules the caller owns. Throws Error(kUsage) for bad names or alignment.
 // `pipeline_pickle`: the pickle of a Python pipeline object's other
 // attributes, stored as the manifest's "pipeline_object" (pipelines only).
-PreparedBlob prepare_blob(std::vector<PackInput>& models, bool standalone,
-                          const PackOptions& options,
+// A model loaded from a file with its tensors mapped (load_model_files)
+// whose skeleton still holds tensor bytes is loaded again, from the mapping
+// already open, with its tensors read: the bytes that stayed must be real,
+// not the tags the mapped load leaves in storages it does not reach.
+PreparedBlob prepare_blob(std::vector<PackInput>& models, Layout layout, const PackOptions& options,
                           const std::optional<std::string>& pipeline_pickle = std::nullopt);
 
 // Writes the blob atomically to `path`, reporting the data section's bytes

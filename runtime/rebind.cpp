@@ -1,63 +1,15 @@
 #include "rebind.hpp"
 
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstdlib>
 #include <sstream>
 
-#include "placement.hpp"
 #include "torch_compat.hpp"
 #include "torch_util.hpp"
-#include "zcwrap/error.hpp"
+#include "tensor_walk.hpp"
+#include "messages.hpp"
 #include "zcwrap/version.hpp"
 
 namespace zcwrap::detail {
 namespace {
-
-// Warms the data section's pages as asked; returns warnings for what the
-// system refused.
-std::vector<std::string> prefetch(const BlobFile& blob, Prefetch mode) {
-  std::vector<std::string> warnings;
-  const format::Header& h = blob.header();
-  uint8_t* data = blob.data_section();
-  const size_t length = h.data_length;
-  if (length == 0 || mode == Prefetch::kNone) return warnings;
-  if (h.alignment >= (2u << 20) && !blob.in_memory() && ::madvise(data, length, MADV_HUGEPAGE) != 0) {
-    warnings.push_back(blob.path() + ": huge pages not available for this mapping (" + errno_text(errno) + ")");
-  }
-  // madvise takes whole pages; a memory blob's data section need not start
-  // on one (its alignment holds relative to the blob).
-  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t first = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
-  const size_t pages_length = reinterpret_cast<uintptr_t>(data) + length - first;
-  if (mode == Prefetch::kWillNeed) {
-    ::madvise(reinterpret_cast<void*>(first), pages_length, MADV_WILLNEED);
-    return warnings;
-  }
-  // One call maps every page (Linux 5.14+): 82 ms for 1 GiB of shared
-  // memory here, against 110 ms for reading one byte a page, the fallback
-  // (volatile keeps that loop).
-#ifdef MADV_POPULATE_READ
-  const bool populated = ::madvise(reinterpret_cast<void*>(first), pages_length, MADV_POPULATE_READ) == 0;
-#else
-  const bool populated = false;
-#endif
-  if (!populated) {
-    volatile uint8_t sink = 0;
-    for (size_t off = 0; off < length; off += page) sink = sink ^ data[off];
-  }
-  if (mode == Prefetch::kLock && ::mlock(data, length) != 0) {
-    struct rlimit limit {};
-    ::getrlimit(RLIMIT_MEMLOCK, &limit);
-    warnings.push_back(blob.path() + ": cannot lock " + std::to_string(length) + " bytes in memory (" +
-                       errno_text(errno) + "; RLIMIT_MEMLOCK is " + std::to_string(limit.rlim_cur) +
-                       " bytes): raise it with ulimit -l or LimitMEMLOCK=; pages were prefetched, not locked");
-  }
-  return warnings;
-}
 
 // An empty tensor of the entry's dtype (and quantizer) to bind a storage to.
 at::Tensor empty_like_entry(const format::TensorEntry& t, at::ScalarType dtype, const c10::Device& device) {
@@ -74,43 +26,36 @@ at::Tensor empty_like_entry(const format::TensorEntry& t, at::ScalarType dtype, 
 }
 
 at::Tensor bind(const format::TensorEntry& t, const std::vector<c10::Storage>& storages, const c10::Device& device,
-                bool as_saved) {
+                Flags flags) {
   at::Tensor bound = empty_like_entry(t, dtype_from_name(t.dtype), device)
                          .set_(storages[t.storage], static_cast<int64_t>(t.storage_offset), t.sizes, t.strides);
-  if (as_saved && t.requires_grad) bound.requires_grad_(true);
+  if (flags == Flags::kAsPacked && t.requires_grad) bound.requires_grad_(true);
   return bound;
 }
 
 }  // namespace
 
-Error needs_python(const std::string& blob, const std::string& model) {
-  return Error(ErrorCode::kBadModel, blob + ": model '" + model +
-                                         "' is an eager PyTorch module (skeleton kind python_pickle), not "
-                                         "TorchScript; unwrap it from Python with the zcwrap package");
+Error needs_python(const BlobFile& blob, size_t model) {
+  const format::SkeletonEntry& sk = blob.manifest().models[model].skeleton;
+  const std::string_view what = format::skeleton_kind_info(format::skeleton_kind(sk.kind)).description;
+  return Error(ErrorCode::kBadModel, blob.path() + ": model '" + blob.manifest().models[model].name + "' is " +
+                                         std::string(what) + " (skeleton kind " + sk.kind +
+                                         "), not TorchScript; unwrap it from Python with the zcwrap package");
 }
 
 std::vector<at::Tensor> bind_tensors(const BlobFile& blob, size_t index, const std::vector<c10::Storage>& storages,
-                                     const c10::Device& device, bool as_saved) {
+                                     const c10::Device& device, Flags flags) {
   std::vector<at::Tensor> out;
   for (const format::TensorEntry& t : blob.manifest().models[index].tensors) {
-    out.push_back(bind(t, storages, device, as_saved));
+    out.push_back(bind(t, storages, device, flags));
   }
   return out;
 }
 
-torch::jit::Module rebuild_model(const BlobFile& blob, size_t index, const std::vector<c10::Storage>& storages,
-                                 const c10::Device& device, bool as_saved) {
+torch::jit::Module rebuild_module(const BlobFile& blob, size_t index, const std::vector<c10::Storage>& storages,
+                                  const c10::Device& device, Flags flags, std::vector<at::Tensor>* bound) {
   const format::ModelEntry& entry = blob.manifest().models[index];
   const std::string where = blob.path() + ": model '" + entry.name + "'";
-  switch (format::skeleton_kind(entry.skeleton.kind)) {
-    case format::SkeletonKind::kTorchScript:
-      break;
-    case format::SkeletonKind::kPythonPickle:
-      throw needs_python(blob.path(), entry.name);
-    case format::SkeletonKind::kUnknown:
-      throw Error(ErrorCode::kBadBlob, where + ": skeleton kind '" + entry.skeleton.kind +
-                                           "' is not supported by this zcwrap; upgrade zcwrap");
-  }
   torch::jit::Module module;
   try {
     std::istringstream in(blob.skeleton(index));
@@ -139,57 +84,16 @@ torch::jit::Module rebuild_model(const BlobFile& blob, size_t index, const std::
       throw Error(ErrorCode::kBadBlob,
                   where + ": tensor '" + path + "' is " + t.dtype + " in the manifest but not in the skeleton");
     }
-    return bind(t, storages, device, as_saved);
+    at::Tensor tensor = bind(t, storages, device, flags);
+    if (bound != nullptr) bound->push_back(tensor);
+    return tensor;
   });
   if (next != entry.tensors.size()) {
     throw Error(ErrorCode::kBadBlob, where + ": manifest lists " + std::to_string(entry.tensors.size()) +
                                          " tensors, the skeleton holds " + std::to_string(next));
   }
-  if (!as_saved) module.eval();
+  if (flags == Flags::kInference) module.eval();
   return module;
-}
-
-std::shared_ptr<Unwrapped::State> unwrap_blob(const std::shared_ptr<const BlobFile>& blob,
-                                              const UnwrapOptions& options, bool bind_only_pickles) {
-  const c10::Device target = parse_device(options.device);
-  const char* verify_env = std::getenv("ZCWRAP_VERIFY");
-  if (options.verify || (verify_env != nullptr && std::string(verify_env) == "1")) {
-    const std::vector<size_t> bad = blob->bad_storages();
-    if (!bad.empty()) {
-      throw Error(ErrorCode::kBadBlob, blob->path() + ": storage " + std::to_string(bad.front()) + " (" +
-                                           blob->storage_user(bad.front()) +
-                                           ") fails its checksum: the blob is corrupt; re-pack it");
-    }
-  }
-  auto state = std::make_shared<Unwrapped::State>();
-  state->warnings = prefetch(*blob, options.prefetch);
-  state->blob = blob;
-  state->standalone = blob->manifest().standalone;
-  state->device = target.str();
-  for (const format::ModelEntry& m : blob->manifest().models) {
-    const format::SkeletonKind kind = format::skeleton_kind(m.skeleton.kind);
-    if (kind == format::SkeletonKind::kPythonPickle && !bind_only_pickles) throw needs_python(blob->path(), m.name);
-    state->names.push_back(m.name);
-    state->kinds.push_back(kind);
-  }
-  try {
-    const std::vector<c10::Storage> storages = make_storages(blob, target, options.use_fast_load);
-    for (size_t i = 0; i < blob->manifest().models.size(); ++i) {
-      if (state->kinds[i] == format::SkeletonKind::kPythonPickle) {
-        state->modules.emplace_back();
-        state->tensors.push_back(bind_tensors(*blob, i, storages, target));
-      } else {
-        state->modules.push_back(rebuild_model(*blob, i, storages, target));
-        state->tensors.emplace_back();
-      }
-    }
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Error(ErrorCode::kDevice,
-                blob->path() + ": cannot place the weights on " + target.str() + ": " + first_line(e));
-  }
-  return state;
 }
 
 }  // namespace zcwrap::detail

@@ -11,6 +11,7 @@
 #include "rebind.hpp"
 #include "text.hpp"
 #include "torch_util.hpp"
+#include "messages.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/model_wrapper.hpp"
 #include "wrapper_access.hpp"
@@ -29,8 +30,14 @@ void ModelWrapper::unpack(const std::string& output_path, const std::string& mod
   if (index < 0) {
     throw Error(ErrorCode::kUsage, "no model named '" + model + "'; the blob holds: " + join(names_));
   }
-  if (format::skeleton_kind(blob->manifest().models[index].skeleton.kind) == format::SkeletonKind::kPythonPickle) {
-    throw detail::needs_python(blob_path_, names_[index]);
+  const format::SkeletonKind kind = format::skeleton_kind(blob->manifest().models[index].skeleton.kind);
+  if (kind != format::SkeletonKind::kTorchScript) {
+    if (kind != format::SkeletonKind::kUnknown && format::skeleton_kind_info(kind).rebuilt_in_python) {
+      throw detail::needs_python(*blob, static_cast<size_t>(index));
+    }
+    throw Error(ErrorCode::kBadBlob, blob_path_ + ": model '" + names_[index] + "': skeleton kind '" +
+                                         blob->manifest().models[index].skeleton.kind +
+                                         "' cannot be unpacked by this zcwrap; upgrade zcwrap");
   }
   const std::string skeleton = blob->skeleton(static_cast<size_t>(index));
   torch::jit::ExtraFilesMap extra_files;
@@ -46,8 +53,8 @@ void ModelWrapper::unpack(const std::string& output_path, const std::string& mod
     throw Error(ErrorCode::kBadBlob, blob_path_ + ": skeleton does not read: " + detail::first_line(e));
   }
   torch::jit::Module module =
-      detail::rebuild_model(*blob, static_cast<size_t>(index), detail::make_storages(blob, c10::Device(c10::kCPU)),
-                            c10::Device(c10::kCPU), /*as_saved=*/true);
+      detail::rebuild_module(*blob, static_cast<size_t>(index), detail::make_storages(blob, c10::Device(c10::kCPU)),
+                             c10::Device(c10::kCPU), detail::Flags::kAsPacked);
   std::ostringstream out;
   try {
     detail::sink_tensor_constants(module);

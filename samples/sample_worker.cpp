@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/script.h>
 
+#include "output_digest.hpp"
 #include "sample.hpp"
 #include "zcwrap/zcwrap.hpp"
 
@@ -74,12 +75,6 @@ std::string torch_message(const std::exception& e) {
   return nl == std::string::npos ? text : text.substr(nl + 1);
 }
 
-std::vector<c10::IValue> as_arguments(const c10::IValue& value) {
-  if (!value.isTuple()) return {value};
-  const auto& elements = value.toTupleRef().elements();
-  return std::vector<c10::IValue>(elements.begin(), elements.end());
-}
-
 std::vector<c10::IValue> read_inputs(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
@@ -92,48 +87,6 @@ std::vector<c10::IValue> read_inputs(const std::string& path) {
   } catch (const std::exception& e) {
     throw std::runtime_error(path + ": not a tensor file written by torch.save (" + torch_message(e) + ")");
   }
-}
-
-// FNV-1a over shape and bytes: equal checksums mean bit-equal outputs (up
-// to a 64-bit collision), so the driver compares workers without the
-// tensors crossing the pipe.
-class Digest {
- public:
-  void add(const void* data, size_t size) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < size; ++i) hash_ = (hash_ ^ p[i]) * 0x100000001b3ULL;
-  }
-
-  void add(const c10::IValue& value) {
-    if (value.isTensor()) {
-      const at::Tensor t = value.toTensor().contiguous();
-      for (const int64_t size : t.sizes()) add(&size, sizeof(size));
-      add(t.data_ptr(), t.nbytes());
-    } else if (value.isTuple() || value.isList()) {
-      for (const c10::IValue& e : value.isTuple() ? as_arguments(value) : value.toList().vec()) add(e);
-    } else {
-      throw std::runtime_error(std::string("the model returned a ") + value.tagKind() +
-                               "; the sample compares tensors, tuples and lists of them");
-    }
-  }
-
-  std::string hex() const {
-    char buf[17];
-    std::snprintf(buf, sizeof(buf), "%016" PRIx64, hash_);
-    return buf;
-  }
-
- private:
-  uint64_t hash_ = 0xcbf29ce484222325ULL;
-};
-
-// "Float[2, 4]"; for a tuple or list, its kind.
-std::string describe_output(const c10::IValue& value) {
-  if (!value.isTensor()) return value.tagKind();
-  const at::Tensor& t = value.toTensor();
-  std::string text = std::string(c10::toString(t.scalar_type())) + "[";
-  for (int64_t d = 0; d < t.dim(); ++d) text += (d ? ", " : "") + std::to_string(t.size(d));
-  return text + "]";
 }
 
 double ms_since(Clock::time_point start) {
@@ -152,10 +105,11 @@ nlohmann::json serve(const WorkerArgs& args) {
   zcwrap::Unwrapped modules = zcwrap::ActorWrapper::from_actor(nlohmann::json::parse(args.actor)).load();
   const double load_ms = ms_since(start);
 
-  // A pipeline runs its models in order, each fed the previous one's output.
-  std::vector<torch::jit::Module> chain;
+  // A pipeline runs its models in order, each fed the previous one's
+  // output; run() runs a model whatever its kind.
+  std::vector<zcwrap::Unwrapped::Model> chain;
   for (const std::string& name : args.model.empty() ? modules.names() : std::vector<std::string>{args.model}) {
-    chain.push_back(modules.at(name));
+    chain.push_back(modules.model(name));
   }
 
   torch::NoGradGuard no_grad;
@@ -166,15 +120,15 @@ nlohmann::json serve(const WorkerArgs& args) {
     const auto batch_start = Clock::now();
     std::vector<c10::IValue> arguments = inputs;
     try {
-      for (torch::jit::Module& module : chain) {
-        result = module.forward(arguments);
+      for (zcwrap::Unwrapped::Model& model : chain) {
+        result = model.run(arguments);
         arguments = as_arguments(result);
       }
     } catch (const std::exception& e) {  // the interpreter's errors are not all c10::Error
       throw std::runtime_error(args.input + ": the model failed on this input: " + torch_message(e));
     }
     batch_ms.push_back(ms_since(batch_start));
-    Digest digest;
+    OutputDigest digest;
     digest.add(result);
     if (batch == 0) checksum = digest.hex();
     if (digest.hex() != checksum) throw std::runtime_error("different outputs for the same batch");

@@ -219,11 +219,10 @@ TEST_CASE("inspect and verify show what a blob's Python pickles import: os.syste
   const std::string pipeline = std::string("\x80\x02") + "csubprocess\ncall\nq\x01" + "N\x85R.";
   std::vector<zcwrap::detail::PackInput> inputs;
   for (const auto& [name, pickle] : {std::pair<std::string, std::string>{"evil", evil}, {"plain", plain}}) {
-    zcwrap::detail::EagerModel eager;
-    eager.pickle = pickle;
-    inputs.push_back({name, "crafted " + name, torch::jit::Module(), {}, eager});
+    inputs.push_back({name, "crafted " + name, zcwrap::detail::PythonModel{.skeleton = pickle}});
   }
-  const zcwrap::detail::PreparedBlob blob = zcwrap::detail::prepare_blob(inputs, false, {}, pipeline);
+  const zcwrap::detail::PreparedBlob blob =
+      zcwrap::detail::prepare_blob(inputs, zcwrap::Layout::kPipeline, {}, pipeline);
   const std::string path = dir / "evil.zcb";
   zcwrap::detail::write_blob(blob, path);
 
@@ -263,10 +262,11 @@ TEST_CASE("inspect and verify show what a blob's Python pickles import: os.syste
   CHECK(run_cli({"verify", dir / "ts.zcb"}).out.find("note:") == std::string::npos);
 
   // A pickle whose imports cannot be told is refused, not listed as empty.
-  std::vector<zcwrap::detail::PackInput> unreadable(1);
-  unreadable[0] = {"m", "crafted", torch::jit::Module(), {}, zcwrap::detail::EagerModel{}};
-  unreadable[0].eager->pickle = std::string("\x80\x04\x8c\x02os\x8c\x06system\x94\x93\xff.");
-  zcwrap::detail::write_blob(zcwrap::detail::prepare_blob(unreadable, true, {}), dir / "unreadable.zcb");
+  std::vector<zcwrap::detail::PackInput> unreadable;
+  unreadable.push_back({"m", "crafted", zcwrap::detail::PythonModel{
+                                            .skeleton = std::string("\x80\x04\x8c\x02os\x8c\x06system\x94\x93\xff.")}});
+  zcwrap::detail::write_blob(zcwrap::detail::prepare_blob(unreadable, zcwrap::Layout::kStandalone, {}),
+                             dir / "unreadable.zcb");
   for (const char* command : {"inspect", "verify"}) {
     check_failure(run_cli({command, dir / "unreadable.zcb"}), 4, "model 'm': cannot tell what its pickle imports: byte ");
   }

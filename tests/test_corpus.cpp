@@ -48,7 +48,7 @@ const std::vector<Seed>& corpus() {
     for (const std::string& name : names) {
       const std::string bytes = test::read_bytes(corpus_dir() + "/" + name);
       Seed seed{name, std::vector<uint8_t>(bytes.begin(), bytes.end())};
-      const detail::BlobLayout layout = detail::parse_blob(seed.bytes.data(), seed.bytes.size(), name);
+      const detail::ParsedBlob layout = detail::parse_blob(seed.bytes.data(), seed.bytes.size(), name);
       seed.meta_end = layout.header.skeletons_offset + layout.header.skeletons_length;
       out.push_back(std::move(seed));
     }
@@ -85,7 +85,7 @@ std::vector<uint8_t> mutate(const std::vector<Seed>& seeds, size_t pick, Mutatio
       break;
     case Mutation::kManifestDigit: {
       // The offsets, lengths, sizes and strides the range checks guard.
-      const detail::BlobLayout layout = detail::parse_blob(b.data(), b.size(), seed.name);
+      const detail::ParsedBlob layout = detail::parse_blob(b.data(), b.size(), seed.name);
       const uint64_t start = layout.header.manifest_offset;
       const uint64_t end = start + layout.header.manifest_length;
       for (int tries = 0; tries < 64; ++tries) {
@@ -130,7 +130,7 @@ enum class Verdict { kParsed, kRefused, kRefusedByManifest };
 // contract (an error other than kBadBlob, another exception, or a parsed
 // blob with a range outside the bytes).
 Verdict judge(const std::vector<uint8_t>& b, std::string* wrong) {
-  detail::BlobLayout layout;
+  detail::ParsedBlob layout;
   try {
     layout = detail::parse_blob(b.data(), b.size(), "mutant");
   } catch (const Error& e) {
@@ -161,7 +161,7 @@ TEST_CASE("every corpus blob parses, reads back and is intact") {
   for (const Seed& seed : seeds) {
     CAPTURE(seed.name);
     CHECK(seed.bytes.size() < 128 * 1024);  // a seed corpus stays small
-    const detail::BlobLayout layout = detail::parse_blob(seed.bytes.data(), seed.bytes.size(), seed.name);
+    const detail::ParsedBlob layout = detail::parse_blob(seed.bytes.data(), seed.bytes.size(), seed.name);
     CHECK(test::check_reader_ranges(seed.bytes.data(), seed.bytes.size(), layout) == "");
     auto blob = detail::BlobFile::open(corpus_dir() + "/" + seed.name);
     CHECK(blob->bad_storages(1).empty());
@@ -182,30 +182,30 @@ TEST_CASE("every corpus blob parses, reads back and is intact") {
 
 TEST_CASE("the reader checks catch layouts the parser must refuse") {
   const Seed& seed = corpus().at(0);
-  const detail::BlobLayout good = detail::parse_blob(seed.bytes.data(), seed.bytes.size(), seed.name);
+  const detail::ParsedBlob good = detail::parse_blob(seed.bytes.data(), seed.bytes.size(), seed.name);
   REQUIRE(good.manifest.storages.size() >= 2);
   REQUIRE(!good.manifest.models.at(0).tensors.empty());
   struct Case {
     const char* name;
-    void (*edit)(detail::BlobLayout&);
+    void (*edit)(detail::ParsedBlob&);
     const char* expected;
   };
   const Case cases[] = {
-      {"DATA_SECTION_PAST_END", [](detail::BlobLayout& l) { l.header.data_length += 1; }, "data section"},
-      {"STORAGE_PAST_DATA", [](detail::BlobLayout& l) { l.manifest.storages.back().nbytes = UINT64_MAX; },
+      {"DATA_SECTION_PAST_END", [](detail::ParsedBlob& l) { l.header.data_length += 1; }, "data section"},
+      {"STORAGE_PAST_DATA", [](detail::ParsedBlob& l) { l.manifest.storages.back().nbytes = UINT64_MAX; },
        "outside the data section"},
-      {"STORAGE_OVERLAP", [](detail::BlobLayout& l) { l.manifest.storages[1].offset = 0; }, "overlaps"},
+      {"STORAGE_OVERLAP", [](detail::ParsedBlob& l) { l.manifest.storages[1].offset = 0; }, "overlaps"},
       {"TENSOR_PAST_STORAGE",
-       [](detail::BlobLayout& l) { l.manifest.models[0].tensors[0].storage_offset = UINT64_MAX / 16; },
+       [](detail::ParsedBlob& l) { l.manifest.models[0].tensors[0].storage_offset = UINT64_MAX / 16; },
        "reaches past its storage"},
       {"SKELETON_PAST_SECTION",
-       [](detail::BlobLayout& l) { l.manifest.models[0].skeleton.offset = l.header.skeletons_length; },
+       [](detail::ParsedBlob& l) { l.manifest.models[0].skeleton.offset = l.header.skeletons_length; },
        "skeleton outside its section"},
   };
   CHECK(test::check_reader_ranges(seed.bytes.data(), seed.bytes.size(), good) == "");
   for (const Case& c : cases) {
     CAPTURE(c.name);
-    detail::BlobLayout bad = good;
+    detail::ParsedBlob bad = good;
     c.edit(bad);
     const std::string wrong = test::check_reader_ranges(seed.bytes.data(), seed.bytes.size(), bad);
     CHECK_MESSAGE(wrong.find(c.expected) != std::string::npos, wrong);

@@ -15,6 +15,7 @@
 #include "placement.hpp"
 #include "fast_load.hpp"
 #include "torch_util.hpp"
+#include "tensor_walk.hpp"
 
 using zcwrap::Error;
 using zcwrap::ErrorCode;

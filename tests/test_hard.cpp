@@ -14,6 +14,7 @@
 
 #include "mapped_load.hpp"
 #include "torch_util.hpp"
+#include "messages.hpp"
 
 using nlohmann::json;
 using zcwrap::Layout;
@@ -219,7 +220,8 @@ TEST_CASE("pack's mapped load gives the same outputs as torch::jit::load, or dec
     CAPTURE(name);
     const std::string model_path = test::fixture(fx["file"]);
     torch::jit::ExtraFilesMap extra;
-    std::optional<torch::jit::Module> mapped = zcwrap::detail::load_mapped(model_path, extra);
+    std::optional<torch::jit::Module> mapped =
+        zcwrap::detail::load_mapped(zcwrap::detail::open_model_source(model_path), extra);
     if (fx["kind"].get<std::string>().rfind("quantized", 0) == 0) {
       CHECK_FALSE(mapped.has_value());  // loading them reads tensor values
       continue;

@@ -2,10 +2,12 @@
 // torch::jit::load of the original bit for bit, and points into the mapping.
 #include "torch_support.hpp"  // first: see there
 
+#include <algorithm>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -319,7 +321,7 @@ TEST_CASE("from_pipeline and ActorWrapper round-trip through the actor config") 
   options.store_dir = store.path();
   std::vector<std::pair<std::string, torch::jit::Module>> models = {
       {"a", torch::jit::load(test::fixture("pipeline_a.pt"))}, {"b", torch::jit::load(test::fixture("pipeline_b.pt"))}};
-  zcwrap::ActorWrapper actor(models, "cpu", options);
+  zcwrap::ActorWrapper actor(models, "cpu", /*use_fast_load=*/false, options);
   const json config = actor.to_actor();
   CHECK(config["device"] == "cpu");
   CHECK(config["models"] == json({"a", "b"}));
@@ -333,6 +335,63 @@ TEST_CASE("from_pipeline and ActorWrapper round-trip through the actor config") 
   CHECK(message.find("given twice") != std::string::npos);
   CHECK(error_code_of([&] { ModelWrapper::from_pipeline({{"a b", models[0].second}}, options); }) ==
         ErrorCode::kUsage);
+}
+
+TEST_CASE("Unwrapped's models: one handle for every kind, with its tensors, kind and run()") {
+  test::TempDir dir;
+  const std::string blob = dir / "p.zcb";
+  const ModelWrapper w = ModelWrapper::pack_files(
+      {{"a", test::fixture("pipeline_a.pt")}, {"b", test::fixture("pipeline_b.pt")}}, Layout::kPipeline, blob);
+  CHECK((w.model_kinds() == std::vector<std::string>{"torchscript", "torchscript"}));
+  CHECK((ModelWrapper::open(blob).model_kinds() == w.model_kinds()));
+  Unwrapped u = w.unwrap();
+  std::vector<Unwrapped::Model> models = u.models();
+  REQUIRE(models.size() == 2);
+  for (Unwrapped::Model& m : models) {
+    CAPTURE(m.name());
+    CHECK(m.kind() == "torchscript");
+    CHECK(m.is_torchscript());
+    // tensors(): every tensor of the manifest, in its order, inside the mapping.
+    const json manifest_tensors = json(zcwrap::describe(blob))["models"][m.name() == "a" ? 0 : 1]["tensors"];
+    REQUIRE(m.tensors().size() == manifest_tensors.size());
+    for (size_t i = 0; i < m.tensors().size(); ++i) {
+      CHECK(test::points_into(m.tensors()[i], u));
+      CHECK(m.tensors()[i].sizes().vec() == manifest_tensors[i]["shape"].get<std::vector<int64_t>>());
+    }
+  }
+  const void* emb = attr_tensor(models[0].module(), "emb.weight").data_ptr();
+  CHECK(std::any_of(models[0].tensors().begin(), models[0].tensors().end(),
+                    [&](const at::Tensor& t) { return t.data_ptr() == emb; }));
+  // run() is the module's forward, bit for bit; a handle outlives the Unwrapped it came from.
+  const std::vector<c10::IValue> inputs = test::load_inputs(test::fixture("pipeline_a_in.pt"));
+  const c10::IValue expected = u.at("a").forward(inputs);
+  Unwrapped::Model a = u.model("a");
+  u = w.unwrap();
+  std::string why;
+  CHECK_MESSAGE(test::bit_equal(expected, a.run(inputs), &why), why);
+  std::string message;
+  CHECK(error_code_of([&] { u.model(); }, &message) == ErrorCode::kUsage);
+  CHECK(message.find("holds a pipeline") != std::string::npos);
+  CHECK(error_code_of([&] { u.model("c"); }, &message) == ErrorCode::kUsage);
+  CHECK(message.find("the blob holds: a, b") != std::string::npos);
+}
+
+TEST_CASE("ActorWrapper's config carries device and use_fast_load, each with the constructor's default") {
+  test::TempDir dir;
+  const std::string blob = dir / "m.zcb";
+  const ModelWrapper w = ModelWrapper::pack_files({{"m", test::fixture("pipeline_a.pt")}}, Layout::kStandalone, blob);
+  const json config = zcwrap::ActorWrapper(w, "cpu", /*use_fast_load=*/true).to_actor();
+  CHECK(config["use_fast_load"] == true);
+  const zcwrap::ActorWrapper back = zcwrap::ActorWrapper::from_actor(config);
+  CHECK(back.device() == "cpu");
+  CHECK(back.use_fast_load());
+  // The Python package's configs name neither when they are the defaults.
+  const zcwrap::ActorWrapper plain = zcwrap::ActorWrapper::from_actor(w.to_actor());
+  CHECK(plain.device() == "cpu");
+  CHECK_FALSE(plain.use_fast_load());
+  json bad = w.to_actor();
+  bad["device"] = 3;
+  CHECK(error_code_of([&] { zcwrap::ActorWrapper::from_actor(bad); }) == ErrorCode::kBadBlob);
 }
 
 TEST_CASE("an actor config that no longer matches its blob is refused") {

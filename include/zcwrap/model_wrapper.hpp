@@ -19,6 +19,12 @@
 namespace torch::jit {
 struct Module;
 }  // namespace torch::jit
+namespace at {
+class Tensor;
+}  // namespace at
+namespace c10 {
+struct IValue;
+}  // namespace c10
 
 namespace zcwrap {
 
@@ -28,9 +34,10 @@ namespace detail {
 class BlobFile;
 struct ActorConfig;
 struct WrapperAccess;  // the runtime's own access (runtime/wrapper_access.hpp)
+struct UnwrappedModel;
 }  // namespace detail
 
-/// The TorchScript modules rebuilt from a blob, ready to run.
+/// The models rebuilt from a blob, ready to run.
 ///
 /// On "cpu" every shared tensor points into one read-only MAP_SHARED mapping
 /// of the blob, so the weights take no memory of their own and all workers
@@ -41,14 +48,50 @@ struct WrapperAccess;  // the runtime's own access (runtime/wrapper_access.hpp)
 ///
 /// Modules come back in eval mode, tensors with requires_grad false; run
 /// them under torch::NoGradGuard or torch::InferenceMode. Copies share the
-/// same modules. Like torch::jit::Module, not synchronized: threads may run
-/// the modules concurrently but must not mutate them.
+/// same models. Like torch::jit::Module, not synchronized: threads may run
+/// the models concurrently but must not mutate them.
 class Unwrapped {
  public:
-  /// The standalone module. Throws Error(kUsage) for a pipeline.
-  torch::jit::Module& module();
-  /// One model of a pipeline, or the standalone one by its name. Throws
+  struct State;  ///< implementation detail
+
+  /// One model of the blob, whatever its skeleton kind. A handle: copies
+  /// refer to the same model, which lives as long as any handle on it.
+  class Model {
+   public:
+    const std::string& name() const;
+    /// The skeleton kind, as the manifest names it: "torchscript", or a kind
+    /// the Python package rebuilds ("python_pickle", "torch_export").
+    const std::string& kind() const;
+    bool is_torchscript() const;
+    /// The TorchScript module. Throws Error(kUsage) for another kind.
+    torch::jit::Module& module();
+    /// Every tensor the blob holds for this model, in the manifest's order,
+    /// over the placed storages.
+    const std::vector<at::Tensor>& tensors() const;
+    /// Runs the model on `inputs` and returns its output, whatever its kind
+    /// (a TorchScript module's forward). Throws Error(kUsage) for a kind
+    /// that runs in Python only; what the model throws passes through.
+    c10::IValue run(std::vector<c10::IValue> inputs);
+
+   private:
+    friend struct detail::WrapperAccess;
+    friend class Unwrapped;
+    Model(std::shared_ptr<State> state, detail::UnwrappedModel* model)
+        : state_(std::move(state)), model_(model) {}
+    std::shared_ptr<State> state_;
+    detail::UnwrappedModel* model_;  // inside *state_
+  };
+
+  /// The standalone model. Throws Error(kUsage) for a pipeline.
+  Model model() const;
+  /// One model of a pipeline, or the standalone one, by its name. Throws
   /// Error(kUsage) listing the names when there is no such model.
+  Model model(const std::string& name) const;
+  /// Every model, in pack order.
+  std::vector<Model> models() const;
+  /// model().module(): the standalone TorchScript module.
+  torch::jit::Module& module();
+  /// model(name).module(): a TorchScript model by its name.
   torch::jit::Module& at(const std::string& name);
   /// Model names in pack order.
   std::vector<std::string> names() const;
@@ -63,10 +106,9 @@ class Unwrapped {
   /// refused, huge pages unavailable), one line each.
   const std::vector<std::string>& warnings() const;
 
-  struct State;  ///< implementation detail
-
  private:
   friend class ModelWrapper;
+  friend struct detail::WrapperAccess;
   explicit Unwrapped(std::shared_ptr<State> state) : state_(std::move(state)) {}
   std::shared_ptr<State> state_;
 };
@@ -159,6 +201,9 @@ class ModelWrapper {
 
   bool is_standalone_module() const { return standalone_; }
   std::vector<std::string> model_names() const { return names_; }
+  /// Each model's skeleton kind as the manifest names it ("torchscript",
+  /// "python_pickle", "torch_export"), in model_names() order.
+  const std::vector<std::string>& model_kinds() const { return kinds_; }
   /// The blob file's absolute path; for a memory blob, its name.
   const std::string& blob_path() const { return blob_path_; }
   bool in_memory() const { return memory_ != nullptr; }
@@ -183,37 +228,43 @@ class ModelWrapper {
   uint64_t meta_checksum_ = 0;
   bool standalone_ = false;
   std::vector<std::string> names_;
+  std::vector<std::string> kinds_;
 };
 
-/// ray-zerocopy's primary API, in C++: wrap a model (or pipeline) once in the driver with
-/// the device its workers use, send to_actor() to each worker, and call
-/// from_actor(config).load() there.
+/// ray-zerocopy's primary API, in C++: wrap a model (or pipeline) once in
+/// the driver with the device its workers use, send to_actor() to each
+/// worker, and call from_actor(config).load() there. The Python package's
+/// ActorWrapper reads and writes the same configs.
 class ActorWrapper {
  public:
   /// Packs `model` like ModelWrapper::from_model. Throws as that does.
-  explicit ActorWrapper(const torch::jit::Module& model, std::string device = "cpu",
+  explicit ActorWrapper(const torch::jit::Module& model, std::string device = "cpu", bool use_fast_load = false,
                         const PackOptions& options = {});
   /// Packs a pipeline like ModelWrapper::from_pipeline.
   explicit ActorWrapper(const std::vector<std::pair<std::string, torch::jit::Module>>& models,
-                        std::string device = "cpu", const PackOptions& options = {});
-  ActorWrapper(ModelWrapper wrapper, std::string device);
+                        std::string device = "cpu", bool use_fast_load = false, const PackOptions& options = {});
+  explicit ActorWrapper(ModelWrapper wrapper, std::string device = "cpu", bool use_fast_load = false);
 
-  /// Unwraps onto the device given at wrap time.
+  /// Unwraps onto the device (and with use_fast_load) given at wrap time.
   Unwrapped load() const;
-  /// As load(), with the other unwrap choices; options.device is replaced by
-  /// the device given at wrap time.
+  /// As load(), with the other unwrap choices; options.device and
+  /// options.use_fast_load are replaced by those given at wrap time.
   Unwrapped load(UnwrapOptions options) const;
-  /// ModelWrapper::to_actor() plus "device".
+  /// ModelWrapper::to_actor() plus "device" and "use_fast_load".
   nlohmann::json to_actor() const;
-  /// Throws as ModelWrapper::from_actor, and Error(kBadBlob) without "device".
+  /// Throws as ModelWrapper::from_actor, and Error(kBadBlob) for a "device"
+  /// that is not a string or a "use_fast_load" that is not a bool; each
+  /// defaults as in the constructor when absent.
   static ActorWrapper from_actor(const nlohmann::json& actor_config);
 
   const ModelWrapper& wrapper() const { return wrapper_; }
   const std::string& device() const { return device_; }
+  bool use_fast_load() const { return use_fast_load_; }
 
  private:
   ModelWrapper wrapper_;
   std::string device_;
+  bool use_fast_load_ = false;
 };
 
 }  // namespace zcwrap

@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <iterator>
 #include <string>
+#include <string_view>
 
 namespace zcwrap {
 
@@ -45,6 +47,15 @@ enum class Prefetch {
   kLock,      ///< kPopulate, then mlock() the data section; if RLIMIT_MEMLOCK is too low this is a
               ///< warning (Unwrapped::warnings()), not an error
 };
+
+/// The names of the Prefetch modes, in enum order: what `zcwrap --prefetch`
+/// and the Python package's prefetch= take.
+inline constexpr std::string_view kPrefetchNames[] = {"none", "willneed", "populate", "lock"};
+static_assert(std::size(kPrefetchNames) == static_cast<size_t>(Prefetch::kLock) + 1, "one name per Prefetch");
+/// The mode named `name`. Throws Error(kUsage) listing the names for another.
+Prefetch parse_prefetch(std::string_view name);
+/// The name of `mode`.
+inline std::string_view prefetch_name(Prefetch mode) { return kPrefetchNames[static_cast<size_t>(mode)]; }
 
 /// How to unwrap. unwrap(device, use_fast_load) is unwrap({device, use_fast_load}).
 struct UnwrapOptions {

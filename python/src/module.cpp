@@ -1,6 +1,7 @@
-// zcwrap._C: the Python package's bridge to libzcwrap. The Python side
-// (python/zcwrap/) holds the API; this module packs, opens and unwraps, and
-// turns zcwrap::Error into the zcwrap.Error subclass of its code.
+// zcwrap._C: libzcwrap's own ModelWrapper, Unwrapped and Unwrapped::Model
+// as Python classes, for the Python package (python/zcwrap/), which holds the
+// API and the kinds of skeleton it makes itself; zcwrap::Error becomes the
+// zcwrap.Error subclass of its code.
 //
 // Built against the torch it runs with (torch's own pybind11, whose casters
 // turn at::Tensor and torch::jit::Module into torch's Python objects).
@@ -18,17 +19,17 @@
 
 #include "blob_file.hpp"
 #include "fault_guard.hpp"
+#include "messages.hpp"
 #include "pack.hpp"
 #include "pickle_scan.hpp"
-#include "rebind.hpp"
-#include "store.hpp"
 #include "torch_util.hpp"
+#include "unwrap.hpp"
+#include "wrapper_access.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/inspect.hpp"
 #include "zcwrap/model_wrapper.hpp"
 #include "zcwrap/store.hpp"
 #include "zcwrap/version.hpp"
-#include "wrapper_access.hpp"
 
 namespace py = pybind11;
 using nlohmann::json;
@@ -51,104 +52,6 @@ auto without_gil(Fn&& fn) {
   }
 }
 
-// A store blob's shared lock (flock), held by a Python wrapper: opaque.
-struct StoreLock {
-  std::shared_ptr<const void> held;
-};
-
-// The blob a Python wrapper opened and checked (from_actor, open), kept so
-// that its unwrap maps nothing again: one open per operation.
-struct OpenedBlob {
-  std::shared_ptr<const zcwrap::detail::BlobFile> blob;
-};
-
-zcwrap::format::TensorKind kind_from_name(const std::string& name) {
-  using zcwrap::format::TensorKind;
-  if (name == "parameter") return TensorKind::kParameter;
-  if (name == "buffer") return TensorKind::kBuffer;
-  return TensorKind::kAttribute;
-}
-
-// models: [(name, "torchscript", torch._C.ScriptModule) or
-//          (name, "python_pickle", (pickle bytes, [(path, kind, tensor)], unshared bytes))].
-// Writes to `blob_path`, or into the store when it is empty. Returns the
-// actor config as JSON text and, for the store, the lock that keeps gc away
-// from the blob while the Python wrapper holds it. `pipeline_pickle` (bytes
-// or None): a pipeline object's other attributes, stored in the blob.
-std::pair<std::string, StoreLock> pack(const py::list& models, bool standalone, const std::string& blob_path, const std::string& store_dir,
-                 uint64_t alignment, uint32_t file_mode, const py::object& pipeline_pickle) {
-  std::optional<std::string> pipeline;
-  if (!pipeline_pickle.is_none()) pipeline = pipeline_pickle.cast<py::bytes>().cast<std::string>();
-  std::vector<zcwrap::detail::PackInput> inputs;
-  std::vector<std::pair<std::string, torch::jit::Module>> scripted;
-  for (const py::handle item : models) {
-    const auto entry = item.cast<py::tuple>();
-    const auto name = entry[0].cast<std::string>();
-    const auto kind = entry[1].cast<std::string>();
-    if (zcwrap::format::skeleton_kind(kind) == zcwrap::format::SkeletonKind::kTorchScript) {
-      scripted.emplace_back(name, entry[2].cast<torch::jit::Module>());
-      inputs.push_back({name, "module '" + name + "'", {}, {}, std::nullopt});
-    } else {
-      const auto payload = entry[2].cast<py::tuple>();
-      zcwrap::detail::EagerModel eager;
-      eager.pickle = payload[0].cast<std::string>();
-      for (const py::handle t : payload[1].cast<py::list>()) {
-        const auto tensor = t.cast<py::tuple>();
-        eager.tensors.push_back({tensor[0].cast<std::string>(), kind_from_name(tensor[1].cast<std::string>()),
-                                 tensor[2].cast<at::Tensor>()});
-      }
-      eager.unshared_bytes = payload[2].cast<uint64_t>();
-      inputs.push_back({name, "module '" + name + "'", {}, {}, std::move(eager)});
-    }
-  }
-  return without_gil([&] {
-    // TorchScript modules are copied (saved and reloaded) so the packer never
-    // touches the caller's tensors.
-    size_t next = 0;
-    for (zcwrap::detail::PackInput& input : inputs) {
-      if (!input.eager) input = zcwrap::detail::copy_module(input.name, scripted[next++].second);
-    }
-    zcwrap::PackOptions options;
-    options.alignment = alignment;
-    options.store_dir = store_dir;
-    options.store_file_mode = file_mode;
-    const zcwrap::detail::PreparedBlob blob = zcwrap::detail::prepare_blob(inputs, standalone, options, pipeline);
-    if (blob_path.empty()) {
-      const zcwrap::ModelWrapper wrapper = zcwrap::detail::stored_wrapper(blob, options);
-      return std::make_pair(wrapper.to_actor().dump(), StoreLock{zcwrap::detail::store_lock(wrapper)});
-    }
-    zcwrap::detail::write_blob(blob, blob_path);
-    return std::make_pair(zcwrap::detail::written_wrapper(blob_path, blob).to_actor().dump(), StoreLock{});
-  });
-}
-
-// What Python needs to know of a blob: names, kinds, standalone.
-py::dict summary(const zcwrap::detail::BlobFile& blob) {
-  py::list names, kinds;
-  for (const auto& m : blob.manifest().models) {
-    names.append(m.name);
-    kinds.append(m.skeleton.kind);
-  }
-  py::dict out;
-  out["models"] = names;
-  out["kinds"] = kinds;
-  out["standalone"] = blob.manifest().standalone;
-  out["blob_size"] = blob.size();
-  out["meta_checksum"] = zcwrap::format::hex64(blob.header().meta_checksum);
-  return out;
-}
-
-std::shared_ptr<const zcwrap::detail::BlobFile> open_config(const std::string& config_text, bool copy_on_write) {
-  json config;
-  try {
-    config = json::parse(config_text);
-  } catch (const json::exception& e) {
-    throw Error(ErrorCode::kBadBlob, std::string("actor config: not JSON: ") + e.what());
-  }
-  // from_actor checks every field and the pins, on the mapping unwrap then uses.
-  return zcwrap::detail::checked_blob(zcwrap::ModelWrapper::from_actor(config), copy_on_write);
-}
-
 // A Python buffer held for as long as the blob made from it: released
 // under the GIL, on whichever thread drops the last tensor.
 struct HeldBuffer {
@@ -160,56 +63,59 @@ struct HeldBuffer {
   }
 };
 
-std::shared_ptr<const zcwrap::detail::BlobFile> open_buffer(const py::object& buffer, const std::string& name,
-                                                            bool copy_on_write = false) {
+// A model for pack: a TorchScript module, or a kind the Python package made
+// the skeleton of (its tensors in the order the skeleton refers to them).
+struct PackModel {
+  std::string name;
+  std::optional<torch::jit::Module> script;
+  zcwrap::detail::PythonModel python;
+};
+
+zcwrap::ModelWrapper pack(const std::vector<PackModel>& models, bool standalone, const std::string& blob_path,
+                          const std::string& store_dir, uint64_t alignment, uint32_t file_mode,
+                          const std::optional<py::bytes>& pipeline_object) {
+  std::optional<std::string> pipeline;
+  if (pipeline_object) pipeline = std::string(*pipeline_object);
+  zcwrap::PackOptions options;
+  options.alignment = alignment;
+  options.store_dir = store_dir;
+  options.store_file_mode = file_mode;
+  return without_gil([&] {
+    // TorchScript modules are copied (saved and reloaded) so the packer never
+    // touches the caller's tensors.
+    std::vector<zcwrap::detail::PackInput> inputs;
+    for (const PackModel& m : models) {
+      if (m.script) {
+        inputs.push_back(zcwrap::detail::copy_module(m.name, *m.script));
+      } else {
+        inputs.push_back({m.name, "module '" + m.name + "'", m.python});
+      }
+    }
+    const zcwrap::Layout layout = standalone ? zcwrap::Layout::kStandalone : zcwrap::Layout::kPipeline;
+    return zcwrap::detail::WrapperAccess::pack(inputs, layout, options, pipeline, blob_path).wrapper;
+  });
+}
+
+zcwrap::ModelWrapper from_buffer(const py::object& buffer, const std::string& name) {
   auto held = std::make_shared<HeldBuffer>();
   if (PyObject_GetBuffer(buffer.ptr(), &held->view, PyBUF_SIMPLE) != 0) throw py::error_already_set();
-  const void* data = held->view.buf;
-  const auto size = static_cast<size_t>(held->view.len);
-  return without_gil([&] { return zcwrap::detail::BlobFile::open_memory(data, size, held, name, copy_on_write); });
+  zcwrap::MemoryBlob memory{held->view.buf, static_cast<size_t>(held->view.len), held, name};
+  return without_gil([&] { return zcwrap::ModelWrapper::from_memory(std::move(memory)); });
 }
 
-zcwrap::Prefetch prefetch_from_name(const std::string& name) {
-  if (name == "none") return zcwrap::Prefetch::kNone;
-  if (name == "willneed") return zcwrap::Prefetch::kWillNeed;
-  if (name == "populate") return zcwrap::Prefetch::kPopulate;
-  if (name == "lock") return zcwrap::Prefetch::kLock;
-  throw Error(ErrorCode::kUsage, "prefetch '" + name + "': use none, willneed, populate or lock");
-}
-
-// Unwraps every model. Returns (standalone, models, warnings, (mapping start,
-// size), the pipeline object's pickle or None); each model is (name, kind,
-// ScriptModule or None, tensors, pickle bytes or None).
-py::tuple unwrap(const std::shared_ptr<const zcwrap::detail::BlobFile>& blob, const std::string& device,
-                 bool use_fast_load, bool verify, bool copy_on_write, const std::string& prefetch) {
+zcwrap::Unwrapped unwrap(const zcwrap::ModelWrapper& wrapper, const std::string& device, bool use_fast_load,
+                         bool verify, bool copy_on_write, const std::string& prefetch) {
   zcwrap::UnwrapOptions options;
   options.device = device;
   options.use_fast_load = use_fast_load;
   options.verify = verify;
   options.copy_on_write = copy_on_write;
-  options.prefetch = prefetch_from_name(prefetch);
-  std::vector<std::string> pickles;
-  std::optional<std::string> pipeline;
-  auto state = without_gil([&] {
-    auto s = zcwrap::detail::unwrap_blob(blob, options, /*bind_only_pickles=*/true);
-    for (size_t i = 0; i < s->names.size(); ++i) {
-      pickles.push_back(s->kinds[i] == zcwrap::format::SkeletonKind::kPythonPickle ? blob->skeleton(i) : "");
-    }
-    pipeline = blob->pipeline_pickle();
-    return s;
+  options.prefetch = zcwrap::parse_prefetch(prefetch);
+  return without_gil([&] {
+    using zcwrap::detail::WrapperAccess;
+    auto blob = WrapperAccess::checked_blob(wrapper, zcwrap::detail::access_of(options));
+    return WrapperAccess::unwrapped(zcwrap::detail::unwrap_blob(blob, options, zcwrap::detail::PythonKinds::kBind));
   });
-  py::list models;
-  for (size_t i = 0; i < state->names.size(); ++i) {
-    const bool pickled = state->kinds[i] == zcwrap::format::SkeletonKind::kPythonPickle;
-    py::list tensors;
-    for (const at::Tensor& t : state->tensors[i]) tensors.append(py::cast(t));
-    models.append(py::make_tuple(state->names[i], zcwrap::format::skeleton_kind_name(state->kinds[i]),
-                                 pickled ? py::none() : py::cast(state->modules[i]), tensors,
-                                 pickled ? py::object(py::bytes(pickles[i])) : py::none()));
-  }
-  const auto base = reinterpret_cast<uintptr_t>(blob->data());
-  return py::make_tuple(state->standalone, models, state->warnings, py::make_tuple(base, blob->size()),
-                        pipeline ? py::object(py::bytes(*pipeline)) : py::none());
 }
 
 }  // namespace
@@ -218,6 +124,9 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "zcwrap's native half; use the zcwrap package, not this module.";
   m.attr("version") = zcwrap::kVersion;
   m.attr("libtorch_version") = zcwrap::kLibTorchVersion;
+  py::list prefetch_names;
+  for (std::string_view name : zcwrap::kPrefetchNames) prefetch_names.append(std::string(name));
+  m.attr("prefetch_names") = py::tuple(prefetch_names);
 
   // zcwrap::Error becomes zcwrap.errors.<class of its code>.
   py::register_exception_translator([](std::exception_ptr p) {
@@ -233,9 +142,93 @@ PYBIND11_MODULE(_C, m) {
   // Writes to the caller's stderr from the SIGSEGV handler: name the option as Python spells it.
   zcwrap::detail::set_copy_on_write_hint("unwrap(copy_on_write=True)");
 
-  py::class_<StoreLock>(m, "StoreLock", "A shared lock on a store blob: zcwrap.gc() leaves the blob while it lives.");
-  m.def("pack", &pack, py::arg("models"), py::arg("standalone"), py::arg("blob_path"), py::arg("store_dir"),
-        py::arg("alignment"), py::arg("file_mode") = 0600, py::arg("pipeline_pickle") = py::none());
+  py::enum_<zcwrap::format::TensorKind>(m, "TensorKind", "What a tensor is to its module.")
+      .value("parameter", zcwrap::format::TensorKind::kParameter)
+      .value("buffer", zcwrap::format::TensorKind::kBuffer)
+      .value("attribute", zcwrap::format::TensorKind::kAttribute);
+
+  py::class_<PackModel>(m, "PackModel", "One model for ModelWrapper.pack.")
+      .def_static("torchscript", [](const std::string& name, const torch::jit::Module& module) {
+        return PackModel{name, module, {}};
+      }, py::arg("name"), py::arg("module"))
+      .def_static("python", [](const std::string& name, const std::string& kind, const py::bytes& skeleton,
+                               const std::vector<std::tuple<std::string, zcwrap::format::TensorKind, at::Tensor>>& tensors,
+                               uint64_t unshared_bytes) {
+        const zcwrap::format::SkeletonKind k = zcwrap::format::skeleton_kind(kind);
+        if (k == zcwrap::format::SkeletonKind::kUnknown || !zcwrap::format::skeleton_kind_info(k).rebuilt_in_python) {
+          throw Error(ErrorCode::kUsage, "skeleton kind '" + kind + "' is not one the Python package makes");
+        }
+        PackModel model{name, std::nullopt, {k, std::string(skeleton), {}, unshared_bytes}};
+        for (const auto& [path, tensor_kind, tensor] : tensors) model.python.tensors.push_back({path, tensor_kind, tensor});
+        return model;
+      }, py::arg("name"), py::arg("kind"), py::arg("skeleton"), py::arg("tensors"), py::arg("unshared_bytes"));
+
+  using zcwrap::ModelWrapper;
+  py::class_<ModelWrapper>(m, "ModelWrapper", "libzcwrap's ModelWrapper: a packed, checked blob.")
+      .def_static("pack", &pack, py::arg("models"), py::arg("standalone"), py::kw_only(), py::arg("blob_path") = "",
+                  py::arg("store_dir") = "", py::arg("alignment") = 4096, py::arg("file_mode") = 0600,
+                  py::arg("pipeline_object") = py::none())
+      .def_static("from_actor", [](const std::string& config) {
+        return without_gil([&] {
+          json parsed;
+          try {
+            parsed = json::parse(config);
+          } catch (const json::exception& e) {
+            throw Error(ErrorCode::kBadBlob, std::string("actor config: not JSON: ") + e.what());
+          }
+          return ModelWrapper::from_actor(parsed);
+        });
+      }, py::arg("config"))
+      .def_static("open", [](const std::string& path) { return without_gil([&] { return ModelWrapper::open(path); }); },
+                  py::arg("path"))
+      .def_static("from_buffer", &from_buffer, py::arg("buffer"), py::arg("name"))
+      .def("to_actor", [](const ModelWrapper& w) { return w.to_actor().dump(); })
+      .def("unwrap", &unwrap, py::kw_only(), py::arg("device") = "cpu", py::arg("use_fast_load") = false,
+           py::arg("verify") = false, py::arg("copy_on_write") = false, py::arg("prefetch") = "none")
+      .def("unpack", [](const ModelWrapper& w, const std::string& output, const std::string& model) {
+        without_gil([&] { w.unpack(output, model); });
+      }, py::arg("output"), py::arg("model") = "")
+      .def("check_pins", [](const ModelWrapper& w, uint64_t size, const std::string& checksum) {
+        uint64_t pinned = 0;
+        if (!zcwrap::format::parse_hex64(checksum, &pinned)) {
+          throw Error(ErrorCode::kBadBlob, w.blob_path() + ": the pinned meta_checksum is not 16 hex digits");
+        }
+        zcwrap::detail::check_pins(*zcwrap::detail::checked_blob(w), {size, pinned}, "this wrapper");
+      }, py::arg("blob_size"), py::arg("meta_checksum"))
+      .def_property_readonly("is_standalone_module", &ModelWrapper::is_standalone_module)
+      .def_property_readonly("model_names", &ModelWrapper::model_names)
+      .def_property_readonly("model_kinds", &ModelWrapper::model_kinds)
+      .def_property_readonly("blob_path", &ModelWrapper::blob_path)
+      .def_property_readonly("blob_size", &ModelWrapper::blob_size)
+      .def_property_readonly("meta_checksum", [](const ModelWrapper& w) { return zcwrap::format::hex64(w.meta_checksum()); })
+      .def_property_readonly("in_memory", &ModelWrapper::in_memory);
+
+  using zcwrap::Unwrapped;
+  py::class_<Unwrapped::Model>(m, "UnwrappedModel", "One model of an unwrap.")
+      .def_property_readonly("name", &Unwrapped::Model::name)
+      .def_property_readonly("kind", &Unwrapped::Model::kind)
+      .def_property_readonly("module", [](Unwrapped::Model& model) -> py::object {
+        if (!model.is_torchscript()) return py::none();
+        return py::cast(model.module());
+      })
+      .def_property_readonly("tensors", &Unwrapped::Model::tensors)
+      // A kind the Python package rebuilds: its skeleton's bytes.
+      .def_property_readonly("skeleton", [](const Unwrapped::Model& model) -> py::object {
+        const auto* python = std::get_if<zcwrap::detail::PythonSkeleton>(&zcwrap::detail::WrapperAccess::model(model).built);
+        if (python == nullptr) return py::none();
+        return py::bytes(python->bytes);
+      });
+  py::class_<Unwrapped>(m, "Unwrapped", "libzcwrap's Unwrapped: every model of a blob, rebuilt or bound.")
+      .def_property_readonly("models", &Unwrapped::models)
+      .def_property_readonly("is_standalone_module", &Unwrapped::is_standalone_module)
+      .def_property_readonly("device", &Unwrapped::device)
+      .def_property_readonly("warnings", &Unwrapped::warnings)
+      .def_property_readonly("pipeline_object", [](const Unwrapped& u) -> py::object {
+        const auto& pipeline = zcwrap::detail::WrapperAccess::state(u)->pipeline_object;
+        if (!pipeline) return py::none();
+        return py::bytes(*pipeline);
+      });
+
   // The globals a pickle imports, read without running it: ([(module, name)],
   // "" or why the pickle cannot be read).
   m.def("pickle_globals", [](const py::bytes& pickle) {
@@ -244,7 +237,7 @@ PYBIND11_MODULE(_C, m) {
     py::list globals;
     for (const zcwrap::detail::PickleGlobal& g : scan.globals) globals.append(py::make_tuple(g.module, g.name));
     return py::make_tuple(globals, scan.error);
-  });
+  }, py::arg("pickle"));
   m.def("store_folder", [](const std::string& store_dir) { return zcwrap::store_folder(store_dir); },
         py::arg("store_dir") = "");
   m.def("gc", [](const std::string& store_dir, bool dry_run) {
@@ -259,58 +252,11 @@ PYBIND11_MODULE(_C, m) {
     }
     return out;
   }, py::arg("store_dir") = "", py::arg("dry_run") = false);
-  m.def("shareable", [](const at::Tensor& t) { return zcwrap::detail::is_shareable(t); });
-  py::class_<OpenedBlob>(m, "OpenedBlob", "A blob mapped and checked once; unwrap_opened unwraps it.");
-  m.def("open_actor", [](const std::string& config) {
-    auto blob = without_gil([&] { return open_config(config, false); });
-    return py::make_tuple(summary(*blob), OpenedBlob{blob});
-  });
-  // (actor config as JSON text, summary, the opened blob): one open.
-  m.def("open_path", [](const std::string& path) {
-    std::string config;
-    auto blob = without_gil([&] {
-      const zcwrap::ModelWrapper wrapper = zcwrap::ModelWrapper::open(path);
-      config = wrapper.to_actor().dump();
-      return zcwrap::detail::checked_blob(wrapper);
-    });
-    return py::make_tuple(config, summary(*blob), OpenedBlob{blob});
-  });
-  m.def("unwrap_opened", [](const OpenedBlob& opened, const std::string& device, bool use_fast_load, bool verify,
-                            const std::string& prefetch) {
-    return unwrap(opened.blob, device, use_fast_load, verify, false, prefetch);
-  }, py::arg("opened"), py::arg("device"), py::arg("use_fast_load"), py::arg("verify"), py::arg("prefetch"));
-  m.def("open_buffer", [](const py::object& buffer, const std::string& name) {
-    auto blob = open_buffer(buffer, name);
-    return py::make_tuple(summary(*blob), OpenedBlob{blob});
-  });
-  m.def("unwrap_actor", [](const std::string& config, const std::string& device, bool use_fast_load, bool verify,
-                           bool copy_on_write, const std::string& prefetch) {
-    auto blob = without_gil([&] { return open_config(config, copy_on_write); });
-    return unwrap(blob, device, use_fast_load, verify, copy_on_write, prefetch);
-  });
-  // `pinned_checksum` (with `pinned_size`), when not empty: the blob the
-  // wrapper was made for; other bytes are Error(kStale) before any unwrap.
-  m.def("unwrap_buffer", [](const py::object& buffer, const std::string& name, const std::string& device,
-                            bool use_fast_load, bool verify, const std::string& prefetch, uint64_t pinned_size,
-                            const std::string& pinned_checksum, bool copy_on_write) {
-    auto blob = open_buffer(buffer, name, copy_on_write);
-    if (!pinned_checksum.empty() && (blob->size() != pinned_size ||
-                                     zcwrap::format::hex64(blob->header().meta_checksum) != pinned_checksum)) {
-      throw Error(ErrorCode::kStale, name + ": is not the blob this wrapper was made for");
-    }
-    return unwrap(blob, device, use_fast_load, verify, copy_on_write, prefetch);
-  }, py::arg("buffer"), py::arg("name"), py::arg("device"), py::arg("use_fast_load"), py::arg("verify"),
-     py::arg("prefetch"), py::arg("pinned_size"), py::arg("pinned_checksum"), py::arg("copy_on_write") = false);
+  m.def("shareable", [](const at::Tensor& t) { return zcwrap::detail::is_shareable(t); }, py::arg("tensor"));
   m.def("describe", [](const std::string& path) {
     return without_gil([&] { return nlohmann::json(zcwrap::describe(path)).dump(); });
-  });
+  }, py::arg("path"));
   m.def("verify", [](const std::string& path) {
     return without_gil([&] { return nlohmann::json(zcwrap::verify(path)).dump(); });
-  });
-  m.def("unpack", [](const std::string& config, const std::string& output, const std::string& model) {
-    without_gil([&] {
-      zcwrap::ModelWrapper::from_actor(json::parse(config)).unpack(output, model);
-      return 0;
-    });
-  });
+  }, py::arg("path"));
 }

@@ -270,11 +270,30 @@ def unpickling(where: str, what: str) -> Iterator[None]:
         raise BadModelError(f"{where}: cannot unpickle {what}: {type(e).__name__}: {first_line(e)}") from e
 
 
+def accepts(obj: Any) -> bool:
+    """Whether this kind packs `obj`: any nn.Module (TorchScript ones are
+    packed as TorchScript before this is asked)."""
+    return isinstance(obj, nn.Module)
+
+
+def check(where: str, skeleton: bytes) -> None:
+    """weights_only's test of a skeleton, before any skeleton is read."""
+    _weights_only.check_pickle(where, "the module", skeleton)
+
+
 def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor], weights_only: bool = False) -> Any:
-    """The module of a ``python_pickle`` skeleton, over `tensors`; with
-    `weights_only`, only if it imports nothing _weights_only refuses."""
+    """The module of a ``python_pickle`` skeleton, over `tensors`, in eval
+    mode; with `weights_only`, only if it imports nothing _weights_only
+    refuses."""
     with unpickling(where, "the module"):
-        return _Unpickler(io.BytesIO(skeleton), tensors, where, "the module", weights_only).load()
+        module = _Unpickler(io.BytesIO(skeleton), tensors, where, "the module", weights_only).load()
+    if isinstance(module, nn.Module):
+        try:
+            module.eval()
+        except RecursionError as e:  # eval() walks the submodules recursively
+            raise BadModelError(f"{where}: its modules nest deeper than Python's recursion limit "
+                                f"({sys.getrecursionlimit()})") from e
+    return module
 
 
 def load_pipeline_object(where: str, pickle_bytes: bytes, weights_only: bool = False) -> Any:

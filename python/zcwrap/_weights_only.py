@@ -124,3 +124,24 @@ def check(where: str, what: str, pickle: bytes) -> None:
     refused = [f"{module}.{name}" for module, name in globals_ if allowed(module, name) is REFUSED]
     if refused:
         raise refusal(where, what, refused)
+
+
+def refuse_by_value(where: str, what: str, pickle_bytes: bytes) -> None:
+    """A pickle that carries code by value (cloudpickle's, for a class or
+    function defined in the driver's __main__ or inside a function) is
+    refused with that reason, before anything is read."""
+    globals_, _ = _C.pickle_globals(pickle_bytes)
+    code = sorted({m for m, _ in globals_ if m.split(".")[0] == "cloudpickle" or m.startswith("ray.cloudpickle")})
+    if code:
+        raise BadModelError(f"{where}: weights_only refuses {what}: it carries code pickled by value "
+                            f"(its pickle imports {', '.join(code)}), because a class or function of it was defined "
+                            "in the driver's __main__ or inside a function; weights_only runs no code from a blob: "
+                            "define the class in a module the workers import and allow it with "
+                            "torch.serialization.add_safe_globals([...])")
+
+
+def check_pickle(where: str, what: str, pickle_bytes: bytes) -> None:
+    """weights_only's whole test of one pickle, before it is read: no code
+    by value (refuse_by_value), and only allowed globals (check)."""
+    refuse_by_value(where, what, pickle_bytes)
+    check(where, what, pickle_bytes)

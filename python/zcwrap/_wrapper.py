@@ -17,9 +17,12 @@ from torch import nn
 from . import _C, _eager, _ray, _tasks, _weights_only
 from .errors import BadBlobError, BadModelError, StaleError, UsageError
 
-_TORCHSCRIPT = "torchscript"
-_PICKLE = "python_pickle"
-_PREFETCH = ("none", "willneed", "populate", "lock")
+_TORCHSCRIPT = "torchscript"  # the kind libzcwrap rebuilds itself
+# The skeleton kinds this package makes and rebuilds, by their manifest name,
+# each a module with accepts(obj), skeleton_of(name, obj), check(where,
+# skeleton) (weights_only, before anything is read) and rebuild(where,
+# skeleton, tensors, weights_only). A model goes to the first that accepts it.
+_KINDS: dict[str, Any] = {"python_pickle": _eager}
 _MODES = ("actor", "task")
 
 
@@ -90,7 +93,7 @@ def _is_script(obj: Any) -> bool:
 
 
 def _is_module(obj: Any) -> bool:
-    return isinstance(obj, nn.Module) or _is_script(obj)
+    return _is_script(obj) or any(kind.accepts(obj) for kind in _KINDS.values())
 
 
 def _pipeline_modules(obj: Any, names: Optional[list[str]] = None) -> dict[str, Any]:
@@ -111,10 +114,13 @@ def _pipeline_modules(obj: Any, names: Optional[list[str]] = None) -> dict[str, 
     return {name: value for name, value in attributes.items() if _is_module(value)}
 
 
-def _pack_entry(name: str, model: Any) -> tuple[str, str, Any]:
+def _pack_entry(name: str, model: Any) -> Any:
     if _is_script(model):
-        return (name, _TORCHSCRIPT, model._c)
-    return (name, _PICKLE, _eager.skeleton_of(name, model))
+        return _C.PackModel.torchscript(name, model._c)
+    kind, maker = next((k, m) for k, m in _KINDS.items() if m.accepts(model))
+    skeleton, tensors, unshared = maker.skeleton_of(name, model)
+    tensors = [(path, getattr(_C.TensorKind, tensor_kind), tensor) for path, tensor_kind, tensor in tensors]
+    return _C.PackModel.python(name, kind, skeleton, tensors, unshared)
 
 
 def _shell_of(pipeline: Any, modules: dict[str, Any]) -> bytes:
@@ -154,8 +160,8 @@ class ModelWrapper:
     _DEFAULT_METHODS: tuple[str, ...] = ("__call__",)  # task mode's method_names default (ray-zerocopy's)
 
     def __init__(self, config: dict[str, Any], kinds: Optional[list[str]] = None,
-                 memory: Any = None, ray_ref: Any = None, store_lock: Any = None, *, mode: str = "actor",
-                 methods: Optional[dict[str, set[str]]] = None, task_cache: bool = False, opened: Any = None) -> None:
+                 memory: Any = None, ray_ref: Any = None, *, native: Any = None, mode: str = "actor",
+                 methods: Optional[dict[str, set[str]]] = None, task_cache: bool = False) -> None:
         """Not for direct use: see from_model, from_actor, open, from_buffer and deserialize."""
         if not (isinstance(config, dict) and "blob" in config):
             raise UsageError(f"{type(self).__name__}({_brief(config)}, ...): zcwrap's constructor takes no "
@@ -165,12 +171,12 @@ class ModelWrapper:
         self._kinds = list(kinds) if kinds is not None else None
         self._memory = memory
         self._ray_ref = ray_ref  # the blob as a Ray object, once put (see _ray.py)
-        # from_model: a shared lock on the store blob, so zcwrap.gc() keeps it
-        # while this wrapper lives (it is not pickled: receivers open the blob).
-        self._store_lock = store_lock
-        # from_actor and open: the blob they mapped and checked, which unwrap
-        # uses instead of opening it again (not pickled).
-        self._opened = opened
+        # libzcwrap's ModelWrapper (_C.ModelWrapper) made here, not pickled:
+        # from_model's holds a shared lock on the store blob, so zcwrap.gc()
+        # keeps it while this wrapper lives; from_actor's, open's and
+        # from_buffer's hold the blob they mapped and checked, which unwrap
+        # uses instead of opening it again.
+        self._native = native
         # ray-zerocopy's execution mode: "actor" (load() unwraps here) or
         # "task" (load() gives shims whose calls run as Ray tasks, _tasks.py),
         # with the methods each model's shim exposes.
@@ -240,10 +246,9 @@ class ModelWrapper:
         methods = ({name: _tasks.exposed_methods(module, method_names) for name, module in modules.items()}
                    if mode == "task" else None)
         entries = [_pack_entry(name, module) for name, module in modules.items()]
-        config_text, store_lock = _C.pack(entries, standalone, "", store_dir or "", alignment, file_mode,
-                                          pipeline_pickle=shell)
-        config = json.loads(config_text)
-        wrapper = cls(config, [kind for _, kind, _ in entries], store_lock=store_lock, mode=mode, methods=methods,
+        native = _C.ModelWrapper.pack(entries, standalone, store_dir=store_dir or "", alignment=alignment,
+                                      file_mode=file_mode, pipeline_object=shell)
+        wrapper = cls(json.loads(native.to_actor()), native.model_kinds, native=native, mode=mode, methods=methods,
                       task_cache=cache)
         # As ray-zerocopy's wrappers: the wrapped class's docstring follows the wrapper's.
         if type(model).__doc__:
@@ -273,10 +278,8 @@ class ModelWrapper:
         the blob, under its checksums. A ``"pipeline"`` field (zcwrap 0.2
         carried the pipeline object there) is dropped, never unpickled."""
         config = dict(actor_config)
-        config.pop("device", None)
-        config.pop("pipeline", None)
-        summary, opened = _C.open_actor(_actor_json(config))
-        return cls(config, summary["kinds"], opened=opened)
+        native = _C.ModelWrapper.from_actor(_actor_json(config))
+        return cls(json.loads(native.to_actor()), native.model_kinds, native=native)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "ModelWrapper":
@@ -284,8 +287,8 @@ class ModelWrapper:
         checked = _path_arg("path", path)
         if checked is None:
             raise UsageError("path=None: name a blob or actor config file")
-        config, summary, opened = _C.open_path(checked)
-        return cls(json.loads(config), summary["kinds"], opened=opened)
+        native = _C.ModelWrapper.open(checked)
+        return cls(json.loads(native.to_actor()), native.model_kinds, native=native)
 
     @classmethod
     def from_buffer(cls, buffer: Any, name: str = "memory blob") -> "ModelWrapper":
@@ -293,15 +296,10 @@ class ModelWrapper:
         protocol (bytes, a numpy array, a mmap, a Ray object), 64-byte
         aligned. Tensors unwrapped from it point into it and keep it alive.
         Such a wrapper pickles with its bytes; to_actor() raises UsageError."""
-        if not isinstance(name, str):
-            raise UsageError(f"name={_brief(name)}: must be a string (it names the blob in messages)")
-        try:
-            summary, opened = _C.open_buffer(buffer, name)
-        except (BufferError, TypeError, ValueError) as e:  # no buffer protocol, or not one contiguous block
-            raise UsageError(f"{name}: not a contiguous buffer of bytes ({type(buffer).__name__}: {e})") from e
-        config = {k: summary[k] for k in ("blob_size", "meta_checksum", "standalone", "models")}
-        config["blob"] = name
-        return cls(config, summary["kinds"], memory=buffer, opened=opened)
+        native = _native_of_buffer(buffer, name)
+        config = {"blob": name, "blob_size": native.blob_size, "meta_checksum": native.meta_checksum,
+                  "standalone": native.is_standalone_module, "models": native.model_names}
+        return cls(config, native.model_kinds, memory=buffer, native=native)
 
     # --- what it holds ----------------------------------------------------
 
@@ -333,9 +331,18 @@ class ModelWrapper:
     def to_actor(self) -> dict[str, Any]:
         """A small dict of plain values that from_actor(**d) turns back into this wrapper."""
         if self._memory is not None:
-            raise UsageError(f"{self.blob_path}: a blob in memory has no actor config; pickle the wrapper "
-                             "or send the buffer and call from_buffer where it arrives")
+            self._native_wrapper().to_actor()  # raises: a blob in memory has no actor config
         return dict(self._config)
+
+    def _native_wrapper(self) -> Any:
+        """libzcwrap's wrapper of this blob: the one made here, else one made
+        from the config or a pickled memory blob's bytes (and kept)."""
+        if self._native is None:
+            if self._memory is not None:
+                self._native = _native_of_buffer(self._memory, self.blob_path)
+            else:
+                self._native = _C.ModelWrapper.from_actor(_actor_json(self._config))
+        return self._native
 
     # --- using it ---------------------------------------------------------
 
@@ -395,59 +402,49 @@ class ModelWrapper:
         Only the models named in `models` are rebuilt when it is given (the
         others' pickles are neither checked nor read)."""
         weights_only = _weights_only.resolve(weights_only)
-        if not isinstance(prefetch, str) or prefetch not in _PREFETCH:
-            raise UsageError(f"prefetch {_brief(prefetch)}: use one of {', '.join(_PREFETCH)}")
+        if not isinstance(prefetch, str):
+            raise UsageError(f"prefetch {_brief(prefetch)}: use one of {', '.join(_C.prefetch_names)}")
         use_fast_load, verify = _flag("use_fast_load", use_fast_load), _flag("verify", verify)
         copy_on_write = _flag("copy_on_write", copy_on_write)
         device = str(device)
-        memory, name = self._memory, self.blob_path
+        name = self.blob_path
         # Through Ray's object store, unless a private, writable mapping of the
         # file is asked for (copy_on_write) and the file is on this node.
-        if memory is None and self._ray_ref is not None and not (copy_on_write and os.path.exists(self.blob_path)):
+        if self._memory is None and self._ray_ref is not None and not (copy_on_write and os.path.exists(name)):
             memory = _ray.get_blob(self._ray_ref)
             name = f"Ray object {self._ray_ref.hex()} (blob {self.blob_path})"
             if memory is None and not os.path.exists(self.blob_path):
                 raise StaleError(f"{self.blob_path}: the blob's Ray object {self._ray_ref.hex()} cannot be fetched "
                                  "here (its owner, the driver that packed it, is gone, or the object was lost), "
                                  "and the blob file is not on this node")
-        if self._opened is not None and not copy_on_write and memory is self._memory:
-            # The blob from_actor, open or from_buffer checked: nothing is opened
-            # (or, for private memory, copied) again.
-            unwrapped = _C.unwrap_opened(self._opened, device, use_fast_load, verify, prefetch)
-        elif memory is not None:
-            # The blob's pins, checked before the unwrap (a from_buffer wrapper's own bytes need none).
-            pinned = (0, "") if memory is self._memory else (self._config["blob_size"], self._config["meta_checksum"])
-            unwrapped = _C.unwrap_buffer(memory, name, device, use_fast_load, verify, prefetch, *pinned,
-                                         copy_on_write=copy_on_write)
+            if memory is not None:
+                native = _native_of_buffer(memory, name)
+                native.check_pins(self._config["blob_size"], self._config["meta_checksum"])
+            else:
+                native = self._native_wrapper()
         else:
-            unwrapped = _C.unwrap_actor(_actor_json(self._config), device, use_fast_load, verify, copy_on_write,
-                                        prefetch)
-        standalone, unwrapped_models, warnings, _, shell = unwrapped
-        wanted = [m for m in unwrapped_models if models is None or m[0] in models]
+            native = self._native_wrapper()
+        unwrapped = native.unwrap(device=device, use_fast_load=use_fast_load, verify=verify,
+                                  copy_on_write=copy_on_write, prefetch=prefetch)
+        shell = unwrapped.pipeline_object
+        wanted = [m for m in unwrapped.models if models is None or m.name in models]
         if weights_only:  # every pickle, before any of them is read
-            for model_name, kind, _, _, skeleton in wanted:
-                if kind != _TORCHSCRIPT:
-                    _refuse_by_value(f"{name}: model '{model_name}'", "the module", skeleton)
-                    _weights_only.check(f"{name}: model '{model_name}'", "the module", skeleton)
+            for model in wanted:
+                if model.kind != _TORCHSCRIPT:
+                    _KINDS[model.kind].check(f"{name}: model '{model.name}'", model.skeleton)
             if shell is not None:
-                _refuse_by_value(name, "the pipeline object", shell)
-                _weights_only.check(name, "the pipeline object", shell)
-        for line in warnings:
+                _weights_only.check_pickle(name, "the pipeline object", shell)
+        for line in unwrapped.warnings:
             _warnings.warn(f"zcwrap: {line}", RuntimeWarning, stacklevel=3)
         rebuilt: dict[str, Any] = {}
-        for model_name, kind, script, tensors, skeleton in wanted:
-            if kind == _TORCHSCRIPT:
-                module = torch.jit._recursive.wrap_cpp_module(script)
+        for model in wanted:
+            if model.kind == _TORCHSCRIPT:
+                module = torch.jit._recursive.wrap_cpp_module(model.module)
             else:
-                module = _eager.rebuild(f"{name}: model '{model_name}'", skeleton, tensors, weights_only)
-                if isinstance(module, nn.Module):
-                    try:
-                        module.eval()
-                    except RecursionError as e:  # eval() walks the submodules recursively
-                        raise BadModelError(f"{name}: model '{model_name}': its modules nest deeper than Python's "
-                                            f"recursion limit ({sys.getrecursionlimit()})") from e
-            rebuilt[model_name] = module
-        return rebuilt, standalone, shell, name, weights_only
+                module = _KINDS[model.kind].rebuild(f"{name}: model '{model.name}'", model.skeleton, model.tensors,
+                                                    weights_only)
+            rebuilt[model.name] = module
+        return rebuilt, unwrapped.is_standalone_module, shell, name, weights_only
 
     def load(self, _use_fast_load: Any = False, **unwrap_options: Any) -> Any:
         """ray-zerocopy 0.2's load().
@@ -567,7 +564,7 @@ class ModelWrapper:
         if checked is None or not isinstance(model, str):
             raise UsageError(f"unpack(path={_brief(path)}, model={_brief(model)}): path is a file path, model a "
                              "model name (a string)")
-        _C.unpack(_actor_json(self.to_actor()), checked, model)
+        self._native_wrapper().unpack(checked, model)
 
     def __reduce__(self) -> Any:
         # The config (and a memory blob's bytes), never the unwrapped weights;
@@ -599,20 +596,6 @@ def _restore_as(cls: type, *args: Any) -> ModelWrapper:
     return _as_class(cls, _restore(*args))
 
 
-def _refuse_by_value(where: str, what: str, pickle_bytes: bytes) -> None:
-    """weights_only: a pickle that carries code by value (cloudpickle's, for a
-    class or function defined in the driver's __main__ or inside a function)
-    is refused with that reason, before anything is read."""
-    globals_, _ = _C.pickle_globals(pickle_bytes)
-    code = sorted({m for m, _ in globals_ if m.split(".")[0] == "cloudpickle" or m.startswith("ray.cloudpickle")})
-    if code:
-        raise BadModelError(f"{where}: weights_only refuses {what}: it carries code pickled by value "
-                            f"(its pickle imports {', '.join(code)}), because a class or function of it was defined in the driver's "
-                            "__main__ or inside a function; weights_only runs no code from a blob: define the "
-                            "class in a module the workers import and allow it with "
-                            "torch.serialization.add_safe_globals([...])")
-
-
 def _restore(config: dict[str, Any], kinds: Optional[list[str]], memory: Optional[bytes],
              ray_ref: Any = None, mode: str = "actor", methods: Optional[dict[str, set[str]]] = None,
              task_cache: bool = False) -> ModelWrapper:
@@ -638,6 +621,16 @@ def _restore(config: dict[str, Any], kinds: Optional[list[str]], memory: Optiona
         aligned[: len(memory)] = memory
         memory = memoryview(aligned)[: len(memory)]
     return ModelWrapper(config, kinds, memory, ray_ref, mode=mode, methods=methods, task_cache=task_cache)
+
+
+def _native_of_buffer(buffer: Any, name: str) -> Any:
+    """libzcwrap's wrapper over a blob in memory (any buffer-protocol object)."""
+    if not isinstance(name, str):
+        raise UsageError(f"name={_brief(name)}: must be a string (it names the blob in messages)")
+    try:
+        return _C.ModelWrapper.from_buffer(buffer, name)
+    except (BufferError, TypeError, ValueError) as e:  # no buffer protocol, or not one contiguous block
+        raise UsageError(f"{name}: not a contiguous buffer of bytes ({type(buffer).__name__}: {e})") from e
 
 
 class JITModelWrapper(ModelWrapper):

@@ -71,7 +71,7 @@ inline void touch(const uint8_t* bytes, uint64_t offset, uint64_t length) {
 // lies inside the `size` bytes and the parser's stated invariants hold, else
 // what is wrong (a parser bug: parse_blob promised a checked layout).
 inline std::string check_reader_ranges(const uint8_t* bytes, size_t size,
-                                       const detail::BlobLayout& layout) {
+                                       const detail::ParsedBlob& layout) {
   using detail_checks::inside;
   using detail_checks::touch;
   const format::Header& h = layout.header;

@@ -25,9 +25,9 @@ namespace {
 }
 
 void parse_and_read(const uint8_t* bytes, size_t size) {
-  zcwrap::detail::BlobLayout layout;
+  zcwrap::detail::ParsedBlob parsed;
   try {
-    layout = zcwrap::detail::parse_blob(bytes, size, "fuzz-input");
+    parsed = zcwrap::detail::parse_blob(bytes, size, "fuzz-input");
   } catch (const zcwrap::Error& e) {
     if (e.code() != zcwrap::ErrorCode::kBadBlob) {
       finding("parse_blob threw code " + std::to_string(static_cast<int>(e.code())) +
@@ -35,7 +35,7 @@ void parse_and_read(const uint8_t* bytes, size_t size) {
     }
     return;
   }
-  const std::string wrong = zcwrap::test::check_reader_ranges(bytes, size, layout);
+  const std::string wrong = zcwrap::test::check_reader_ranges(bytes, size, parsed);
   if (!wrong.empty()) finding("parse_blob accepted a blob where " + wrong);
 }
 
