@@ -278,9 +278,24 @@ def start_worker():
     return os.getpid()
 
 
-def task_row(method, model, x, calls, callers, marker):
+def concurrent_calls(wrapped, x, callers, calls):
+    """`callers` threads each making `calls` calls; returns the seconds."""
     import threading
 
+    def caller():
+        for _ in range(calls):
+            wrapped(x)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
+def task_row(method, model, x, calls, callers, marker, nodes):
     import ray_zerocopy
 
     quiesce()
@@ -293,27 +308,21 @@ def task_row(method, model, x, calls, callers, marker):
     started = time.perf_counter()
     out = wrapped(x)
     first_s = time.perf_counter() - started
+    # The first call on every other node (one CPU each: concurrent calls
+    # spread), each fetching the object into its node's store.
+    other_nodes_s = concurrent_calls(wrapped, x, nodes, 1) if nodes > 1 else None
     warm = []
     for _ in range(calls):
         started = time.perf_counter()
         wrapped(x)
         warm.append(time.perf_counter() - started)
 
-    def caller():
-        for _ in range(calls):
-            wrapped(x)
-
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    per_s = callers * calls / (time.perf_counter() - started)
+    per_s = callers * calls / concurrent_calls(wrapped, x, callers, calls)
     pss = sum(pss_of(pid) for pid in job_worker_pids(marker))
     del wrapped
-    return {"wrap_s": wrap_s, "first_call_s": first_s, "warm_call_median_s": statistics.median(warm),
-            "calls_per_s": per_s, "summed_worker_pss_bytes": pss, "output": bytes_of_tensor(out)}
+    return {"wrap_s": wrap_s, "first_call_s": first_s, "first_calls_on_every_node_s": other_nodes_s,
+            "warm_call_median_s": statistics.median(warm), "calls_per_s": per_s,
+            "summed_worker_pss_bytes": pss, "output": bytes_of_tensor(out)}
 
 
 def bytes_of_tensor(t):
@@ -326,8 +335,24 @@ def task_main(args):
     work = tempfile.mkdtemp(prefix="zcwrap-ray-task-bench-")
     os.environ["ZCWRAP_STORE"] = work
     path = os.pathsep.join([HERE] + [p for p in sys.path if p and os.path.isdir(p)])
-    ray.init(num_cpus=args.task_cpus, include_dashboard=False, log_to_driver=False, object_store_memory=4 << 30,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "ZCWRAP_STORE": work}})
+    env = {"env_vars": {"PYTHONPATH": path, "ZCWRAP_STORE": work}}
+    cluster = None
+    if args.task_nodes > 1:
+        # Nodes of one CPU each, every one with its own raylet and object
+        # store (ray.cluster_utils, as the test suites' cluster): a call that
+        # lands on a node fetches the object into that node's store.
+        from ray.cluster_utils import Cluster
+
+        store = (4 << 30) // args.task_nodes
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store})
+        for _ in range(1, args.task_nodes):
+            cluster.add_node(num_cpus=1, object_store_memory=store)
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False, runtime_env=env)
+        cluster.wait_for_nodes()
+        args.task_cpus = args.task_nodes
+    else:
+        ray.init(num_cpus=args.task_cpus, include_dashboard=False, log_to_driver=False, object_store_memory=4 << 30,
+                 runtime_env=env)
     marker = f"ZCWRAP_STORE={work}"
     workers = set(ray.get([start_worker.remote() for _ in range(args.task_cpus)]))
     rows = []
@@ -338,19 +363,24 @@ def task_main(args):
         outputs = {}
         for method in methods:
             row = {"model": name, "method": method, "weights_bytes": weights, "cpus": args.task_cpus,
-                   "calls": args.task_calls, **task_row(method, model, x, args.task_calls, args.task_cpus, marker)}
+                   "nodes": args.task_nodes, "calls": args.task_calls,
+                   **task_row(method, model, x, args.task_calls, args.task_cpus, marker, args.task_nodes)}
             outputs[method] = row.pop("output")
             rows.append(row)
+            others = row["first_calls_on_every_node_s"]
             print(f"{name:8} {method:18} wrap {row['wrap_s']:6.2f} s  first call {row['first_call_s'] * 1e3:8.1f} ms  "
+                  + (f"first calls on {args.task_nodes} nodes {others * 1e3:8.1f} ms  " if others else "") +
                   f"warm call {row['warm_call_median_s'] * 1e3:8.1f} ms  {row['calls_per_s']:6.2f} calls/s  "
                   f"worker PSS {row['summed_worker_pss_bytes'] / 2**20:7.0f} MiB", flush=True)
         for row in rows[-len(methods):]:
             row["same_output_as_ray_zerocopy"] = outputs[row["method"]] == outputs["ray-zerocopy"]
-        with open(os.path.join(args.out, "ray_tasks.json"), "w") as f:
+        with open(os.path.join(args.out, f"ray_tasks{'_nodes' if args.task_nodes > 1 else ''}.json"), "w") as f:
             json.dump({"torch": torch.__version__, "ray": ray.__version__, "zcwrap": zcwrap.__version__,
                        "ray_zerocopy": getattr(ray_zerocopy, "__version__", "0.2.0"), "workers": len(workers),
                        "rows": rows}, f, indent=1)
     ray.shutdown()
+    if cluster is not None:
+        cluster.shutdown()
 
 
 def main():
@@ -365,6 +395,8 @@ def main():
     parser.add_argument("--task-mode", action="store_true", help="measure ray-zerocopy's task mode instead")
     parser.add_argument("--task-cpus", type=int, default=2, help="task mode: the node's CPUs (and callers)")
     parser.add_argument("--task-calls", type=int, default=10, help="task mode: calls per measurement")
+    parser.add_argument("--task-nodes", type=int, default=1,
+                        help="task mode: more than 1 starts that many one-CPU nodes, each with its own object store")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.task_mode:

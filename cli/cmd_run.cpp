@@ -72,7 +72,7 @@ int run_run(const RunArgs& args) {
   std::optional<torch::jit::Method> method;
   if (args.method != "forward") {
     torch::jit::Module& module = model.module();
-    method = module.find_method(args.method);
+    if (auto found = module.find_method(args.method)) method.emplace(*found);
     if (!method) {
       std::vector<std::string> methods;
       for (const auto& m : module.get_methods()) methods.push_back(m.name());

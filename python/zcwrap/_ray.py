@@ -20,7 +20,17 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+import threading
 from typing import Any, Optional
+
+# The last blob a task unwrapped in this process from the object store:
+# (ObjectRef's hex, libzcwrap's wrapper over its read-only mapping). A task
+# maps the object a second time, read-only (docs/RAY.md); a fresh mapping's
+# pages fault in again on the first forward pass, so the worker keeps one
+# for the next tasks. It holds the object, which then stays in the node's
+# store while the worker lives or until the worker maps another blob.
+_KEPT: Optional[tuple[str, Any]] = None
+_KEPT_LOCK = threading.Lock()
 
 
 def active() -> bool:
@@ -61,3 +71,17 @@ def get_blob(ref: Any) -> Optional[Any]:
         return ray.get(ref)
     except Exception:  # ObjectLostError, OwnerDiedError, ...: the caller falls back to the file
         return None
+
+
+def kept_mapping(ref: Any) -> Optional[Any]:
+    """The wrapper over `ref`'s object kept by keep_mapping, or None."""
+    with _KEPT_LOCK:
+        return _KEPT[1] if _KEPT is not None and _KEPT[0] == ref.hex() else None
+
+
+def keep_mapping(ref: Any, native: Any) -> None:
+    """Keeps `native` (over `ref`'s object) for this process's next tasks, in
+    place of the one kept before."""
+    global _KEPT
+    with _KEPT_LOCK:
+        _KEPT = (ref.hex(), native)

@@ -391,12 +391,14 @@ class ModelWrapper:
     def _unwrap_models(self, only: Optional[str] = None) -> dict[str, Any]:
         """Model name -> the model, unwrapped on the CPU with unwrap()'s
         defaults; only model `only` (the others' pickles are not read) when
-        given. What a task-mode task runs."""
-        return self._unwrap("cpu", False, models=None if only is None else {only})[0]
+        given. What a task-mode task runs: the worker process keeps its
+        mapping of the blob's Ray object for its next tasks (_ray.py)."""
+        return self._unwrap("cpu", False, models=None if only is None else {only}, keep_mapping=True)[0]
 
     def _unwrap(self, device: str | torch.device = "cpu", use_fast_load: bool = False, *, verify: bool = False,
                 copy_on_write: bool = False, prefetch: str = "none", weights_only: Optional[bool] = None,
-                models: Optional[set[str]] = None) -> tuple[dict[str, Any], bool, Optional[bytes], str, bool]:
+                models: Optional[set[str]] = None,
+                keep_mapping: bool = False) -> tuple[dict[str, Any], bool, Optional[bytes], str, bool]:
         """unwrap()'s work: (model name -> model, standalone, the pipeline
         object's pickle or None, the blob's name for messages, weights_only).
         Only the models named in `models` are rebuilt when it is given (the
@@ -411,16 +413,19 @@ class ModelWrapper:
         # Through Ray's object store, unless a private, writable mapping of the
         # file is asked for (copy_on_write) and the file is on this node.
         if self._memory is None and self._ray_ref is not None and not (copy_on_write and os.path.exists(name)):
-            memory = _ray.get_blob(self._ray_ref)
             name = f"Ray object {self._ray_ref.hex()} (blob {self.blob_path})"
-            if memory is None and not os.path.exists(self.blob_path):
+            native = _ray.kept_mapping(self._ray_ref) if keep_mapping else None
+            memory = None if native is not None else _ray.get_blob(self._ray_ref)
+            if native is None and memory is None and not os.path.exists(self.blob_path):
                 raise StaleError(f"{self.blob_path}: the blob's Ray object {self._ray_ref.hex()} cannot be fetched "
                                  "here (its owner, the driver that packed it, is gone, or the object was lost), "
                                  "and the blob file is not on this node")
             if memory is not None:
                 native = _native_of_buffer(memory, name)
                 native.check_pins(self._config["blob_size"], self._config["meta_checksum"])
-            else:
+                if keep_mapping:
+                    _ray.keep_mapping(self._ray_ref, native)
+            elif native is None:
                 native = self._native_wrapper()
         else:
             native = self._native_wrapper()

@@ -66,6 +66,10 @@ class Encoder(nn.Module):
         self.calls += 1
         return os.getpid(), self.calls
 
+    def address(self):
+        """(pid, where the weight's bytes are, and that mapping's permissions)."""
+        return os.getpid(), self.linear.weight.data_ptr(), mapping_of(self.linear.weight.data_ptr())[2]
+
     def probe(self, refs):
         """(node id, pid, whether every weight maps the object `refs[0]`
         read-only in this node's object store, as test_ray checks)."""
@@ -343,6 +347,20 @@ def test_a_task_unwraps_its_model_unless_cached_in_its_worker(cluster, cache):
     assert any(len(counts) > 1 for counts in by_worker.values()), by_worker  # Ray reuses its workers
     for counts in by_worker.values():
         assert counts == (list(range(1, len(counts) + 1)) if cache else [1] * len(counts)), by_worker
+
+
+def test_a_worker_keeps_its_mapping_of_the_blob_between_uncached_tasks(cluster):
+    # Each task rebuilds the model (as ray-zerocopy does), but a worker's
+    # second task finds the blob's read-only mapping its first task made: the
+    # weights sit at the same address, and no page faults in again.
+    shim = zcwrap.ModelWrapper.for_tasks(Encoder(), method_names=("address", "count"))
+    by_worker = {}
+    for pid, address, permissions in [shim.address() for _ in range(2 * NODES + 1)]:
+        assert permissions == "r--s"
+        by_worker.setdefault(pid, []).append(address)
+    assert any(len(addresses) > 1 for addresses in by_worker.values()), by_worker  # Ray reuses its workers
+    assert all(len(set(addresses)) == 1 for addresses in by_worker.values()), by_worker
+    assert all(count == 1 for _, count in [shim.count() for _ in range(NODES)])  # still a fresh model each task
 
 
 @pytest.mark.parametrize("how", ["for_tasks", "from_model+load"])
