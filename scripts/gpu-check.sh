@@ -31,15 +31,10 @@ SIZES=1,8
 if [[ ${1:-} == --quick ]]; then SIZES=1; fi
 STARTED=$SECONDS
 
+# show and die; section is this script's own (it prints the time so far).
+# shellcheck source=scripts/common.sh
+source scripts/common.sh
 section() { printf '\n== %s (%ds) ==\n' "$*" $((SECONDS - STARTED)); }
-show() {
-  printf '$ %s\n' "$*"
-  "$@"
-}
-die() {
-  printf 'gpu-check: error: %s\n' "$*" >&2
-  exit 1
-}
 
 [[ -d $DEPS/usr/include ]] || die ".deps/ is missing: run scripts/fetch-gpu-deps.sh on the Debian machine and carry .deps"
 if [[ -z ${CXX:-} ]] && ! command -v c++ >/dev/null && command -v g++ >/dev/null; then export CXX=g++; fi
@@ -54,33 +49,14 @@ uname -a
 echo "cores: $(nproc), memory: $(free -g | awk '/Mem:/ {print $2}') GiB, /dev/shm free: $(df -h /dev/shm | awk 'NR==2 {print $4}')"
 "${CXX:-c++}" --version | head -1
 meson --version
-# What the build needs to know about this torch, as shell assignments.
-"$PY" - >"$OUT/torch.env" <<'EOF'
-import os, shlex, torch
-def out(k, v): print(f"{k}={shlex.quote(str(v))}")
-out("TORCH_DIR", os.path.dirname(torch.__file__))
-out("TORCH_VERSION", torch.__version__)
-out("TORCH_CUDA", torch.version.cuda)
-out("TORCH_ABI", int(torch._C._GLIBCXX_USE_CXX11_ABI))
-out("CUDA_OK", int(torch.cuda.is_available()))
-if torch.cuda.is_available():
-    torch.zeros(1, device="cuda")
-# The libraries this process loaded: libcudart is the one zcwrap must link
-# (one CUDA runtime per process), the others' folders go to -rpath-link.
-libs = set()
-with open("/proc/self/maps") as maps:
-    for line in maps:
-        path = line.split()[-1] if len(line.split()) >= 6 else ""
-        if ".so" in os.path.basename(path):
-            libs.add(path)
-cudart = sorted(p for p in libs if os.path.basename(p).startswith("libcudart.so"))
-out("CUDART", cudart[0] if cudart else "")
-out("LIB_DIRS", " ".join(sorted({os.path.dirname(p) for p in libs if "/nvidia/" in p or "/torch/" in p})))
-EOF
-# shellcheck disable=SC1091
-source "$OUT/torch.env"
-TORCH_DIR=${ZCWRAP_TORCH_DIR:-$TORCH_DIR}
-CUDART=${ZCWRAP_CUDART:-$CUDART}
+# What the build needs to know about this torch: what meson reads from it,
+# plus, with --cuda, the libcudart it loads once CUDA starts (the one zcwrap
+# must link) and the folders of the libraries it loaded.
+"$PY" scripts/torch_probe.py --cuda >"$OUT/torch.env"
+eval "$(grep -E '^(version|prefix|cxx11_abi|cuda|cuda_ok|cudart|loaded_libdirs)=' "$OUT/torch.env")"
+TORCH_VERSION=$version TORCH_ABI=$cxx11_abi TORCH_CUDA=$cuda CUDA_OK=$cuda_ok LIB_DIRS=$loaded_libdirs
+TORCH_DIR=${ZCWRAP_TORCH_DIR:-$prefix}
+CUDART=${ZCWRAP_CUDART:-$cudart}
 cat "$OUT/torch.env"
 [[ -f $TORCH_DIR/lib/libtorch_cuda.so ]] || die "$TORCH_DIR/lib has no libtorch_cuda.so: this torch has no CUDA"
 # When torch does not load libcudart itself (statically linked), the toolkit's.
