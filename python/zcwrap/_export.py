@@ -198,11 +198,15 @@ def skeleton_of(name: str, ep: Any) -> tuple[bytes, list[tuple[str, str, torch.T
 # by torch's deserializer with sympy.sympify, which evaluates its input as
 # Python: calls are allowed only of sympy's and torch's integer functions.
 _SYMPY_CALLS = frozenset({
-    "Abs", "Add", "And", "CeilDiv", "CeilToInt", "CleanDiv", "Eq", "Float", "FloatPow", "FloatTrueDiv",
-    "FloorDiv", "FloorToInt", "Ge", "Gt", "ITE", "Identity", "Integer", "IntTrueDiv",
-    "IsNonOverlappingAndDenseIndicator", "LShift", "Le", "Lt", "Max", "Min", "Mod", "Mul", "Ne", "Not", "Or",
-    "Piecewise", "Pow", "PowByNatural", "PythonMod", "RShift", "Rational", "RoundDecimal", "RoundToInt",
-    "ToFloat", "TruncToFloat", "TruncToInt", "Where", "ceiling", "floor", "sqrt"})
+    # sympy's classes, as srepr writes them: Mul(Integer(10), Symbol('s28', positive=True, integer=True))
+    "Abs", "Add", "And", "BooleanFalse", "BooleanTrue", "Dummy", "Eq", "Equality", "Float", "Ge", "GreaterThan", "Gt",
+    "Half", "ITE", "Infinity", "Integer", "Le", "LessThan", "Lt", "Max", "Min", "Mod", "Mul", "Ne", "NegativeInfinity",
+    "NegativeOne", "Not", "One", "Or", "Piecewise", "Pow", "Rational", "StrictGreaterThan", "StrictLessThan",
+    "Symbol", "Tuple", "Unequality", "Zero", "ceiling", "floor", "sqrt",
+    # torch's integer functions (what torch's deserializer hands sympify)
+    "CeilDiv", "CeilToInt", "CleanDiv", "FloatPow", "FloatTrueDiv", "FloorDiv", "FloorToInt", "Identity",
+    "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "LShift", "ModularIndexing", "PowByNatural", "PythonMod",
+    "RShift", "RoundDecimal", "RoundToInt", "ToFloat", "TruncToFloat", "TruncToInt", "Where"})
 # Guards ("L['x'].size()[0] <= 64") are compiled by ep.module() with exec, in
 # a namespace of math, torch and sympy's interpreters.
 _GUARD_CALLS = frozenset({"IsNonOverlappingAndDenseIndicator", "cast_symbool_to_symint_guardless", "int", "float",
