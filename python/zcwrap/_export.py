@@ -6,7 +6,7 @@ A skeleton of kind ``torch_export`` is one UTF-8 JSON document (no pickle)::
     {"format": "zcwrap-torch-export", "version": 1, "torch_version": "2.14.1+cu130",
      "program": "<torch's serialized ExportedProgram: graph, signature, module
                  call graph, range constraints, verifiers, guards>",
-     "tensors": [{"in": "state_dict", "name": "conv.weight", "parameter": true}, ...],
+     "tensors": [{"in": "state_dict", "name": "conv.weight", "parameter": true, "requires_grad": true}, ...],
      "example_inputs": {"spec": "<pytree TreeSpec JSON>", "leaves": [{"tensor": 7}, {"value": 3}]} or null}
 
 ``program`` is what ``torch._export.serde.serialize.serialize`` writes for
@@ -167,7 +167,8 @@ def skeleton_of(name: str, ep: Any) -> tuple[bytes, list[tuple[str, str, torch.T
         tensor = on_cpu(value)
         if not _C.shareable(tensor):
             raise BadModelError(f"{what}: {group} entry '{key}' ({tensor.dtype}) cannot be shared")
-        entries.append({"in": group, "name": key, "parameter": isinstance(value, nn.Parameter)})
+        entries.append({"in": group, "name": key, "parameter": isinstance(value, nn.Parameter),
+                        "requires_grad": bool(value.requires_grad)})
         tensors.append((key, kind, tensor))
 
     for key, value in ep.state_dict.items():
@@ -177,7 +178,7 @@ def skeleton_of(name: str, ep: Any) -> tuple[bytes, list[tuple[str, str, torch.T
         add("constants", key, value, "buffer" if key in non_persistent or key in buffers else "constant")
     examples, example_tensors = _example_inputs(ep, on_cpu)
     for index, tensor in enumerate(example_tensors):
-        entries.append({"in": "example_inputs", "name": str(index), "parameter": False})
+        entries.append({"in": "example_inputs", "name": str(index), "parameter": False, "requires_grad": False})
         tensors.append((f"example_inputs[{index}]", "attribute", tensor))
 
     try:
@@ -354,7 +355,8 @@ def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor], weights_on
     """The ExportedProgram of a ``torch_export`` skeleton over `tensors` (the
     model's tensors in manifest order, views of the blob): they become its
     state dict, constants and example inputs as they are, parameters wrapped
-    as ``nn.Parameter`` (requires_grad false) over the same storage.
+    as ``nn.Parameter`` over the same storage, with the requires_grad they
+    were exported with.
 
     With `weights_only` the program's Python expressions and operators are
     checked first (check_program, then _check_operators)."""
@@ -383,7 +385,12 @@ def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor], weights_on
             raise BadBlobError(f"{where}: a tensor entry of the torch.export skeleton is damaged: {entry!r:.80}")
         group = entry.get("in")
         if group == "state_dict":
-            state_dict[entry["name"]] = nn.Parameter(tensor, requires_grad=False) if entry.get("parameter") else tensor
+            # Parameters keep the requires_grad they were exported with, as
+            # torch.export.load gives them: ATen picks kernels by it (matmul
+            # folds a 3-d input only for a weight that does not require grad),
+            # so flipping it changes results in the last bit.
+            state_dict[entry["name"]] = (nn.Parameter(tensor, requires_grad=entry.get("requires_grad") is True)
+                                         if entry.get("parameter") else tensor)
         elif group == "constants":
             constants[entry["name"]] = tensor
         elif group == "example_inputs":
@@ -420,12 +427,15 @@ def save(ep: Any, path: str) -> None:
     from .errors import WriteError
 
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise WriteError(f"{path}: is a folder; name a file to write")
     try:
         fd, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
     except OSError as e:
         raise WriteError(f"{path}: cannot write beside it: {e.strerror}") from e
     try:
         with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)  # as the zcwrap command writes its outputs
             torch.export.save(ep, out)
             out.flush()
             os.fsync(out.fileno())
