@@ -385,3 +385,45 @@ def test_an_actor_unwraps_a_program_from_the_object_store(cluster, exported):
         torch.set_num_threads(threads)
     assert same_bytes(report["out"], expected)
     ray.kill(actor)
+
+
+def test_task_mode_runs_a_programs_module(cluster, exported):
+    """for_tasks: a program's shim runs ep.module()(x) in a Ray task, and
+    shim.module() is the shim, so a pipeline's ``self.program.module()(x)``
+    runs in both modes."""
+    import_or_skip("ray", "Ray is not installed (scripts/requirements.txt pins it)")
+    ep, args = exported("stateful")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as Ray's workers run
+    try:
+        expected = reference(ep, args)
+        shim = zcwrap.ModelWrapper.for_tasks(ep)
+        assert same_bytes(shim(*args), expected)
+        assert shim.module() is shim
+        torch.manual_seed(0)
+        head = nn.Linear(4, 2).eval()
+        body = nn.Sequential(nn.Linear(16, 4), nn.ReLU()).eval()
+        x = torch.randn(3, 16)
+        pipeline = Pipeline(torch.export.export(body, (x,)), head)
+        with torch.no_grad():
+            want = pipeline(x)
+        tasks = zcwrap.ModelWrapper.for_tasks(pipeline)
+        assert type(tasks) is Pipeline and same_bytes(tasks(x), want)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu-check.sh runs this)")
+@pytest.mark.parametrize("fast", [False, True])
+def test_cuda_unwrap_of_a_program(exported, fast):
+    """On a GPU every tensor of the program is on the device, and the outputs
+    equal the original program moved there by torch's own pass."""
+    from torch.export.passes import move_to_device_pass
+
+    ep, args = exported("stateful")
+    got = zcwrap.ModelWrapper.from_model(ep).unwrap(device="cuda:0", use_fast_load=fast)
+    tensors, module = program_tensors(got)
+    assert all(t.device.type == "cuda" for t in tensors)
+    on_gpu = tuple(a.cuda() for a in args)
+    with torch.no_grad():
+        assert same_bytes(module(*on_gpu).cpu(), move_to_device_pass(ep, "cuda:0").module()(*on_gpu).cpu())
