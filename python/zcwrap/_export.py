@@ -34,6 +34,7 @@ import math
 import os
 import re
 import tempfile
+import types
 from typing import Any
 
 import torch
@@ -320,6 +321,97 @@ def _check_operators(where: str, ep: Any) -> None:
 # --- rebuilding --------------------------------------------------------------------
 
 
+class _Schema:
+    """torch's program JSON (parsed) to torch's schema dataclasses, as
+    ``torch._export.serde.serialize._dict_to_dataclass`` makes them, with each
+    class's type hints worked out once: torch's own conversion calls
+    ``typing.get_type_hints`` for every object of the document, which is
+    most of ``torch.export.load``'s time (about 60% for a resnet50).
+    Anything it does not expect raises; rebuild then uses torch's own."""
+
+    def __init__(self) -> None:
+        import dataclasses
+        import typing
+
+        from torch._export.serde import schema
+        from torch._export.serde.union import _Union
+
+        self._dataclasses, self._typing, self._schema, self._union = dataclasses, typing, schema, _Union
+        self._hints: dict[Any, dict[str, Any]] = {}
+        self._fields: dict[Any, tuple[str, ...]] = {}
+
+    def _resolve(self, cls: Any) -> Any:
+        if isinstance(cls, str):
+            resolved = getattr(self._schema, cls, None)
+            if resolved is None:
+                raise TypeError(f"unresolved schema type {cls!r}")
+            return resolved
+        if isinstance(cls, self._typing.ForwardRef):
+            return self._resolve(cls.__forward_arg__)
+        return cls
+
+    def _hints_of(self, cls: Any) -> dict[str, Any]:
+        hints = self._hints.get(cls)
+        if hints is None:
+            hints = self._hints[cls] = self._typing.get_type_hints(cls, globalns=vars(self._schema))
+        return hints
+
+    def convert(self, cls: Any, data: Any) -> Any:
+        typing = self._typing
+        cls = self._resolve(cls)
+        origin = typing.get_origin(cls)
+        if origin is typing.Annotated:
+            return self.convert(cls.__origin__, data)
+        if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(cls):
+            if data is None:
+                return None
+            args = typing.get_args(cls)
+            if len(args) != 2:
+                raise TypeError(f"{cls}: an optional of more than one type")
+            return self.convert(args[0], data)
+        if isinstance(cls, type) and issubclass(cls, self._union):
+            if not (isinstance(data, dict) and len(data) == 1):
+                raise TypeError(f"{cls.__name__}: not a one-key object")
+            ((tag, value),) = data.items()
+            return cls.create(**{tag: self.convert(self._hints_of(cls)[tag], value)})
+        if self._dataclasses.is_dataclass(cls):
+            names = self._fields.get(cls)
+            if names is None:
+                names = self._fields[cls] = tuple(f.name for f in self._dataclasses.fields(cls))
+            hints = self._hints_of(cls)
+            return cls(**{n: self.convert(hints[n], data[n]) for n in names if n in data})
+        if isinstance(data, list):
+            if not data:
+                return data
+            item = typing.get_args(cls)[0]
+            return [self.convert(item, d) for d in data]
+        if isinstance(data, dict):
+            value = typing.get_args(cls)[1]
+            return {k: self.convert(value, v) for k, v in data.items()}
+        if cls is float:
+            return float(data)
+        return data
+
+
+def _deserialize(program_text: str, program: Any, state_dict: dict[str, torch.Tensor],
+                 constants: dict[str, torch.Tensor], example_inputs: Any) -> Any:
+    """torch's deserializer over the given tensors: the JSON converted by
+    _Schema (torch's own conversion where that fails), then
+    ``ExportedProgramDeserializer``, as ``torch._export.serde.serialize.deserialize`` does."""
+    from torch._export.serde import schema
+    from torch._export.serde import serialize as serde
+
+    try:
+        parsed = program if program is not None else json.loads(program_text)
+        serialized = _Schema().convert(schema.ExportedProgram, parsed)
+    except Exception:  # a document this converter does not expect: torch's own reads it (or says why not)
+        artifact = serde.SerializedArtifact(program_text.encode("utf-8"), state_dict, constants,  # type: ignore[arg-type]
+                                            example_inputs)
+        return serde.deserialize(artifact)
+    return serde.ExportedProgramDeserializer().deserialize(serialized, state_dict, constants, example_inputs)
+
+
+
 def _document(where: str, skeleton: bytes) -> dict[str, Any]:
     try:
         document = json.loads(skeleton)
@@ -368,6 +460,7 @@ def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor], weights_on
     if len(entries) != len(tensors):
         raise BadBlobError(f"{where}: the skeleton lists {len(entries)} tensors, the manifest {len(tensors)}")
     program_text = document["program"]
+    program = None
     if weights_only:
         try:
             program = json.loads(program_text)
@@ -400,12 +493,8 @@ def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor], weights_on
                                f"{group!r}, not state_dict, constants or example_inputs")
     example_inputs = _example_inputs_back(where, document.get("example_inputs"), example_tensors)
 
-    from torch._export.serde import serialize as serde
-
-    artifact = serde.SerializedArtifact(program_text.encode("utf-8"), state_dict, constants,
-                                        example_inputs)  # type: ignore[arg-type]
     try:
-        ep = serde.deserialize(artifact)
+        ep = _deserialize(program_text, program, state_dict, constants, example_inputs)
     except Error:
         raise
     except Exception as e:  # SerializeError (another schema version), SpecViolationError, KeyError, ...

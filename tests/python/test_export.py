@@ -143,6 +143,20 @@ def test_skeleton_is_torchs_json_without_the_weights(exported):
             assert t.numpy().tobytes() not in skeleton
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_faster_json_reading_equals_torchs(name, exported):
+    """rebuild reads torch's JSON into torch's schema objects itself (type
+    hints worked out once per class, not once per object): the result must
+    equal what torch's own reader makes."""
+    from torch._export.serde import schema
+    from torch._export.serde import serialize as serde
+
+    ep, _ = exported(name)
+    text = json.loads(_export.skeleton_of("model", ep)[0])["program"]
+    assert _export._Schema().convert(schema.ExportedProgram, json.loads(text)) == serde._bytes_to_dataclass(
+        schema.ExportedProgram, text.encode())
+
+
 # --- through the blob -------------------------------------------------------------
 
 
