@@ -2,13 +2,14 @@
 
 For torchvision's resnet50 (random weights, exported with torch.export.export
 for one 1x3x224x224 input), in fresh processes with every file in the page
-cache (torch, torchvision and zcwrap already imported):
+cache (torch, torchvision, zcwrap and torch's export deserializer already
+imported):
 
   load        median of --repeat processes: torch.export.load of the .pt2
               that torch.export.save wrote, against zcwrap's
               pickle.load(wrapper) + unwrap() of the same program;
   module()    then ep.module() (the runnable GraphModule);
-  first call  then its first call, under torch.no_grad();
+  first call  then its first call, under torch.no_grad(), on one thread;
   memory      summed PSS (/proc/PID/smaps_rollup) of --workers processes
               that each load the program and run it once, and of as many
               that only import (the per-process baseline).
@@ -36,6 +37,8 @@ import zcwrap
 WORKER = textwrap.dedent("""
     import pickle, sys, time
     import torch, torchvision, zcwrap
+    import torch._export.serde.serialize  # both methods need it: imported before the clock starts
+    torch.set_num_threads(1)  # the first call's time, without threads fighting over a shared machine
     method, path, hold = sys.argv[1], sys.argv[2], sys.argv[3] == "hold"
     x = torch.randn(1, 3, 224, 224)
     start = time.perf_counter()

@@ -179,6 +179,53 @@ def test_unwrap_is_the_program_zero_copy_and_bit_equal(name, exported):
         assert same_bytes(module(*args), reference(ep, args))
 
 
+MEMORY_WORKER = """
+import pickle, sys, torch, zcwrap
+import torch._export.serde.serialize  # imported before the measure, as a server has it
+torch.set_num_threads(1)
+
+def anon():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+before = anon()
+if sys.argv[1] == "zcwrap":
+    with open(sys.argv[2], "rb") as f:
+        ep = pickle.load(f).unwrap()
+else:
+    ep = torch.export.load(sys.argv[2])
+with torch.no_grad():
+    ep.module()(torch.randn(1, 4, 512))
+print(anon() - before)
+"""
+
+
+def test_a_worker_holds_no_private_copy_of_the_weights(tmp_path):
+    """The growth of a fresh process's private (anonymous) memory over
+    unwrap, module() and the first call: under a quarter of the weights for
+    zcwrap, at least the weights for torch.export.load (which reads them)."""
+    import pickle
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.TransformerEncoderLayer(512, 8, 2048, batch_first=True) for _ in range(4)]).eval()
+    ep = torch.export.export(model, (torch.randn(1, 4, 512),))
+    weights = sum(t.numel() * t.element_size() for t in ep.state_dict.values())
+    with open(tmp_path / "wrapper.pkl", "wb") as f:
+        pickle.dump(zcwrap.ModelWrapper.from_model(ep), f)
+    torch.export.save(ep, str(tmp_path / "m.pt2"))
+    growth = {}
+    for method, path in (("zcwrap", tmp_path / "wrapper.pkl"), ("torch", tmp_path / "m.pt2")):
+        done = subprocess.run([sys.executable, "-W", "ignore", "-c", MEMORY_WORKER, method, str(path)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        growth[method] = int(done.stdout.split()[-1])
+    print(f"weights {weights / 2**20:.1f} MiB; private memory growth: {growth}")
+    assert growth["zcwrap"] < weights / 4, (growth, weights)
+    assert growth["torch"] >= weights, (growth, weights)
+
+
 def test_weights_only_unwraps_a_program(exported):
     """The skeleton holds no pickle: weights_only has nothing to refuse."""
     ep, args = exported("stateful")
