@@ -8,7 +8,9 @@ imported):
   load        median of --repeat processes: torch.export.load of the .pt2
               that torch.export.save wrote, against zcwrap's
               pickle.load(wrapper) + unwrap() of the same program;
-  module()    then ep.module() (the runnable GraphModule);
+  module()    then ep.module() (the runnable GraphModule); and the process's
+              CPU time over both (less sensitive than wall time to other
+              work on the machine);
   first call  then its first call, under torch.no_grad(), on one thread;
   memory      summed PSS (/proc/PID/smaps_rollup) of --workers processes
               that each load the program and run it once, and of as many
@@ -41,7 +43,7 @@ WORKER = textwrap.dedent("""
     torch.set_num_threads(1)  # the first call's time, without threads fighting over a shared machine
     method, path, hold = sys.argv[1], sys.argv[2], sys.argv[3] == "hold"
     x = torch.randn(1, 3, 224, 224)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if method == "zcwrap":
         with open(path, "rb") as f:
             ep = pickle.load(f).unwrap()
@@ -50,13 +52,13 @@ WORKER = textwrap.dedent("""
     loaded = time.perf_counter()
     if method != "nothing":
         module = ep.module()
-        made = time.perf_counter()
+        made, cpu = time.perf_counter(), time.process_time() - cpu
         with torch.no_grad():
             module(x)
         ran = time.perf_counter()
-        print(f"{loaded - start:.6f} {made - loaded:.6f} {ran - made:.6f}", flush=True)
+        print(f"{loaded - start:.6f} {made - loaded:.6f} {ran - made:.6f} {cpu:.6f}", flush=True)
     else:
-        print("0 0 0", flush=True)
+        print("0 0 0 0", flush=True)
     if hold:
         print("ready", flush=True)
         sys.stdin.read()
@@ -75,7 +77,7 @@ def times(method, path, repeat):
         out, _ = worker.communicate()
         if worker.returncode != 0:
             raise RuntimeError(f"{method} {path}: worker failed ({worker.returncode})")
-        rows.append([float(v) for v in out.split()[:3]])
+        rows.append([float(v) for v in out.split()[:4]])
     return [statistics.median(column) for column in zip(*rows)]
 
 
@@ -132,13 +134,14 @@ def main():
         print(f"{name}: {weights / 2**20:.1f} MiB of weights; .pt2 {os.path.getsize(pt2) / 2**20:.1f} MiB, "
               f"blob {os.path.getsize(wrapper.blob_path) / 2**20:.1f} MiB (packed in {pack_seconds:.2f} s)", flush=True)
         for method, path in (("torch.export.load", pt2), ("zcwrap", wrapper_path)):
-            load, module, first = times(method, path, args.repeat)
+            load, module, first, cpu = times(method, path, args.repeat)
             pss = summed_pss(method, path, args.workers) if args.workers else 0
             rows.append({"model": name, "method": method, "weights_bytes": weights, "load_seconds": load,
-                         "module_seconds": module, "first_call_seconds": first, "workers": args.workers,
+                         "module_seconds": module, "ready_cpu_seconds": cpu,
+                         "first_call_seconds": first, "workers": args.workers,
                          "summed_pss_bytes": pss})
             print(f"{name:9} {method:18} load {load * 1e3:7.1f} ms  module() {module * 1e3:6.1f} ms  "
-                  f"first call {first * 1e3:6.1f} ms  {args.workers} workers' PSS {pss / 2**20:6.0f} MiB", flush=True)
+                  f"(CPU time of both {cpu * 1e3:6.1f} ms)  first call {first * 1e3:6.1f} ms  {args.workers} workers' PSS {pss / 2**20:6.0f} MiB", flush=True)
         with open(os.path.join(args.out, "export.json"), "w") as f:
             json.dump({"torch": torch.__version__, "zcwrap": zcwrap.__version__, "cpus": os.cpu_count(),
                        "repeat": args.repeat, "baseline_pss_bytes": baseline, "rows": rows}, f, indent=1)

@@ -29,6 +29,7 @@ guards (``exec``), so a blob could otherwise run code through them.
 from __future__ import annotations
 
 import ast
+import gc
 import json
 import math
 import os
@@ -493,6 +494,11 @@ def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor], weights_on
                                f"{group!r}, not state_dict, constants or example_inputs")
     example_inputs = _example_inputs_back(where, document.get("example_inputs"), example_tensors)
 
+    # Python's cyclic collector would walk the whole heap again and again
+    # while torch makes a node's objects (half of a resnet50's rebuild); the
+    # objects made here are collected as usual afterwards.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         ep = _deserialize(program_text, program, state_dict, constants, example_inputs)
     except Error:
@@ -501,6 +507,9 @@ def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor], weights_on
         raise BadModelError(f"{where}: torch.export cannot rebuild the program (packed with torch "
                             f"{document.get('torch_version')}, this is {torch.__version__}): {type(e).__name__}: "
                             f"{_first_line(e)}") from e
+    finally:
+        if collecting:
+            gc.enable()
     if weights_only:
         _check_operators(where, ep)
     return ep
