@@ -134,8 +134,11 @@ int run_inspect(const InspectArgs& args) {
                 human_bytes(model.skeleton.stored_bytes).c_str(), human_bytes(model.skeleton.raw_bytes).c_str());
     const format::SkeletonKind kind = format::skeleton_kind(model.skeleton.kind);
     if (kind != format::SkeletonKind::kUnknown && format::skeleton_kind_info(kind).rebuilt_in_python) {
+      const format::SkeletonKindInfo& info = format::skeleton_kind_info(kind);
       std::printf("  %s packed from Python: unwrap it with the zcwrap Python package (zcwrap run and unpack "
-                  "cannot)\n", std::string(format::skeleton_kind_info(kind).description).c_str());
+                  "cannot%s%s)\n", std::string(info.description).c_str(),
+                  info.python_file.empty() ? "" : "; ModelWrapper.unpack writes ",
+                  std::string(info.python_file).c_str());
     }
     if (kind == format::SkeletonKind::kPythonPickle) {
       std::printf("  its pickle imports (unpickling may call them): %s\n", list_text(model.imports).c_str());

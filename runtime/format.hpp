@@ -125,11 +125,12 @@ struct SkeletonKindInfo {
   std::string_view name;         // in the manifest
   std::string_view description;  // for messages: "an eager PyTorch module"
   bool rebuilt_in_python;        // C++ binds its tensors, the Python package rebuilds it
+  std::string_view python_file;  // what the Python package's ModelWrapper.unpack writes for it ("": nothing)
 };
 inline constexpr SkeletonKindInfo kSkeletonKinds[] = {
-    {"torchscript", "a TorchScript module", false},
-    {"python_pickle", "an eager PyTorch module", true},
-    {"torch_export", "a torch.export ExportedProgram", true},
+    {"torchscript", "a TorchScript module", false, ""},
+    {"python_pickle", "an eager PyTorch module", true, ""},
+    {"torch_export", "a torch.export ExportedProgram", true, "a .pt2 that torch.export.load reads"},
 };
 static_assert(std::size(kSkeletonKinds) == static_cast<size_t>(SkeletonKind::kUnknown),
               "one row for every SkeletonKind but kUnknown");

@@ -37,10 +37,15 @@ at::Tensor bind(const format::TensorEntry& t, const std::vector<c10::Storage>& s
 
 Error needs_python(const BlobFile& blob, size_t model) {
   const format::SkeletonEntry& sk = blob.manifest().models[model].skeleton;
-  const std::string_view what = format::skeleton_kind_info(format::skeleton_kind(sk.kind)).description;
+  const format::SkeletonKindInfo& info = format::skeleton_kind_info(format::skeleton_kind(sk.kind));
+  // The CLI has no Python: the message names the Python call that does what was asked.
+  const std::string file = info.python_file.empty()
+                               ? std::string()
+                               : "; zcwrap.ModelWrapper.open(\"" + blob.path() + "\").unpack(\"OUT\") writes it as " +
+                                     std::string(info.python_file);
   return Error(ErrorCode::kBadModel, blob.path() + ": model '" + blob.manifest().models[model].name + "' is " +
-                                         std::string(what) + " (skeleton kind " + sk.kind +
-                                         "), not TorchScript; unwrap it from Python with the zcwrap package");
+                                         std::string(info.description) + " (skeleton kind " + sk.kind +
+                                         "), not TorchScript; unwrap it from Python with the zcwrap package" + file);
 }
 
 std::vector<at::Tensor> bind_tensors(const BlobFile& blob, size_t index, const std::vector<c10::Storage>& storages,

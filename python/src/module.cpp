@@ -145,7 +145,8 @@ PYBIND11_MODULE(_C, m) {
   py::enum_<zcwrap::format::TensorKind>(m, "TensorKind", "What a tensor is to its module.")
       .value("parameter", zcwrap::format::TensorKind::kParameter)
       .value("buffer", zcwrap::format::TensorKind::kBuffer)
-      .value("attribute", zcwrap::format::TensorKind::kAttribute);
+      .value("attribute", zcwrap::format::TensorKind::kAttribute)
+      .value("constant", zcwrap::format::TensorKind::kConstant);
 
   py::class_<PackModel>(m, "PackModel", "One model for ModelWrapper.pack.")
       .def_static("torchscript", [](const std::string& name, const torch::jit::Module& module) {

@@ -444,6 +444,23 @@ def _example_inputs_back(where: str, examples: Any, tensors: list[torch.Tensor])
                            f"{type(e).__name__}: {_first_line(e)}") from e
 
 
+def _program(where: str, document: dict[str, Any]) -> dict[str, Any]:
+    try:
+        program = json.loads(document["program"])
+    except (ValueError, RecursionError) as e:
+        raise BadBlobError(f"{where}: the exported program is not JSON: {_first_line(e)}") from e
+    if not isinstance(program, dict):
+        raise BadBlobError(f"{where}: the exported program is not a JSON object")
+    return program
+
+
+def check(where: str, skeleton: bytes) -> None:
+    """weights_only's test of a skeleton, before any skeleton of the blob is
+    read: the program's Python expressions (check_program). rebuild with
+    weights_only tests them again, and its operators once rebuilt."""
+    check_program(where, _program(where, _document(where, skeleton)))
+
+
 def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor], weights_only: bool = False) -> Any:
     """The ExportedProgram of a ``torch_export`` skeleton over `tensors` (the
     model's tensors in manifest order, views of the blob): they become its
@@ -463,12 +480,7 @@ def rebuild(where: str, skeleton: bytes, tensors: list[torch.Tensor], weights_on
     program_text = document["program"]
     program = None
     if weights_only:
-        try:
-            program = json.loads(program_text)
-        except (ValueError, RecursionError) as e:
-            raise BadBlobError(f"{where}: the exported program is not JSON: {_first_line(e)}") from e
-        if not isinstance(program, dict):
-            raise BadBlobError(f"{where}: the exported program is not a JSON object")
+        program = _program(where, document)
         check_program(where, program)
 
     state_dict: dict[str, torch.Tensor] = {}

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from . import _export
 from .errors import UsageError
 
 # (blob size, meta checksum, blob path) -> model name -> the unwrapped model,
@@ -37,6 +38,10 @@ def exposed_methods(model: Any, method_names: Any) -> set[str]:
     rule."""
     if isinstance(method_names, str) or not all(isinstance(m, str) for m in method_names):
         raise UsageError(f"method_names={method_names!r}: must be a tuple of method names")
+    if _export.accepts(model):
+        # A program runs as its module(): the shim's calls run ep.module()(...)
+        # in the task, and shim.module() is the shim itself.
+        return {"__call__", "module"}
     methods = {m for m in method_names if hasattr(model, m)}
     if callable(model):
         methods.add("__call__")
@@ -46,12 +51,12 @@ def exposed_methods(model: Any, method_names: Any) -> set[str]:
 def _model(wrapper: Any, name: str) -> Any:
     """Model `name` of `wrapper`, unwrapped here (or from this process's cache)."""
     if not wrapper._task_cache:
-        return wrapper._unwrap_models(only=name)[name]
+        return _export.runnable(wrapper._unwrap_models(only=name)[name])
     key = (int(wrapper._config["blob_size"]), str(wrapper._config["meta_checksum"]), wrapper.blob_path)
     with _CACHE_LOCK:
         models = _CACHE.setdefault(key, {})
         if name not in models:
-            models[name] = wrapper._unwrap_models(only=name)[name]
+            models[name] = _export.runnable(wrapper._unwrap_models(only=name)[name])
         return models[name]
 
 
@@ -96,6 +101,8 @@ class TaskShim:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        if name == "module" and name in self._allowed_methods:
+            return lambda: self  # a torch.export program's shim: shim.module()(x) runs as shim(x)
         if name in self._allowed_methods:
             def proxy(*args: Any, **kwargs: Any) -> Any:
                 return self._run(name, args, kwargs)

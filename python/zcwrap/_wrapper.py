@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import _C, _eager, _ray, _tasks, _weights_only
+from . import _C, _eager, _export, _ray, _tasks, _weights_only
 from .errors import BadBlobError, BadModelError, StaleError, UsageError
 
 _TORCHSCRIPT = "torchscript"  # the kind libzcwrap rebuilds itself
@@ -22,7 +22,7 @@ _TORCHSCRIPT = "torchscript"  # the kind libzcwrap rebuilds itself
 # each a module with accepts(obj), skeleton_of(name, obj), check(where,
 # skeleton) (weights_only, before anything is read) and rebuild(where,
 # skeleton, tensors, weights_only). A model goes to the first that accepts it.
-_KINDS: dict[str, Any] = {"python_pickle": _eager}
+_KINDS: dict[str, Any] = {"python_pickle": _eager, _export.KIND: _export}
 _MODES = ("actor", "task")
 
 
@@ -319,7 +319,7 @@ class ModelWrapper:
 
     @property
     def _model_refs(self) -> dict[str, str]:
-        """Model name -> skeleton kind ("torchscript" or "python_pickle")."""
+        """Model name -> skeleton kind ("torchscript", "python_pickle" or "torch_export")."""
         kinds = self._kinds or [""] * len(self.model_names)
         return dict(zip(self.model_names, kinds))
 
@@ -469,7 +469,9 @@ class ModelWrapper:
         elif not isinstance(_use_fast_load, bool):
             raise UsageError(f"_use_fast_load={_brief(_use_fast_load)}: must be True or False")
         if self._mode != "task":
-            return self.unwrap(**unwrap_options)
+            unwrapped = self.unwrap(**unwrap_options)
+            # What a worker calls: a standalone program's module() (a program is not callable).
+            return _export.runnable(unwrapped) if self.is_standalone_module else unwrapped
         if unwrap_options:
             raise UsageError(f"load({', '.join(unwrap_options)}=...): a task-mode wrapper's models are unwrapped "
                              "in the tasks, on the CPU with unwrap()'s defaults")
@@ -563,12 +565,19 @@ class ModelWrapper:
         return _as_class(cls, wrapper)
 
     def unpack(self, path: str | os.PathLike[str], model: str = "") -> None:
-        """Writes a TorchScript model back as a standard file that
-        torch.jit.load opens (BadModelError for an eager model)."""
+        """Writes a model back as a standard file: a TorchScript model as a
+        file torch.jit.load opens, a torch.export program as a .pt2 that
+        torch.export.load opens (written by torch.export.save beside `path`,
+        then renamed into place). BadModelError for an eager model."""
         checked = _path_arg("path", path)
         if checked is None or not isinstance(model, str):
             raise UsageError(f"unpack(path={_brief(path)}, model={_brief(model)}): path is a file path, model a "
                              "model name (a string)")
+        name = model or (self.model_names[0] if self.is_standalone_module else "")
+        kinds = dict(zip(self.model_names, self._kinds or self._native_wrapper().model_kinds))
+        if kinds.get(name) == _export.KIND:  # torch.export.save writes it: Python's part
+            _export.save(self._unwrap("cpu", models={name})[0][name], checked)
+            return
         self._native_wrapper().unpack(checked, model)
 
     def __reduce__(self) -> Any:
@@ -669,7 +678,9 @@ class ActorWrapper:
     def load(self, **unwrap_options: Any) -> Any:
         """The model (or pipeline), unwrapped onto the device given at wrap time."""
         unwrap_options.setdefault("weights_only", self.weights_only)
-        return self.wrapper.unwrap(self.device, self.use_fast_load, **unwrap_options)
+        unwrapped = self.wrapper.unwrap(self.device, self.use_fast_load, **unwrap_options)
+        # As ModelWrapper.load(): a standalone program comes back as its module().
+        return _export.runnable(unwrapped) if self.wrapper.is_standalone_module else unwrapped
 
     def to_actor(self) -> dict[str, Any]:
         """ModelWrapper.to_actor() plus "device", "use_fast_load" and "weights_only"."""
