@@ -218,7 +218,10 @@ _GUARD_NAMES = frozenset({"L", "math", "torch", "inf"}) | _GUARD_CALLS
 _TENSOR_METHODS = frozenset({"size", "stride", "storage_offset", "dim", "numel", "shape"})
 _ARITHMETIC = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Constant, ast.Load,
                ast.operator, ast.unaryop, ast.boolop, ast.cmpop, ast.Tuple, ast.keyword)
-_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+# A name standing alone in a size is a size variable (s0, u3, zuf0) or one of
+# sympy's constants; builtins (eval, open) and sympy's other names are refused.
+_SYMBOL = re.compile(r"[a-z]+[0-9]+\Z")
+_SYMPY_CONSTANTS = frozenset({"oo", "zoo", "nan", "pi", "E", "I", "true", "false"})
 
 
 def _refuse(where: str, what: str, text: str) -> BadModelError:
@@ -232,9 +235,11 @@ def _check_sym_expr(where: str, text: str) -> None:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError) as e:
         raise _refuse(where, "symbolic shape expression", text) from e
+    functions = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
-            if not _IDENTIFIER.match(node.id):
+            # A called name is checked as the call's function, below.
+            if not (id(node) in functions or _SYMBOL.match(node.id) or node.id in _SYMPY_CONSTANTS):
                 raise _refuse(where, "symbolic shape expression", text)
         elif isinstance(node, ast.Call):
             if not (isinstance(node.func, ast.Name) and node.func.id in _SYMPY_CALLS):

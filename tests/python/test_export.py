@@ -385,6 +385,39 @@ def test_weights_only_refuses_code_in_guards_and_shape_expressions(tmp_path, mon
     assert not marker.exists()
 
 
+EXPRESSIONS = [  # (what, kind, text, accepted)
+    ("a size as torch writes it", "expr_str", "Mul(Integer(10), Symbol('s28', positive=True, integer=True))", True),
+    ("a size in str form", "expr_str", "FloorDiv(s0, 2) + Max(1, u3)", True),
+    ("a comparison of sizes", "expr_str", "Eq(Mod(s0, 8), 0)", True),
+    ("infinity", "expr_str", "-oo", True),
+    ("an import", "expr_str", "__import__('os').system('true')", False),
+    ("a builtin by name", "expr_str", "eval", False),
+    ("a builtin called", "expr_str", "open('/etc/passwd')", False),
+    ("an attribute", "expr_str", "Symbol('s0').func", False),
+    ("a lambda", "expr_str", "(lambda: 0)()", False),
+    ("not Python", "expr_str", "s0 +", False),
+    ("a guard on a size", "guards_code", "L['x'].size()[0] <= 64", True),
+    ("a guard with math", "guards_code", "math.floor(L['x'].size()[1] / 2) == 3", True),
+    ("a guard with torch.sym_max", "guards_code", "torch.sym_max(L['x'].size()[0], 2) == 2", True),
+    ("a guard importing", "guards_code", "__import__('os').system('true')", False),
+    ("a guard reaching torch", "guards_code", "torch.load('x')", False),
+    ("a guard writing an input", "guards_code", "L['x'].add_(1)", False),
+    ("a dunder", "guards_code", "L['x'].__class__", False),
+]
+
+
+@pytest.mark.parametrize("what,kind,text,accepted", EXPRESSIONS, ids=[e[0] for e in EXPRESSIONS])
+def test_weights_only_expression_rules(what, kind, text, accepted):
+    """The grammar weights_only holds a program's sizes and guards to."""
+    program = ({"guards_code": [text]} if kind == "guards_code"
+               else {"graph_module": {"sym_int_values": {"s": {"as_expr": {"expr_str": text}}}}, "guards_code": []})
+    if accepted:
+        _export.check_program("blob", program)
+    else:
+        with pytest.raises(zcwrap.BadModelError, match="weights_only refuses the exported program"):
+            _export.check_program("blob", program)
+
+
 def test_an_operator_outside_aten_is_refused(exported, monkeypatch):
     """A graph node naming a Python function (here os.system, reached from
     torch) is refused by torch's export verifier when the program is rebuilt."""
