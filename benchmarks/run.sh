@@ -70,6 +70,8 @@ if [[ -n $python_benches && " ${lanes[*]} " == *" torch2 "* ]]; then
   export PYTHONPATH=$PWD/$PACKAGE_DIR/site:$PWD/build-bench/peers
   section "Python: load time and memory against torch.load / load_state_dict / torch.jit.load"
   show "$TORCH2_PYTHON" benchmarks/python_bench.py benchmarks/out/python
+  section "Python: torch.export programs against torch.export.load"
+  show "$TORCH2_PYTHON" benchmarks/export_bench.py benchmarks/out/export --models resnet50,resnet18
   section "Ray: N actors, plain loads vs ray-zerocopy vs zcwrap"
   show "$TORCH2_PYTHON" benchmarks/ray_bench.py benchmarks/out/ray
 fi

@@ -507,7 +507,7 @@ def test_task_mode_runs_a_programs_module(cluster, exported):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu-check.sh runs this)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: none on this machine")
 @pytest.mark.parametrize("fast", [False, True])
 def test_cuda_unwrap_of_a_program(exported, fast):
     """On a GPU every tensor of the program is on the device, and the outputs
