@@ -286,7 +286,19 @@ void AtomicFile::write_zeros(size_t size) {
   }
 }
 
+void AtomicFile::write_hole(size_t size) {
+  if (through_) {
+    write_zeros(size);
+    return;
+  }
+  if (::lseek(fd_.get(), static_cast<off_t>(size), SEEK_CUR) < 0) fail("seek failed", errno);
+  written_ += size;
+  holes_ = true;
+}
+
 void AtomicFile::commit() {
+  // A file that ends in a hole is only as long as its last write: extend it.
+  if (holes_ && ::ftruncate(fd_.get(), static_cast<off_t>(written_)) != 0) fail("cannot set the file's size", errno);
   if (through_) {
     committed_ = true;
     if (::close(fd_.release()) != 0) fail("close failed", errno);

@@ -120,6 +120,10 @@ class AtomicFile {
   // caller writes the rest. Throws Error(kWrite) on an I/O error.
   size_t copy_from(int fd, uint64_t offset, size_t size);
   void write_zeros(size_t size);
+  // Skips `size` bytes, leaving a hole that reads as zeros and takes no room
+  // on file systems with sparse files (tmpfs, ext4, xfs); zeros are written
+  // into a destination that is not a regular file.
+  void write_hole(size_t size);
   void commit();
   // After commit() of a file made in a folder: the open, locked descriptor.
   [[nodiscard]] UniqueFd take_fd() { return std::move(fd_); }
@@ -139,6 +143,7 @@ class AtomicFile {
   uint64_t written_ = 0;  // bytes written so far
   uint64_t flushed_ = 0;  // bytes whose write-back has been started
   bool through_ = false;  // writing into a non-regular destination in place
+  bool holes_ = false;    // write_hole() was used
   bool committed_ = false;
 };
 

@@ -120,7 +120,7 @@ struct TensorEntry {
 // here and a case in rebind.cpp's build_model (and, for a kind Python
 // rebuilds, the Python package's table of kinds). A name this zcwrap does
 // not know is kUnknown: describe shows it as named, unwrap refuses it.
-enum class SkeletonKind { kTorchScript, kPythonPickle, kTorchExport, kUnknown };
+enum class SkeletonKind { kTorchScript, kPythonPickle, kTorchExport, kAotInductor, kUnknown };
 struct SkeletonKindInfo {
   std::string_view name;         // in the manifest
   std::string_view description;  // for messages: "an eager PyTorch module"
@@ -131,6 +131,7 @@ inline constexpr SkeletonKindInfo kSkeletonKinds[] = {
     {"torchscript", "a TorchScript module", false, ""},
     {"python_pickle", "an eager PyTorch module", true, ""},
     {"torch_export", "a torch.export ExportedProgram", true, "a .pt2 that torch.export.load reads"},
+    {"aot_inductor", "a model compiled with AOTInductor", false, ""},
 };
 static_assert(std::size(kSkeletonKinds) == static_cast<size_t>(SkeletonKind::kUnknown),
               "one row for every SkeletonKind but kUnknown");

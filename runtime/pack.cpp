@@ -215,6 +215,17 @@ ScriptModel load_script(const std::shared_ptr<const ModelSource>& shared, Tensor
   return model;
 }
 
+// What a zip archive is, from its record names; kNone also for what is not
+// a readable zip (load_script then says what it is).
+Pt2Kind archive_kind(const std::shared_ptr<const ModelSource>& source) {
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(read_adapter(source));
+    return pt2_kind(reader.getAllRecords());
+  } catch (const std::exception&) {
+    return Pt2Kind::kNone;
+  }
+}
+
 }  // namespace
 
 std::vector<PackInput> load_model_files(const std::vector<ModelFile>& files, Layout layout,
@@ -223,7 +234,19 @@ std::vector<PackInput> load_model_files(const std::vector<ModelFile>& files, Lay
   for (const ModelFile& file : files) {
     const std::shared_ptr<const ModelSource> source = open_model_source(file.path);
     const std::string name = layout == Layout::kStandalone ? options.standalone_name : file.name;
-    inputs.push_back({name, file.path, load_script(source, Tensors::kMapped)});
+    switch (archive_kind(source)) {
+      case Pt2Kind::kAotiPackage:
+        inputs.push_back({name, file.path, read_aoti_package(source)});
+        break;
+      case Pt2Kind::kExportedProgram:
+        throw Error(ErrorCode::kBadModel,
+                    file.path + ": an ExportedProgram archive (torch.export.save), not an AOTInductor package or a "
+                                "TorchScript module; compile it with torch._inductor.aoti_compile_and_package, or "
+                                "pack torch.export.load(PATH) from Python with zcwrap.ModelWrapper.from_model");
+      case Pt2Kind::kNone:
+        inputs.push_back({name, file.path, load_script(source, Tensors::kMapped)});
+        break;
+    }
   }
   return inputs;
 }
@@ -338,6 +361,13 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, Layout layout, const P
       kind = python->kind;
       add_skeleton(python->skeleton, input.origin, &entry.skeleton, &skeletons);
       entry.skeleton.unshared_bytes = python->unshared_bytes;
+    } else if (auto* aoti = std::get_if<AotiPackage>(&input.model)) {
+      for (const AotiPackage::Constant& c : aoti->constants) {
+        add_tensor({c.path, format::TensorKind::kConstant, c.tensor});
+      }
+      kind = format::SkeletonKind::kAotInductor;
+      add_skeleton(aoti->skeleton, input.origin, &entry.skeleton, &skeletons);
+      entry.skeleton.unshared_bytes = aoti->unshared_bytes;
     } else {
       auto& script = std::get<ScriptModel>(input.model);
       ScriptSkeleton skeleton = script_skeleton(script, input.origin);

@@ -9,6 +9,7 @@
 
 #include <torch/script.h>
 
+#include "aoti.hpp"
 #include "file_util.hpp"
 #include "format.hpp"
 #include "mapped_load.hpp"
@@ -46,7 +47,7 @@ struct PythonModel {
 struct PackInput {
   std::string name;
   std::string origin;  // where it came from, for messages: a file, "module 'm'"
-  std::variant<ScriptModel, PythonModel> model;
+  std::variant<ScriptModel, PythonModel, AotiPackage> model;
 };
 
 // A copy of `model` that the packer may change: saved and reloaded, so the
@@ -74,7 +75,9 @@ struct PreparedBlob {
 // Tensors point into a read-only mapping of their file where the archive
 // allows it (mapped_load.hpp) instead of being read into memory. Throws
 // Error(kInput) when a file is unreadable, Error(kBadModel) with a hint for
-// an eager torch.save pickle or anything else that is not TorchScript.
+// an eager torch.save pickle, an ExportedProgram archive or anything else
+// that is not TorchScript. An AOTInductor package (.pt2) is read by
+// read_aoti_package.
 std::vector<PackInput> load_model_files(const std::vector<ModelFile>& files, Layout layout,
                                         const PackOptions& options);
 

@@ -4,6 +4,7 @@
 
 #include <caffe2/serialize/inline_container.h>
 
+#include "aoti.hpp"
 #include "blob_file.hpp"
 #include "constants.hpp"
 #include "file_util.hpp"
@@ -31,6 +32,11 @@ void ModelWrapper::unpack(const std::string& output_path, const std::string& mod
     throw Error(ErrorCode::kUsage, "no model named '" + model + "'; the blob holds: " + join(names_));
   }
   const format::SkeletonKind kind = format::skeleton_kind(blob->manifest().models[index].skeleton.kind);
+  if (kind == format::SkeletonKind::kAotInductor) {
+    // The package again, every record as packed, the weights filled in.
+    detail::write_aoti_package(*blob, static_cast<size_t>(index), output_path);
+    return;
+  }
   if (kind != format::SkeletonKind::kTorchScript) {
     if (kind != format::SkeletonKind::kUnknown && format::skeleton_kind_info(kind).rebuilt_in_python) {
       throw detail::needs_python(*blob, static_cast<size_t>(index));

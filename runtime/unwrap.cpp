@@ -31,6 +31,8 @@ c10::IValue Unwrapped::Model::run(std::vector<c10::IValue> inputs) {
         using T = std::decay_t<decltype(built)>;
         if constexpr (std::is_same_v<T, torch::jit::Module>) {
           return built.forward(std::move(inputs));
+        } else if constexpr (std::is_same_v<T, std::shared_ptr<detail::AotiModel>>) {
+          return detail::run_aoti(*built, model_->name, std::move(inputs));
         } else {
           throw Error(ErrorCode::kUsage, "model '" + model_->name + "' (skeleton kind " + model_->kind_name +
                                              ") runs in Python only");
@@ -103,6 +105,10 @@ UnwrappedModel build_model(const BlobFile& blob, size_t index, const std::vector
     case format::SkeletonKind::kTorchExport:
       model.tensors = bind_tensors(blob, index, storages, device);
       model.built = PythonSkeleton{blob.skeleton(index)};
+      break;
+    case format::SkeletonKind::kAotInductor:
+      model.tensors = bind_tensors(blob, index, storages, device);
+      model.built = AotiModel::load(blob, index, model.tensors, device);
       break;
     case format::SkeletonKind::kUnknown:
       throw Error(ErrorCode::kBadBlob, blob.path() + ": model '" + entry.name + "': skeleton kind '" +

@@ -11,6 +11,7 @@
 
 #include <torch/script.h>
 
+#include "aoti.hpp"
 #include "blob_file.hpp"
 #include "zcwrap/model_wrapper.hpp"
 
@@ -24,7 +25,8 @@ struct PythonSkeleton {
 
 // What a model's kind rebuilds around its bound tensors. A new skeleton
 // kind adds its alternative here and its case in unwrap.cpp's build_model.
-using BuiltModel = std::variant<torch::jit::Module, PythonSkeleton>;
+// An AOTInductor model runs through its container (aoti.hpp).
+using BuiltModel = std::variant<torch::jit::Module, PythonSkeleton, std::shared_ptr<AotiModel>>;
 
 struct UnwrappedModel {
   std::string name;

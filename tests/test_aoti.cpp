@@ -1,0 +1,291 @@
+// AOTInductor packages (skeleton kind "aot_inductor"): pack, zero-copy
+// unwrap, run, unpack, bad input, memory. The fixtures (a CNN and a
+// transformer block, each with its weights in the .so and on disk) are
+// compiled once per torch by tests/fixtures/make_aoti_fixtures.py; a lane
+// whose torch has no AOTInductor (Debian's 1.13) skips these cases, saying
+// why.
+#include "torch_support.hpp"  // first: see there
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+
+#include "aoti.hpp"
+#include "blob_file.hpp"
+#include "cli_support.hpp"
+#include "mapped_load.hpp"
+#include "unwrap.hpp"
+#include "wrapper_access.hpp"
+
+namespace test = zcwrap::test;
+namespace zd = zcwrap::detail;
+
+namespace {
+
+std::string aoti_dir() {
+  const char* dir = std::getenv("ZCWRAP_AOTI_FIXTURES");
+  if (dir == nullptr) throw std::runtime_error("ZCWRAP_AOTI_FIXTURES is not set (run the tests with meson test)");
+  return dir;
+}
+
+std::string aoti_fixture(const std::string& file) { return aoti_dir() + "/" + file; }
+
+const nlohmann::json& aoti_index() {
+  static const nlohmann::json index = nlohmann::json::parse(test::read_bytes(aoti_fixture("fixtures.json")));
+  return index;
+}
+
+// Empty when the lane has the fixtures; else why not.
+std::string skip_reason() {
+  if (!zd::aoti_supported()) {
+    return "this zcwrap is built without AOTInductor (" + aoti_index().value("skip", std::string("no reason")) + ")";
+  }
+  return aoti_index().value("skip", std::string());
+}
+
+bool skipped() { return !skip_reason().empty(); }
+
+std::vector<at::Tensor> tensors_of(const c10::IValue& v) {
+  std::vector<at::Tensor> out;
+  if (v.isTensor()) return {v.toTensor()};
+  for (const c10::IValue& e : v.toTupleRef().elements()) out.push_back(e.toTensor());
+  return out;
+}
+
+c10::IValue as_tuple(const std::vector<at::Tensor>& ts) {
+  std::vector<c10::IValue> values(ts.begin(), ts.end());
+  return c10::ivalue::Tuple::create(std::move(values));
+}
+
+// A blob's standalone model, unwrapped with the public API, and the
+// AOTInductor model inside it.
+struct Loaded {
+  zcwrap::Unwrapped unwrapped;
+  zcwrap::Unwrapped::Model handle;
+  const zd::AotiModel& model() const {
+    return *std::get<std::shared_ptr<zd::AotiModel>>(zd::WrapperAccess::model(handle).built);
+  }
+};
+
+Loaded unwrap(const std::string& blob_path) {
+  zcwrap::Unwrapped u = zcwrap::ModelWrapper::open(blob_path).unwrap();
+  zcwrap::Unwrapped::Model m = u.model();
+  return {std::move(u), std::move(m)};
+}
+
+std::vector<c10::IValue> values_of(const std::vector<at::Tensor>& ts) { return {ts.begin(), ts.end()}; }
+
+// The outputs as the fixtures' references hold them: always a tuple.
+c10::IValue as_reference(const c10::IValue& v) { return v.isTensor() ? as_tuple({v.toTensor()}) : v; }
+
+// Private_Dirty of this process, kB (/proc/self/smaps_rollup): a copy of
+// the weights in malloc'ed memory shows there, pages of a shared mapping
+// do not.
+long private_dirty_kb() {
+  std::ifstream in("/proc/self/smaps_rollup");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Private_Dirty:", 0) == 0) return std::stol(line.substr(14));
+  }
+  throw std::runtime_error("no Private_Dirty in /proc/self/smaps_rollup");
+}
+
+// EXE --child memory BLOB INPUT: prints the growth of private memory over
+// unwrap and the first call. EXE --child loader PT2 INPUT: the same for
+// torch's own AOTIModelPackageLoader-equivalent path (the package read into
+// the container: AotiModel's pack-time loader is not public, so the
+// baseline is the weights a CreateWithDevice container copies; see
+// memory_baseline below).
+int aoti_child(int argc, char** argv) {
+  if (argc < 5) return 2;
+  try {
+    const std::string mode = argv[2];
+    std::vector<at::Tensor> inputs = tensors_of(test::load_value(argv[4]));
+    torch::NoGradGuard no_grad;
+    // LibTorch's own start-up (allocator, thread pool) before the baseline.
+    (void)(inputs[0] + 1).sum().item<float>();
+    const long before = private_dirty_kb();
+    if (mode == "memory") {
+      Loaded l = unwrap(argv[3]);
+      const c10::IValue out = l.handle.run(values_of(inputs));
+      const long after = private_dirty_kb();
+      std::cout << "growth " << (after - before) << " " << out.isTensor() << std::endl;
+    } else {
+      // The weights copied as torch's loader does (load_constants memcpy's
+      // every constant out of the .so): the same package read for packing.
+      const zd::AotiPackage package = zd::read_aoti_package(zd::open_model_source(argv[3]));
+      std::vector<at::Tensor> copies;
+      for (const auto& c : package.constants) copies.push_back(c.tensor.clone());
+      const long after = private_dirty_kb();
+      std::cout << "growth " << (after - before) << " " << copies.size() << std::endl;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::cout << "failed " << e.what() << std::endl;
+    return 1;
+  }
+}
+
+const bool registered = (test::child_main = &aoti_child, true);
+
+}  // namespace
+
+TEST_CASE("AOTInductor: this lane has it, or says why it skips") {
+  const std::string reason = skip_reason();
+  if (!reason.empty()) {
+    MESSAGE("AOTInductor cases skipped: " << reason);
+    // The stub refuses packages with one line that says what to use.
+    CHECK_FALSE(zd::aoti_supported());
+    try {
+      zd::read_aoti_package(zd::open_model_source(test::fixture("fixtures.json")));
+      FAIL("the stub accepted a package");
+    } catch (const zcwrap::Error& e) {
+      CHECK(e.code() == zcwrap::ErrorCode::kBadModel);
+      CHECK(std::string(e.what()).find("has no AOTInductor") != std::string::npos);
+    }
+    return;
+  }
+  CHECK(zd::aoti_supported());
+  REQUIRE(aoti_index()["models"].size() == 4);
+}
+
+TEST_CASE("AOTInductor: every fixture packs and runs zero-copy, bit-equal to torch's loader" * doctest::skip(skipped())) {
+  for (const auto& m : aoti_index()["models"]) {
+    const std::string name = m["name"];
+    SUBCASE(name.c_str()) {
+      test::TempDir dir;
+      const std::string blob = dir / "m.zcb";
+      zcwrap::ModelWrapper::pack_files({{"m", aoti_fixture(m["file"])}}, zcwrap::Layout::kStandalone, blob);
+      const zcwrap::BlobInfo info = zcwrap::describe(blob);
+      REQUIRE(info.models.size() == 1);
+      CHECK(info.models[0].skeleton.kind == "aot_inductor");
+      // Every weight went to the data section: none is left in the skeleton.
+      CHECK(info.models[0].unshared_bytes == 0);
+      CHECK(info.storage_bytes >= m["state_dict_bytes"].get<uint64_t>() / 2);
+      CHECK(info.models[0].skeleton.raw_bytes < 8u << 20);
+
+      Loaded l = unwrap(blob);
+      CHECK(l.handle.kind() == "aot_inductor");
+      CHECK_FALSE(l.handle.is_torchscript());
+      REQUIRE(l.handle.tensors().size() == info.models[0].tensor_count);
+      // The container runs on exactly the tensors of the blob's mapping.
+      for (const at::Tensor& t : l.handle.tensors()) CHECK(test::points_into(t, l.unwrapped));
+      for (size_t i = 0; i < l.handle.tensors().size(); ++i) {
+        CHECK(l.model().constants()[i].data_ptr() == l.handle.tensors()[i].data_ptr());
+      }
+      const std::vector<at::Tensor> inputs = tensors_of(test::load_value(aoti_fixture(m["input"])));
+      const c10::IValue want = test::load_value(aoti_fixture(m["reference"]));
+      std::string why;
+      CHECK_MESSAGE(test::bit_equal(as_reference(l.handle.run(values_of(inputs))), want, &why), name << ": " << why);
+      // A second call gives the same (no state left behind).
+      CHECK_MESSAGE(test::bit_equal(as_reference(l.handle.run(values_of(inputs))), want, &why), name << ": " << why);
+    }
+  }
+}
+
+TEST_CASE("AOTInductor: the .so is placed once, by content, without its weights" * doctest::skip(skipped())) {
+  test::TempDir dir;
+  const std::string blob = dir / "m.zcb";
+  zcwrap::ModelWrapper::pack_files({{"m", aoti_fixture("cnn_so.pt2")}}, zcwrap::Layout::kStandalone, blob);
+  Loaded a = unwrap(blob);
+  Loaded b = unwrap(blob);
+  const std::string so = a.model().library_path();
+  CHECK(so == b.model().library_path());
+  CHECK(so.rfind(zcwrap::store_folder() + "/", 0) == 0);
+  struct stat st {};
+  REQUIRE(::stat(so.c_str(), &st) == 0);
+  const uint64_t weights = zcwrap::describe(blob).storage_bytes;
+  // The weights' range of the .so is a hole: the file is as long as the
+  // package's .so, but holds only its code.
+  MESSAGE(so << ": " << st.st_size << " bytes long, " << st.st_blocks * 512 << " bytes on disk; weights " << weights);
+  CHECK(static_cast<uint64_t>(st.st_size) > weights);
+  CHECK(static_cast<uint64_t>(st.st_blocks) * 512 < static_cast<uint64_t>(st.st_size) - weights / 2);
+}
+
+TEST_CASE("AOTInductor: unpack gives back a package torch's loader runs bit-equal" * doctest::skip(skipped())) {
+  for (const auto& m : aoti_index()["models"]) {
+    const std::string name = m["name"];
+    SUBCASE(name.c_str()) {
+      test::TempDir dir;
+      const std::string blob = dir / "m.zcb";
+      const std::string back = dir / "back.pt2";
+      const std::string out = dir / "out.pt";
+      zcwrap::ModelWrapper::pack_files({{"m", aoti_fixture(m["file"])}}, zcwrap::Layout::kStandalone, blob);
+      zcwrap::ModelWrapper::open(blob).unpack(back);
+      // torch's loader, in a fresh Python, on the unpacked package; then
+      // every record compared with the original's.
+      const std::string script =
+          "import os, sys, zipfile\n"
+          "sys.setdlopenflags(os.RTLD_GLOBAL | os.RTLD_LAZY)\n"
+          "import torch, torch._inductor\n"
+          "pkg, original, inp, out, disk = sys.argv[1:6]\n"
+          "if disk == '1':\n"
+          "    from torch.export.pt2_archive._package import load_pt2\n"
+          "    model = load_pt2(pkg, load_weights_from_disk=True).aoti_runners['model']\n"
+          "else:\n"
+          "    model = torch._inductor.aoti_load_package(pkg)\n"
+          "with torch.no_grad():\n"
+          "    r = model(*torch.load(inp))\n"
+          "torch.save(tuple(r) if isinstance(r, (list, tuple)) else (r,), out)\n"
+          "def records(p):\n"
+          "    with zipfile.ZipFile(p) as z:\n"
+          "        return {n.split('/', 1)[1]: z.read(n) for n in z.namelist()}\n"
+          "a, b = records(pkg), records(original)\n"
+          "for n in sorted(set(a) | set(b)):\n"
+          "    if n != '.data/serialization_id' and a.get(n) != b.get(n):\n"
+          "        print('differs:', n)\n";
+      const test::ProcessResult r =
+          test::run_process({test::python(), "-c", script, back, aoti_fixture(m["file"]), aoti_fixture(m["input"]),
+                             out, m["weights_in_so"].get<bool>() ? "0" : "1"});
+      REQUIRE_MESSAGE(r.status == 0, r.err);
+      CHECK_MESSAGE(r.out.empty(), r.out);
+      std::string why;
+      CHECK_MESSAGE(test::bit_equal(test::load_value(out), test::load_value(aoti_fixture(m["reference"])), &why),
+                    name << ": " << why);
+    }
+  }
+}
+
+TEST_CASE("AOTInductor: unwrap and the first call add under a quarter of the weights in private memory" *
+          doctest::skip(skipped())) {
+  test::TempDir dir;
+  const std::string blob = dir / "m.zcb";
+  zcwrap::ModelWrapper::pack_files({{"m", aoti_fixture("cnn_so.pt2")}}, zcwrap::Layout::kStandalone, blob);
+  const long weights_kb = static_cast<long>(zcwrap::describe(blob).storage_bytes / 1024);
+  auto growth = [&](const std::vector<std::string>& args) {
+    test::Child c = test::spawn_child(args);
+    const std::string line = test::read_line(c.out);
+    ::close(c.in);
+    ::close(c.out);
+    test::wait_child(c.pid);
+    REQUIRE_MESSAGE(line.rfind("growth ", 0) == 0, line);
+    return std::stol(line.substr(7));
+  };
+  const std::string input = aoti_fixture("cnn_in.pt");
+  const long zcwrap_kb = growth({"/proc/self/exe", "--child", "memory", blob, input});
+  // The measure sees a copy: the weights copied out of the package grow it
+  // by about their size.
+  const long copy_kb = growth({"/proc/self/exe", "--child", "loader", aoti_fixture("cnn_so.pt2"), input});
+  MESSAGE("weights " << weights_kb << " kB; private memory growth: zcwrap unwrap + first call " << zcwrap_kb
+                     << " kB, reading the package with a copy of the weights " << copy_kb << " kB");
+  CHECK(zcwrap_kb < weights_kb / 4);
+  CHECK(copy_kb > weights_kb * 3 / 4);
+}
+
+TEST_CASE("AOTInductor: pack refuses bad packages with one line, and writes nothing" * doctest::skip(skipped())) {
+  for (const auto& bad : aoti_index()["bad"]) {
+    const std::string file = bad["file"];
+    SUBCASE(file.c_str()) {
+      test::TempDir dir;
+      const std::string blob = dir / "m.zcb";
+      const test::ProcessResult r = test::run_cli({"pack", aoti_fixture(file), "-o", blob});
+      MESSAGE(file << " (" << bad["what"].get<std::string>() << "): " << r.err);
+      test::check_failure(r, bad["status"].get<int>(), file);
+      CHECK(test::list_dir(dir.path()).empty());
+    }
+  }
+}
