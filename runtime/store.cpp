@@ -29,24 +29,27 @@ namespace {
 
 constexpr size_t kChecksumDigits = 16;
 constexpr char kBlobSuffix[] = ".zcb";
+constexpr char kCodeSuffix[] = ".so";
 constexpr char kTempInfix[] = ".tmp-";
 
 [[noreturn]] void refuse(const std::string& path, const std::string& why) {
   throw Error(ErrorCode::kWrite, path + ": " + why);
 }
 
+// A blob, "<meta checksum>.zcb", or an AOTInductor model's code placed at
+// unwrap, "<xxh3 of the .so>.so" (aoti.cpp).
 bool is_blob_name(const std::string& name) {
-  if (name.size() != kChecksumDigits + std::strlen(kBlobSuffix)) return false;
   uint64_t ignored = 0;
-  return format::parse_hex64(name.substr(0, kChecksumDigits), &ignored) &&
-         name.compare(kChecksumDigits, std::string::npos, kBlobSuffix) == 0;
+  if (name.size() <= kChecksumDigits || !format::parse_hex64(name.substr(0, kChecksumDigits), &ignored)) return false;
+  const std::string suffix = name.substr(kChecksumDigits);
+  return suffix == kBlobSuffix || suffix == kCodeSuffix;
 }
 
-// A pack's temporary: "<blob name>.tmp-XXXXXX" (AtomicFile).
+// A pack's or a placement's temporary: "<store name>.tmp-XXXXXX" (AtomicFile).
 bool is_temp_name(const std::string& name) {
-  const size_t blob = kChecksumDigits + std::strlen(kBlobSuffix);
-  return name.size() > blob + std::strlen(kTempInfix) && is_blob_name(name.substr(0, blob)) &&
-         name.compare(blob, std::strlen(kTempInfix), kTempInfix) == 0;
+  const size_t infix = name.find(kTempInfix);
+  return infix != std::string::npos && infix + std::strlen(kTempInfix) < name.size() &&
+         is_blob_name(name.substr(0, infix));
 }
 
 // Whether `name` in `dir_fd` still leads to the file open as `fd` (gc may

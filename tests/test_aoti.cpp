@@ -289,3 +289,23 @@ TEST_CASE("AOTInductor: pack refuses bad packages with one line, and writes noth
     }
   }
 }
+
+TEST_CASE("AOTInductor: gc removes a placed .so only once no process holds it" * doctest::skip(skipped())) {
+  test::TempDir dir;
+  const std::string store = dir / "store";
+  ::setenv("ZCWRAP_STORE", store.c_str(), 1);
+  const std::string blob = dir / "m.zcb";
+  zcwrap::ModelWrapper::pack_files({{"m", aoti_fixture("transformer_so.pt2")}}, zcwrap::Layout::kStandalone, blob);
+  std::string so;
+  {
+    Loaded l = unwrap(blob);
+    so = l.model().library_path();
+    CHECK(test::file_exists(so));
+    for (const zcwrap::StoreFile& f : zcwrap::gc({"", true})) CHECK(f.path != so);
+  }
+  bool listed = false;
+  for (const zcwrap::StoreFile& f : zcwrap::gc({"", false})) listed = listed || f.path == so;
+  CHECK(listed);
+  CHECK_FALSE(test::file_exists(so));
+  ::unsetenv("ZCWRAP_STORE");
+}
