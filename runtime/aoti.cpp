@@ -180,6 +180,7 @@ struct Api {
   decltype(&AOTInductorModelContainerGetConstantDtype) constant_dtype = nullptr;
   decltype(&AOTInductorModelContainerGetConstantDataSize) constant_size = nullptr;
   decltype(&AOTInductorModelContainerExtractConstantsMapEntries) extract = nullptr;
+  decltype(&AOTInductorModelContainerGetCallSpec) call_spec = nullptr;
   decltype(&AOTInductorGetLastError) last_error = nullptr;  // optional
 };
 
@@ -233,6 +234,7 @@ class Library {
     need(api_.constant_dtype, "AOTInductorModelContainerGetConstantDtype");
     need(api_.constant_size, "AOTInductorModelContainerGetConstantDataSize");
     need(api_.extract, "AOTInductorModelContainerExtractConstantsMapEntries");
+    need(api_.call_spec, "AOTInductorModelContainerGetCallSpec");
     api_.last_error = reinterpret_cast<decltype(api_.last_error)>(::dlsym(handle_, "AOTInductorGetLastError"));
   }
 
@@ -798,6 +800,7 @@ struct AotiModel::Impl {
   std::vector<at::Tensor> constants;  // owning: their storages hold the blob
   std::vector<at::Tensor> aliases;    // what the container was given (see load)
   size_t inputs = 0, outputs = 0;
+  std::string in_spec, out_spec;
   std::string where;
 };
 
@@ -918,6 +921,11 @@ std::shared_ptr<AotiModel> AotiModel::load(const BlobFile& blob, size_t index, s
                       impl->where, "creating the model over the blob's weights");
   impl->library.check(api.num_inputs(impl->container->get(), &impl->inputs), impl->where, "counting inputs");
   impl->library.check(api.num_outputs(impl->container->get(), &impl->outputs), impl->where, "counting outputs");
+  const char* in_spec = nullptr;
+  const char* out_spec = nullptr;
+  impl->library.check(api.call_spec(impl->container->get(), &in_spec, &out_spec), impl->where, "reading its call spec");
+  impl->in_spec = in_spec != nullptr ? in_spec : "";
+  impl->out_spec = out_spec != nullptr ? out_spec : "";
   return std::shared_ptr<AotiModel>(new AotiModel(std::move(impl)));
 }
 
@@ -939,6 +947,8 @@ const std::string& AotiModel::library_path() const { return impl_->library_path;
 const std::vector<at::Tensor>& AotiModel::constants() const { return impl_->constants; }
 size_t AotiModel::input_count() const { return impl_->inputs; }
 size_t AotiModel::output_count() const { return impl_->outputs; }
+const std::string& AotiModel::in_spec() const { return impl_->in_spec; }
+const std::string& AotiModel::out_spec() const { return impl_->out_spec; }
 
 namespace {
 

@@ -87,6 +87,11 @@ class AotiModel {
   const std::vector<at::Tensor>& constants() const;
   size_t input_count() const;
   size_t output_count() const;
+  // The pytree specs (torch.utils._pytree's JSON) of the model's arguments
+  // and result, as torch.export recorded them: what flattens a call's
+  // arguments into run()'s inputs and rebuilds its result from the outputs.
+  const std::string& in_spec() const;
+  const std::string& out_spec() const;
 
   struct Impl;
 

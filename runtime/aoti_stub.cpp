@@ -41,6 +41,8 @@ const std::vector<at::Tensor>& AotiModel::constants() const {
 }
 size_t AotiModel::input_count() const { return 0; }
 size_t AotiModel::output_count() const { return 0; }
+const std::string& AotiModel::in_spec() const { return library_path(); }
+const std::string& AotiModel::out_spec() const { return library_path(); }
 
 c10::IValue run_aoti(const AotiModel&, const std::string& name, std::vector<c10::IValue>) {
   throw unsupported("model '" + name + "'");
