@@ -7,6 +7,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <memory>
+#include <functional>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -55,16 +56,21 @@ struct WeightBytes {
 // the memory figures then compare whole models. Frozen modules loaded with
 // torch::jit::load keep weights as graph constants, not attributes; those
 // are neither counted nor touched here, only by the call.
-WeightBytes touch_weights(const std::vector<torch::jit::Module>& modules, const Unwrapped* unwrapped,
-                          bool touch) {
+WeightBytes touch_weights(const std::vector<torch::jit::Module>& modules, const std::vector<at::Tensor>& bound,
+                          const Unwrapped* unwrapped, bool touch) {
   const auto* map_begin = static_cast<const unsigned char*>(unwrapped ? unwrapped->mapping_data() : nullptr);
   const size_t map_size = unwrapped ? unwrapped->mapping_size() : 0;
   std::set<const void*> seen;  // tied weights share a storage: count it once
   WeightBytes bytes;
+  std::vector<at::Tensor> tensors = bound;
   for (const torch::jit::Module& module : modules) {
     for (const auto& attribute : module.named_attributes(/*recurse=*/true)) {
-      if (!attribute.value.isTensor()) continue;
-      const c10::Storage& storage = attribute.value.toTensor().storage();
+      if (attribute.value.isTensor()) tensors.push_back(attribute.value.toTensor());
+    }
+  }
+  {
+    for (const at::Tensor& tensor : tensors) {
+      const c10::Storage& storage = tensor.storage();
       const auto* data = static_cast<const unsigned char*>(storage.data_ptr().get());
       if (data == nullptr || !seen.insert(data).second) continue;
       const size_t size = storage.nbytes();
@@ -103,7 +109,11 @@ void serve(const WorkerSpec& args) {
   if (args.warm_up) warm_up();
 
   std::optional<Unwrapped> unwrapped;
-  std::vector<torch::jit::Module> chain;  // called in order, each fed the last one's output
+  // Called in order, each fed the last one's output: the unwrapped models
+  // (any kind, through run()), or the baseline's modules.
+  std::vector<std::function<c10::IValue(std::vector<c10::IValue>)>> chain;
+  std::vector<torch::jit::Module> modules;  // the baseline's, whose attributes are its weights
+  std::vector<at::Tensor> bound;            // the unwrapped models' tensors
   WorkerReport report;
   if (!args.actor.is_null()) {
     UnwrapOptions options;
@@ -114,26 +124,34 @@ void serve(const WorkerSpec& args) {
     unwrapped = ModelWrapper::from_actor(args.actor).unwrap(options);
     report.load_ms = ms_since(start);
     report.warnings = unwrapped->warnings();
-    if (!args.model.empty()) {
-      chain.push_back(unwrapped->at(args.model));
-    } else {
-      for (const std::string& name : unwrapped->names()) chain.push_back(unwrapped->at(name));
+    std::vector<Unwrapped::Model> models = unwrapped->models();
+    if (!args.model.empty()) models = {unwrapped->model(args.model)};
+    for (Unwrapped::Model& model : models) {
+      chain.push_back([model](std::vector<c10::IValue> in) mutable { return model.run(std::move(in)); });
+      if (model.is_torchscript()) {
+        modules.push_back(model.module());
+      } else {
+        bound.insert(bound.end(), model.tensors().begin(), model.tensors().end());
+      }
     }
   } else {
     const auto start = Clock::now();
     for (const ModelFile& file : args.loads) {
       try {
-        chain.push_back(torch::jit::load(file.path, device));
+        modules.push_back(torch::jit::load(file.path, device));
       } catch (const std::exception& e) {
         throw Error(ErrorCode::kBadModel, file.path + ": torch::jit::load failed: " + torch_message(e));
       }
-      chain.back().eval();  // as unwrap hands modules back
+      modules.back().eval();  // as unwrap hands modules back
     }
     report.load_ms = ms_since(start);
     if (!args.model.empty()) {
       for (size_t i = 0; i < args.loads.size(); ++i) {
-        if (args.loads[i].name == args.model) chain = {chain[i]};
+        if (args.loads[i].name == args.model) modules = {modules[i]};
       }
+    }
+    for (torch::jit::Module& module : modules) {
+      chain.push_back([module](std::vector<c10::IValue> in) mutable { return module.forward(std::move(in)); });
     }
   }
 
@@ -145,8 +163,8 @@ void serve(const WorkerSpec& args) {
       std::vector<c10::IValue> arguments = inputs;
       const auto start = Clock::now();
       try {
-        for (torch::jit::Module& module : chain) {
-          result = module.forward(arguments);
+        for (auto& model : chain) {
+          result = model(arguments);
           arguments = as_arguments(result);
         }
       } catch (const std::exception& e) {  // the interpreter's errors are not all c10::Error
@@ -162,7 +180,7 @@ void serve(const WorkerSpec& args) {
     report.output_digest = digest.hex();
   }
   const bool on_cpu = device.is_cpu();
-  const WeightBytes weights = touch_weights(chain, unwrapped ? &*unwrapped : nullptr, on_cpu);
+  const WeightBytes weights = touch_weights(modules, bound, unwrapped ? &*unwrapped : nullptr, on_cpu);
   // The whole mapping too: weights of graph constants (frozen modules) are
   // in it as well, but not among the attributes.
   if (unwrapped && on_cpu) touch_pages(unwrapped->mapping_data(), unwrapped->mapping_size());

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -25,6 +26,7 @@
 
 #include "file_util.hpp"
 #include "store.hpp"
+#include "messages.hpp"
 #include "torch_util.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/version.hpp"
@@ -308,6 +310,49 @@ class TempLibrary {
 
  private:
   std::string path_;
+};
+
+// torch 2.14's AOTInductorModelContainerCreateWithExternalConstants always
+// runs constant folding, and a model compiled without runtime constant
+// folding (the default) then prints "[WARNING] Calling constant_folding in
+// model, but compiled with config: aot_inductor.use_runtime_constant_folding
+// =False" to stderr: once per unwrap, in every worker, about nothing the
+// user did. While a model is created, fd 2 goes to a memfd; afterwards
+// everything written there is written to stderr again except that line.
+// Other threads' output in that window comes out after it, not lost.
+class QuietConstantFolding {
+ public:
+  QuietConstantFolding() {
+    std::fflush(stderr);
+    saved_ = UniqueFd(::dup(2));
+    capture_ = UniqueFd(::memfd_create("zcwrap-aoti-stderr", MFD_CLOEXEC));
+    if (!saved_.valid() || !capture_.valid() || ::dup2(capture_.get(), 2) < 0) {
+      capture_ = UniqueFd();
+    }
+  }
+  ~QuietConstantFolding() {
+    if (!capture_.valid()) return;
+    std::fflush(stderr);
+    ::dup2(saved_.get(), 2);
+    std::string text;
+    char buf[4096];
+    ::lseek(capture_.get(), 0, SEEK_SET);
+    for (ssize_t n; (n = ::read(capture_.get(), buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
+    static constexpr std::string_view kNoise =
+        "[WARNING] Calling constant_folding in model, but compiled with config: "
+        "aot_inductor.use_runtime_constant_folding=False\n";
+    for (size_t at; (at = text.find(kNoise)) != std::string::npos;) text.erase(at, kNoise.size());
+    for (size_t done = 0; done < text.size();) {
+      const ssize_t n = ::write(2, text.data() + done, text.size() - done);
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+  }
+  QuietConstantFolding(const QuietConstantFolding&) = delete;
+  QuietConstantFolding& operator=(const QuietConstantFolding&) = delete;
+
+ private:
+  UniqueFd saved_, capture_;
 };
 
 // ---------------------------------------------------------------------------
@@ -916,9 +961,13 @@ std::shared_ptr<AotiModel> AotiModel::load(const BlobFile& blob, size_t index, s
   }
   impl->container = std::make_unique<Container>(impl->library);
   const std::string device_str = device.is_cpu() ? "cpu" : device.str();
-  impl->library.check(api.create_external(impl->container->out(), 1, device_str.c_str(), nullptr, entries.data(),
-                                          entries.size()),
-                      impl->where, "creating the model over the blob's weights");
+  AOTIRuntimeError created = AOTI_RUNTIME_SUCCESS;
+  {
+    const QuietConstantFolding quiet;
+    created = api.create_external(impl->container->out(), 1, device_str.c_str(), nullptr, entries.data(),
+                                  entries.size());
+  }
+  impl->library.check(created, impl->where, "creating the model over the blob's weights");
   impl->library.check(api.num_inputs(impl->container->get(), &impl->inputs), impl->where, "counting inputs");
   impl->library.check(api.num_outputs(impl->container->get(), &impl->outputs), impl->where, "counting outputs");
   const char* in_spec = nullptr;

@@ -213,6 +213,24 @@ PYBIND11_MODULE(_C, m) {
         return py::cast(model.module());
       })
       .def_property_readonly("tensors", &Unwrapped::Model::tensors)
+      // An AOTInductor model: (in_spec, out_spec), torch's pytree specs of
+      // its arguments and result; None for other kinds.
+      .def_property_readonly("call_spec", [](const Unwrapped::Model& model) -> py::object {
+        const auto* aoti = std::get_if<std::shared_ptr<zcwrap::detail::AotiModel>>(
+            &zcwrap::detail::WrapperAccess::model(model).built);
+        if (aoti == nullptr) return py::none();
+        return py::make_tuple((*aoti)->in_spec(), (*aoti)->out_spec());
+      })
+      // An AOTInductor model run on its flat input tensors: its flat outputs.
+      .def("run_flat", [](const Unwrapped::Model& model, const std::vector<at::Tensor>& inputs) {
+        const auto* aoti = std::get_if<std::shared_ptr<zcwrap::detail::AotiModel>>(
+            &zcwrap::detail::WrapperAccess::model(model).built);
+        if (aoti == nullptr) {
+          throw Error(ErrorCode::kUsage, "model '" + model.name() + "' (skeleton kind " + model.kind() +
+                                             ") is not an AOTInductor model");
+        }
+        return without_gil([&] { return (*aoti)->run(inputs); });
+      }, py::arg("inputs"))
       // A kind the Python package rebuilds: its skeleton's bytes.
       .def_property_readonly("skeleton", [](const Unwrapped::Model& model) -> py::object {
         const auto* python = std::get_if<zcwrap::detail::PythonSkeleton>(&zcwrap::detail::WrapperAccess::model(model).built);

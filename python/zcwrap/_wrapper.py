@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import _C, _eager, _export, _ray, _tasks, _weights_only
+from . import _C, _aoti, _eager, _export, _ray, _tasks, _weights_only
 from .errors import BadBlobError, BadModelError, StaleError, UsageError
 
 _TORCHSCRIPT = "torchscript"  # the kind libzcwrap rebuilds itself
@@ -435,7 +435,7 @@ class ModelWrapper:
         wanted = [m for m in unwrapped.models if models is None or m.name in models]
         if weights_only:  # every pickle, before any of them is read
             for model in wanted:
-                if model.kind != _TORCHSCRIPT:
+                if model.kind in _KINDS:
                     _KINDS[model.kind].check(f"{name}: model '{model.name}'", model.skeleton)
             if shell is not None:
                 _weights_only.check_pickle(name, "the pipeline object", shell)
@@ -445,6 +445,8 @@ class ModelWrapper:
         for model in wanted:
             if model.kind == _TORCHSCRIPT:
                 module = torch.jit._recursive.wrap_cpp_module(model.module)
+            elif model.kind == _aoti.KIND:  # run by libzcwrap: no pickle, nothing to check
+                module = _aoti.CompiledModel(model, f"{name}: model '{model.name}'")
             else:
                 module = _KINDS[model.kind].rebuild(f"{name}: model '{model.name}'", model.skeleton, model.tensors,
                                                     weights_only)
