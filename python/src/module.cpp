@@ -69,6 +69,7 @@ struct PackModel {
   std::string name;
   std::optional<torch::jit::Module> script;
   zcwrap::detail::PythonModel python;
+  std::optional<std::string> file;  // a model file: an AOTInductor package (.pt2), a TorchScript archive
 };
 
 zcwrap::ModelWrapper pack(const std::vector<PackModel>& models, bool standalone, const std::string& blob_path,
@@ -87,6 +88,10 @@ zcwrap::ModelWrapper pack(const std::vector<PackModel>& models, bool standalone,
     for (const PackModel& m : models) {
       if (m.script) {
         inputs.push_back(zcwrap::detail::copy_module(m.name, *m.script));
+      } else if (m.file) {
+        // As `zcwrap pack FILE` reads it (one open; a .pt2 by its records).
+        auto loaded = zcwrap::detail::load_model_files({{m.name, *m.file}}, zcwrap::Layout::kPipeline, options);
+        inputs.push_back(std::move(loaded.front()));
       } else {
         inputs.push_back({m.name, "module '" + m.name + "'", m.python});
       }
@@ -150,8 +155,11 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<PackModel>(m, "PackModel", "One model for ModelWrapper.pack.")
       .def_static("torchscript", [](const std::string& name, const torch::jit::Module& module) {
-        return PackModel{name, module, {}};
+        return PackModel{name, module, {}, std::nullopt};
       }, py::arg("name"), py::arg("module"))
+      .def_static("file", [](const std::string& name, const std::string& path) {
+        return PackModel{name, std::nullopt, {}, path};
+      }, py::arg("name"), py::arg("path"))
       .def_static("python", [](const std::string& name, const std::string& kind, const py::bytes& skeleton,
                                const std::vector<std::tuple<std::string, zcwrap::format::TensorKind, at::Tensor>>& tensors,
                                uint64_t unshared_bytes) {
@@ -159,7 +167,7 @@ PYBIND11_MODULE(_C, m) {
         if (k == zcwrap::format::SkeletonKind::kUnknown || !zcwrap::format::skeleton_kind_info(k).rebuilt_in_python) {
           throw Error(ErrorCode::kUsage, "skeleton kind '" + kind + "' is not one the Python package makes");
         }
-        PackModel model{name, std::nullopt, {k, std::string(skeleton), {}, unshared_bytes}};
+        PackModel model{name, std::nullopt, {k, std::string(skeleton), {}, unshared_bytes}, std::nullopt};
         for (const auto& [path, tensor_kind, tensor] : tensors) model.python.tensors.push_back({path, tensor_kind, tensor});
         return model;
       }, py::arg("name"), py::arg("kind"), py::arg("skeleton"), py::arg("tensors"), py::arg("unshared_bytes"));

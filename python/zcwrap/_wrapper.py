@@ -193,7 +193,10 @@ class ModelWrapper:
         """Packs `model_or_pipeline` into the store, once per content.
 
         `model` is an ``nn.Module`` (eager), a ``torch.jit.ScriptModule``
-        (scripted or traced), or a pipeline: any object whose attributes
+        (scripted or traced), the path (``str`` or ``os.PathLike``) of a
+        model file that ``zcwrap pack`` reads (an AOTInductor package, the
+        ``.pt2`` of ``torch._inductor.aoti_compile_and_package``, or a
+        TorchScript file; actor mode), or a pipeline: any object whose attributes
         include modules of either kind; each becomes a model of the blob named
         by its attribute, and tensors shared between them are stored once.
         The blob goes to `store_dir`, else ``$ZCWRAP_STORE``, else
@@ -234,6 +237,12 @@ class ModelWrapper:
         store_dir, alignment = _path_arg("store_dir", store_dir), _alignment_arg(alignment)
         file_mode, cache = _file_mode_arg(file_mode), _flag("cache", cache)
         model = model_or_pipeline
+        if isinstance(model, (str, os.PathLike)):
+            if mode != "actor":
+                raise UsageError(f"{os.fspath(model)}: a model file packs in actor mode only")
+            native = _C.ModelWrapper.pack([_C.PackModel.file("model", os.fspath(model))], True,
+                                          store_dir=store_dir or "", alignment=alignment, file_mode=file_mode)
+            return cls(json.loads(native.to_actor()), native.model_kinds, native=native, mode=mode)
         if _is_module(model):
             modules = {"model": model}
             standalone, shell = True, None
