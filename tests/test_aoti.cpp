@@ -393,3 +393,27 @@ TEST_CASE("AOTInductor: a CPU package unwrapped for CUDA is a device error" * do
     CHECK(e.code() == zcwrap::ErrorCode::kDevice);
   }
 }
+
+// build/cli/zcwrap -> build/samples/zcwrap-sample (absent with -Dsamples=disabled).
+std::string sample_path() {
+  const std::string bin = test::zcwrap_bin();
+  return bin.substr(0, bin.rfind("/cli/")) + "/samples/zcwrap-sample";
+}
+
+TEST_CASE("AOTInductor: the sample worker serves it and a TorchScript model through the same call" *
+          doctest::skip(skipped() || !test::file_exists(sample_path()))) {
+  const std::string sample = sample_path();
+  test::TempDir dir;
+  const std::vector<std::pair<std::string, std::string>> models = {
+      {aoti_fixture("cnn_disk.pt2"), aoti_fixture("cnn_in.pt")},
+      {test::fixture("resnet18_scripted.pt"), test::fixture("resnet18_scripted_in.pt")}};
+  for (const auto& [model, input] : models) {
+    const std::string blob = dir / "m.zcb";
+    REQUIRE(test::run_cli({"pack", model, "-o", blob, "--quiet"}).status == 0);
+    const test::ProcessResult r =
+        test::run_process({sample, "drive", "--config", dir / "m.actor.json", "--input", input, "--workers", "2",
+                           "--batches", "2"});
+    CHECK_MESSAGE(r.status == 0, model << ": " << r.err);
+    CHECK_MESSAGE(r.out.find("outputs: bit-equal in both workers") != std::string::npos, r.out);
+  }
+}
