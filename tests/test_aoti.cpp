@@ -417,3 +417,14 @@ TEST_CASE("AOTInductor: the sample worker serves it and a TorchScript model thro
     CHECK_MESSAGE(r.out.find("outputs: bit-equal in both workers") != std::string::npos, r.out);
   }
 }
+
+TEST_CASE("AOTInductor: zcwrap bench runs its workers on it, one shared copy of the weights" * doctest::skip(skipped())) {
+  test::TempDir dir;
+  const std::string blob = dir / "m.zcb";
+  REQUIRE(test::run_cli({"pack", aoti_fixture("cnn_so.pt2"), "-o", blob, "--quiet"}).status == 0);
+  const test::ProcessResult r =
+      test::run_cli({"bench", dir / "m.actor.json", "--workers", "2", "--input", aoti_fixture("cnn_in.pt")});
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  CHECK_MESSAGE(r.out.find("(one shared copy)") != std::string::npos, r.out);
+  CHECK_MESSAGE(r.out.find("bit-equal in all 2 workers") != std::string::npos, r.out);
+}
