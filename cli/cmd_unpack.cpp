@@ -1,4 +1,6 @@
-// zcwrap unpack: a model from a blob back to a standard TorchScript file.
+// zcwrap unpack: a model from a blob back to a standard TorchScript file, or
+// to the AOTInductor package it was packed from.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -26,7 +28,12 @@ int run_unpack(const UnpackArgs& args) {
   wrapper.unpack(output, args.model);
   if (!args.quiet && output != "/dev/stdout") {
     const std::string name = args.model.empty() ? wrapper.model_names().front() : args.model;
-    std::printf("unpacked model '%s' to %s (opens with torch.jit.load)\n", name.c_str(), args.output.c_str());
+    const auto& names = wrapper.model_names();
+    const size_t index = static_cast<size_t>(std::find(names.begin(), names.end(), name) - names.begin());
+    const bool package = index < names.size() && wrapper.model_kinds()[index] == "aot_inductor";
+    std::printf("unpacked model '%s' to %s (%s)\n", name.c_str(), args.output.c_str(),
+                package ? "an AOTInductor package: torch._inductor.aoti_load_package loads it"
+                        : "opens with torch.jit.load");
   }
   return 0;
 }

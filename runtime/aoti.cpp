@@ -57,6 +57,7 @@ bool inside(uint64_t offset, uint64_t length, uint64_t size) { return offset <= 
 struct ElfFacts {
   std::string error;  // empty: looks loadable
   std::optional<std::pair<uint64_t, uint64_t>> constants;
+  uint64_t end = 0;  // where the ELF file's own contents end (its last section or header table)
 };
 
 ElfFacts read_elf(const uint8_t* p, uint64_t n) {
@@ -80,6 +81,7 @@ ElfFacts read_elf(const uint8_t* p, uint64_t n) {
   }
   if (shnum == 0) return facts;
   if (shentsize < 64 || !inside(shoff, uint64_t(shentsize) * shnum, n)) return fail("section headers past the end of the file (truncated)");
+  facts.end = shoff + uint64_t(shentsize) * shnum;
   struct Section {
     uint32_t type;
     uint64_t addr, offset, size, entsize;
@@ -92,6 +94,7 @@ ElfFacts read_elf(const uint8_t* p, uint64_t n) {
     if (sections.back().type != 8 /* NOBITS */ && !inside(sections.back().offset, sections.back().size, n)) {
       return fail("section " + std::to_string(i) + " past the end of the file (truncated)");
     }
+    if (sections.back().type != 8) facts.end = std::max(facts.end, sections.back().offset + sections.back().size);
   }
   auto file_offset = [&](uint64_t addr) -> std::optional<uint64_t> {
     for (const Section& s : sections) {
@@ -744,8 +747,13 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
       loaded.push_back(it->second);
       total += c.data_size;
     }
+    // force_mmap_weights appends them after the ELF file, from its next
+    // page boundary (torch 2.14: 4 KiB), followed by a few bytes of its own.
     std::vector<uint64_t> candidates;
     if (elf.constants) candidates.push_back(elf.constants->first);
+    for (const uint64_t page : {uint64_t(4096), uint64_t(16384), uint64_t(65536)}) {
+      candidates.push_back((elf.end + page - 1) / page * page);
+    }
     if (total <= so_size) candidates.push_back(so_size - total);
     std::optional<uint64_t> base;
     for (uint64_t start : candidates) {

@@ -428,3 +428,15 @@ TEST_CASE("AOTInductor: zcwrap bench runs its workers on it, one shared copy of 
   CHECK_MESSAGE(r.out.find("(one shared copy)") != std::string::npos, r.out);
   CHECK_MESSAGE(r.out.find("bit-equal in all 2 workers") != std::string::npos, r.out);
 }
+
+// Compiled by benchmarks/make_aoti_models.py only (minutes, not a CI step):
+// checked where $ZCWRAP_AOTI_BENCH_MODELS names its folder, skipped elsewhere.
+TEST_CASE("AOTInductor: a force_mmap_weights package's appended weights are cut out too" *
+          doctest::skip(skipped() || std::getenv("ZCWRAP_AOTI_BENCH_MODELS") == nullptr)) {
+  const char* models = std::getenv("ZCWRAP_AOTI_BENCH_MODELS");
+  test::TempDir dir;
+  const std::string blob = dir / "m.zcb";
+  zcwrap::ModelWrapper::pack_files({{"m", std::string(models) + "/resnet50_mmap.pt2"}}, zcwrap::Layout::kStandalone,
+                                   blob);
+  CHECK(zcwrap::describe(blob).unshared_bytes == 0);
+}
