@@ -36,6 +36,8 @@ import torch
 
 import zcwrap
 
+import held_workers  # benchmarks/, beside this script
+
 WORKER = textwrap.dedent("""
     import pickle, sys, time
     import torch, torchvision, zcwrap
@@ -81,25 +83,8 @@ def times(method, path, repeat):
     return [statistics.median(column) for column in zip(*rows)]
 
 
-def pss_bytes(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def summed_pss(method, path, workers):
-    procs = [spawn(method, path, hold=True) for _ in range(workers)]
-    try:
-        for p in procs:
-            p.stdout.readline()
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"{method}: a worker did not get ready")
-        return sum(pss_bytes(p.pid) for p in procs)
-    finally:
-        for p in procs:
-            p.communicate("")
+    return held_workers.summed_pss(lambda: spawn(method, path, hold=True), workers, method)
 
 
 def main():

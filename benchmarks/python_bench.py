@@ -37,6 +37,8 @@ from torch import nn
 
 import zcwrap
 
+import held_workers  # benchmarks/, beside this script
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -111,25 +113,8 @@ def load_seconds(method, path, maker, repeat):
     return statistics.median(times)
 
 
-def pss_bytes(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def summed_pss(method, path, maker, workers):
-    procs = [spawn(method, path, maker, hold=True) for _ in range(workers)]
-    try:
-        for p in procs:
-            p.stdout.readline()
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"{method}: a worker did not get ready")
-        return sum(pss_bytes(p.pid) for p in procs)
-    finally:
-        for p in procs:
-            p.communicate("")
+    return held_workers.summed_pss(lambda: spawn(method, path, maker, hold=True), workers, method)
 
 
 def main():

@@ -53,6 +53,20 @@ def file_offset(address):
 
 # --- the Ray cluster ----------------------------------------------------------
 
+# The zcwrap command of the torch2 lane's build folder (scripts/test.sh sets
+# ZCWRAP_TORCH2_BUILD).
+ZCWRAP_BIN = os.path.join(os.environ.get("ZCWRAP_TORCH2_BUILD", ""), "cli/zcwrap")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A store folder of the test's own ($ZCWRAP_STORE; Ray's workers get a
+    blob from the object store, not from this folder)."""
+    folder = tmp_path / "store"
+    monkeypatch.setenv("ZCWRAP_STORE", str(folder))
+    return folder
+
+
 NODES = 3
 
 

@@ -103,11 +103,8 @@ def scripted_pipeline():
     return pipe
 
 
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    """Each test packs into its own store folder (Ray's workers get the blob
-    from the object store, not from this folder)."""
-    monkeypatch.setenv("ZCWRAP_STORE", str(tmp_path / "store"))
+# Each test packs into its own store folder (conftest.py).
+pytestmark = pytest.mark.usefixtures("store")
 
 
 # --- the driver script: classes that exist only in __main__ ------------------

@@ -34,12 +34,8 @@ zcwrap = import_zcwrap()
 warnings.filterwarnings("ignore", message=".*nested tensors.*prototype.*")  # torch's own note on torch.nested
 
 
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    """Each test packs into its own store folder."""
-    folder = tmp_path / "store"
-    monkeypatch.setenv("ZCWRAP_STORE", str(folder))
-    return folder
+# Each test packs into its own store folder (conftest.py).
+pytestmark = pytest.mark.usefixtures("store")
 
 
 def raises_one_line(kind, call, *mentions):

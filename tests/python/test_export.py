@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import file_offset, import_or_skip, import_zcwrap, mapping_of, same_bytes
+from conftest import ZCWRAP_BIN, file_offset, import_or_skip, import_zcwrap, mapping_of, same_bytes
 
 zcwrap = import_zcwrap()
 if getattr(getattr(torch, "export", None), "ExportedProgram", None) is None:
@@ -26,16 +26,10 @@ if getattr(getattr(torch, "export", None), "ExportedProgram", None) is None:
 from zcwrap import _export  # noqa: E402  (after the skip: needs torch.export)
 
 SKELETON_OF = _export.skeleton_of  # before any test replaces it
-TORCH2_BUILD = os.environ.get("ZCWRAP_TORCH2_BUILD", "")
-ZCWRAP_BIN = os.path.join(TORCH2_BUILD, "cli/zcwrap")
 
 
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    """Each test packs into its own store folder."""
-    folder = tmp_path / "store"
-    monkeypatch.setenv("ZCWRAP_STORE", str(folder))
-    return folder
+# Each test packs into its own store folder (conftest.py).
+pytestmark = pytest.mark.usefixtures("store")
 
 
 # --- models, exported here --------------------------------------------------------

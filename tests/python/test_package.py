@@ -18,20 +18,14 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import file_offset, import_zcwrap, mapping_of, run, same_bytes
+from conftest import ZCWRAP_BIN, file_offset, import_zcwrap, mapping_of, run, same_bytes
 
 zcwrap = import_zcwrap()
 
-TORCH2_BUILD = os.environ.get("ZCWRAP_TORCH2_BUILD", "")
-ZCWRAP_BIN = os.path.join(TORCH2_BUILD, "cli/zcwrap")
 
 
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    """Each test packs into its own store folder."""
-    folder = tmp_path / "store"
-    monkeypatch.setenv("ZCWRAP_STORE", str(folder))
-    return folder
+# Each test packs into its own store folder (conftest.py).
+pytestmark = pytest.mark.usefixtures("store")
 
 
 def blob_mappings(path):

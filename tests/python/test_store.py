@@ -21,20 +21,15 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import import_zcwrap
+from conftest import ZCWRAP_BIN, import_zcwrap
 
 zcwrap = import_zcwrap()
 
-TORCH2_BUILD = os.environ.get("ZCWRAP_TORCH2_BUILD", "")
-ZCWRAP_BIN = os.path.join(TORCH2_BUILD, "cli/zcwrap")
 NOBODY = 65534
 
 
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    folder = tmp_path / "store"
-    monkeypatch.setenv("ZCWRAP_STORE", str(folder))
-    return folder
+# Each test packs into its own store folder (conftest.py).
+pytestmark = pytest.mark.usefixtures("store")
 
 
 def model(seed=0, width=64):
