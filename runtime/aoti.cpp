@@ -322,10 +322,12 @@ class TempLibrary {
 // =False" to stderr: once per unwrap, in every worker, about nothing the
 // user did. While a model is created, fd 2 goes to a memfd; afterwards
 // everything written there is written to stderr again except that line.
-// Other threads' output in that window comes out after it, not lost.
+// Other threads' output in that window comes out after it, not lost. One
+// at a time (unwrap is thread-safe): two overlapping redirections would
+// restore each other's memfd as stderr.
 class QuietConstantFolding {
  public:
-  QuietConstantFolding() {
+  QuietConstantFolding() : lock_(mutex()) {
     std::fflush(stderr);
     saved_ = UniqueFd(::dup(2));
     capture_ = UniqueFd(::memfd_create("zcwrap-aoti-stderr", MFD_CLOEXEC));
@@ -355,6 +357,11 @@ class QuietConstantFolding {
   QuietConstantFolding& operator=(const QuietConstantFolding&) = delete;
 
  private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  std::lock_guard<std::mutex> lock_;
   UniqueFd saved_, capture_;
 };
 
