@@ -1,5 +1,6 @@
-// ModelWrapper, ActorWrapper and Unwrapped: pack TorchScript models into a
-// blob once, rebuild them zero-copy in every worker.
+// ModelWrapper, ActorWrapper and Unwrapped: pack models (TorchScript modules,
+// AOTInductor packages; eager modules and torch.export programs from the
+// Python package) into a blob once, rebuild them zero-copy in every worker.
 //
 // This header does not include LibTorch (it is heavy to compile): code that
 // calls module() or passes a torch::jit::Module includes <torch/script.h>
@@ -59,8 +60,9 @@ class Unwrapped {
   class Model {
    public:
     const std::string& name() const;
-    /// The skeleton kind, as the manifest names it: "torchscript", or a kind
-    /// the Python package rebuilds ("python_pickle", "torch_export").
+    /// The skeleton kind, as the manifest names it: "torchscript",
+    /// "aot_inductor" (an AOTInductor package), or a kind the Python package
+    /// rebuilds ("python_pickle", "torch_export").
     const std::string& kind() const;
     bool is_torchscript() const;
     /// The TorchScript module. Throws Error(kUsage) for another kind.
@@ -68,9 +70,11 @@ class Unwrapped {
     /// Every tensor the blob holds for this model, in the manifest's order,
     /// over the placed storages.
     const std::vector<at::Tensor>& tensors() const;
-    /// Runs the model on `inputs` and returns its output, whatever its kind
-    /// (a TorchScript module's forward). Throws Error(kUsage) for a kind
-    /// that runs in Python only; what the model throws passes through.
+    /// Runs the model on `inputs` and returns its output, whatever its kind:
+    /// a TorchScript module's forward, an AOTInductor model's run (tensors,
+    /// tuples and lists of them flattened in; one tensor, or a tuple of
+    /// several, out). Throws Error(kUsage) for a kind that runs in Python
+    /// only; what the model throws passes through.
     c10::IValue run(std::vector<c10::IValue> inputs);
 
    private:
@@ -169,7 +173,7 @@ class ModelWrapper {
   /// "meta_checksum", "standalone", "models": [...]}. Small; send it to workers.
   nlohmann::json to_actor() const;
 
-  /// Rebuilds the modules from the blob (the mapping from_actor or open
+  /// Rebuilds the models from the blob (the mapping from_actor or open
   /// checked, a fresh one for a wrapper made by packing, or the memory of
   /// from_memory). "cpu": zero-copy (see
   /// Unwrapped). Another device ("cuda:0"): each storage is copied once, so
@@ -202,7 +206,7 @@ class ModelWrapper {
   bool is_standalone_module() const { return standalone_; }
   std::vector<std::string> model_names() const { return names_; }
   /// Each model's skeleton kind as the manifest names it ("torchscript",
-  /// "python_pickle", "torch_export"), in model_names() order.
+  /// "aot_inductor", "python_pickle", "torch_export"), in model_names() order.
   const std::vector<std::string>& model_kinds() const { return kinds_; }
   /// The blob file's absolute path; for a memory blob, its name.
   const std::string& blob_path() const { return blob_path_; }
