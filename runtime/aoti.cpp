@@ -13,7 +13,6 @@
 #include <map>
 #include <mutex>
 #include <set>
-#include <sstream>
 
 #include <caffe2/serialize/inline_container.h>
 #include <caffe2/serialize/read_adapter_interface.h>
@@ -406,11 +405,18 @@ json to_json(const SkeletonInfo& s, const std::vector<std::string>& fqns) {
 // The skeleton's record stream: aoti.json, then records/N.
 class SkeletonReader {
  public:
+  // Reads the skeleton in place in the blob's mapping where it is stored
+  // uncompressed (as zcwrap 0.2 packs it), else from its decompressed copy.
   SkeletonReader(const BlobFile& blob, size_t index) : where_(blob.path() + ": model '" + blob.manifest().models[index].name + "'") {
-    raw_ = blob.skeleton(index);
+    if (const std::optional<std::string_view> in_place = blob.skeleton_in_place(index)) {
+      bytes_ = *in_place;
+    } else {
+      raw_ = blob.skeleton(index);
+      bytes_ = raw_;
+    }
     try {
-      in_ = std::make_unique<std::istringstream>(raw_);
-      reader_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(in_.get());
+      reader_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(std::make_shared<SliceAdapter>(
+          reinterpret_cast<const uint8_t*>(bytes_.data()), bytes_.size()));
       const std::string text = record("aoti.json");
       const json j = json::parse(text);
       if (j.at("format").get<int>() != kSkeletonVersion) {
@@ -445,9 +451,24 @@ class SkeletonReader {
   const SkeletonInfo& info() const { return info_; }
   const std::string& where() const { return where_; }
 
-  // Record `i`'s stored bytes (its cuts left out), checked against its size.
-  std::string stored(size_t i) {
-    std::string bytes = record("records/" + std::to_string(i));
+  // Record `i`'s stored bytes (its cuts left out), checked against its
+  // size: a view of the skeleton's bytes, valid while this reader lives.
+  std::string_view stored(size_t i) {
+    const std::string name = "records/" + std::to_string(i);
+    std::string_view bytes;
+    try {
+      const uint64_t size = reader_->getRecordSize(name);
+      const uint64_t offset = reader_->getRecordOffset(name);
+      const auto* base = reinterpret_cast<const uint8_t*>(bytes_.data());
+      if (!stored_entry(base, bytes_.size(), reader_->getRecordHeaderOffset(name)) ||
+          !inside(offset, size, bytes_.size())) {
+        throw std::runtime_error("compressed, or outside the skeleton");
+      }
+      bytes = bytes_.substr(offset, size);
+    } catch (const std::exception& e) {
+      throw Error(ErrorCode::kBadBlob, where_ + ": malformed aot_inductor skeleton (record '" + name + "'): " +
+                                           first_line(e));
+    }
     uint64_t cut = 0;
     for (const Cut& c : info_.records[i].cuts) cut += c.length;
     if (bytes.size() + cut != info_.records[i].size) {
@@ -477,8 +498,8 @@ class SkeletonReader {
   }
 
   std::string where_;
-  std::string raw_;
-  std::unique_ptr<std::istringstream> in_;
+  std::string raw_;         // the decompressed skeleton, when it is compressed in the blob
+  std::string_view bytes_;  // the skeleton: raw_, or in place in the mapping
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader_;
   SkeletonInfo info_;
 };
@@ -868,7 +889,7 @@ namespace {
 
 // Whether the file open as `fd` holds the .so `r` describes: every stored
 // byte equal (the cut ranges are never read: the weights are bound instead).
-bool holds_library(int fd, const Record& r, const std::string& stored) {
+bool holds_library(int fd, const Record& r, std::string_view stored) {
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != r.size) return false;
   if (r.size == 0) return true;
@@ -890,7 +911,7 @@ bool same_file(int dir_fd, const std::string& name, int fd) {
 // file is reused when every byte zcwrap would write matches; otherwise it is
 // written afresh (AtomicFile) with the weights' ranges left as holes, so the
 // file takes no room for them.
-UniqueFd place_library(const Record& r, const std::string& stored, const std::string& digest, std::string* path) {
+UniqueFd place_library(const Record& r, std::string_view stored, const std::string& digest, std::string* path) {
   const StoreFolder folder = open_store(store_folder(), /*create=*/true);
   const std::string name = digest + ".so";
   *path = folder.path + "/" + name;
@@ -943,7 +964,7 @@ std::shared_ptr<AotiModel> AotiModel::load(const BlobFile& blob, size_t index, s
                                          " constants, the manifest " + std::to_string(tensors.size()));
   }
   const size_t lib = skeleton.find(info.library);
-  const std::string stored = skeleton.stored(lib);
+  const std::string_view stored = skeleton.stored(lib);
   impl->library_fd = place_library(info.records[lib], stored, info.library_digest, &impl->library_path);
   // By its name, which is its content's: glibc reuses a loaded library of
   // the same name, which is then the same code. The name must still lead to
@@ -1051,7 +1072,7 @@ void write_aoti_package(const BlobFile& blob, size_t index, const std::string& p
     const Record& r = info.records[i];
     // PyTorchStreamWriter writes these itself.
     if (r.name == ".data/serialization_id") continue;
-    const std::string stored = skeleton.stored(i);
+    const std::string_view stored = skeleton.stored(i);
     std::string bytes;
     bytes.reserve(r.size);
     walk_record(r, [&](uint64_t, uint64_t from, uint64_t len) { bytes.append(stored.data() + from, len); },

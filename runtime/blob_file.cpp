@@ -111,6 +111,12 @@ std::string BlobFile::skeleton(size_t index) const {
   return record(model.skeleton, "skeleton of model '" + model.name + "'");
 }
 
+std::optional<std::string_view> BlobFile::skeleton_in_place(size_t index) const {
+  const format::SkeletonEntry& sk = manifest_.models.at(index).skeleton;
+  if (sk.compression != "none") return std::nullopt;
+  return std::string_view(reinterpret_cast<const char*>(base_ + header_.skeletons_offset + sk.offset), sk.length);
+}
+
 std::optional<std::string> BlobFile::pipeline_pickle() const {
   if (!manifest_.pipeline_object) return std::nullopt;
   return record(*manifest_.pipeline_object, "pipeline object's pickle");

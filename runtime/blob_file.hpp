@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "file_util.hpp"
@@ -97,6 +98,9 @@ class BlobFile {
 
   // The skeleton bytes of model `index`, decompressed. Throws Error(kBadBlob).
   std::string skeleton(size_t index) const;
+  // The same bytes in place in the mapping, without a copy, when the
+  // skeleton is stored uncompressed; nullopt when it is compressed.
+  std::optional<std::string_view> skeleton_in_place(size_t index) const;
 
   // The pickle of a Python pipeline object's attributes other than its
   // modules (manifest "pipeline_object"), decompressed; nullopt when the blob

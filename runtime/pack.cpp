@@ -147,13 +147,20 @@ std::string compress(const std::string& raw, const std::string& origin) {
   return out;
 }
 
-// Appends `raw` to the skeletons section and fills `entry`'s record. Zstd,
-// unless the result would expand more than readers accept
-// (format::max_skeleton_raw_length, their guard against decompression
-// bombs): a module that holds 4 MB of zeros as bytes or a numpy array
-// pickles into a skeleton that shrinks 30,000-fold, and is stored as it is.
+// How a skeleton is stored: zstd, or as it is where every unwrap reads it
+// in place (an AOTInductor model's compiled code: resnet50's 2.3 MB .so is
+// compared with the store's copy by every worker, and decompressing and
+// copying it cost more than the rest of its unwrap).
+enum class Compression { kZstd, kNone };
+
+// Appends `raw` to the skeletons section and fills `entry`'s record. Zstd
+// unless asked otherwise, or unless the result would expand more than
+// readers accept (format::max_skeleton_raw_length, their guard against
+// decompression bombs): a module that holds 4 MB of zeros as bytes or a
+// numpy array pickles into a skeleton that shrinks 30,000-fold, and is
+// stored as it is.
 void add_skeleton(const std::string& raw, const std::string& origin, format::SkeletonEntry* entry,
-                  std::string* skeletons) {
+                  std::string* skeletons, Compression compression = Compression::kZstd) {
   if (raw.size() > format::kMaxSkeletonRawLength) {
     throw Error(ErrorCode::kBadModel,
                 origin + ": its skeleton (the module without its shared tensors) is " + std::to_string(raw.size()) +
@@ -161,8 +168,8 @@ void add_skeleton(const std::string& raw, const std::string& origin, format::Ske
                     " (1 GiB) a blob holds per model; keep large data in tensors, which the blob shares, "
                     "not in numpy arrays, bytes or tensors that cannot be shared");
   }
-  const std::string packed = compress(raw, origin);
-  const bool as_is = raw.size() > format::max_skeleton_raw_length(packed.size());
+  const std::string packed = compression == Compression::kZstd ? compress(raw, origin) : std::string();
+  const bool as_is = compression == Compression::kNone || raw.size() > format::max_skeleton_raw_length(packed.size());
   const std::string& stored = as_is ? raw : packed;
   entry->compression = as_is ? "none" : "zstd";
   entry->offset = skeletons->size();
@@ -366,7 +373,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, Layout layout, const P
         add_tensor({c.path, format::TensorKind::kConstant, c.tensor});
       }
       kind = format::SkeletonKind::kAotInductor;
-      add_skeleton(aoti->skeleton, input.origin, &entry.skeleton, &skeletons);
+      add_skeleton(aoti->skeleton, input.origin, &entry.skeleton, &skeletons, Compression::kNone);
       entry.skeleton.unshared_bytes = aoti->unshared_bytes;
     } else {
       auto& script = std::get<ScriptModel>(input.model);

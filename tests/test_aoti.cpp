@@ -198,7 +198,11 @@ TEST_CASE("AOTInductor: the .so is placed once, by content, without its weights"
   CHECK(so.rfind(zcwrap::store_folder() + "/", 0) == 0);
   struct stat st {};
   REQUIRE(::stat(so.c_str(), &st) == 0);
-  const uint64_t weights = zcwrap::describe(blob).storage_bytes;
+  const zcwrap::BlobInfo info = zcwrap::describe(blob);
+  const uint64_t weights = info.storage_bytes;
+  // The skeleton is stored as it is: every unwrap compares the .so with it
+  // in place in the blob's mapping.
+  CHECK(info.models.at(0).skeleton.compression == "none");
   // The weights' range of the .so is a hole: the file is as long as the
   // package's .so, but holds only its code.
   MESSAGE(so << ": " << st.st_size << " bytes long, " << st.st_blocks * 512 << " bytes on disk; weights " << weights);
