@@ -26,7 +26,7 @@ struct TensorInfo {
 
 /// A model's skeleton: the module with its shared tensors taken out.
 struct SkeletonInfo {
-  std::string kind;         ///< "torchscript" or "python_pickle"
+  std::string kind;         ///< "torchscript", "python_pickle", "torch_export" or "aot_inductor"
   std::string compression;  ///< "zstd" or "none"
   uint64_t stored_bytes = 0;
   uint64_t raw_bytes = 0;

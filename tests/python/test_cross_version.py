@@ -123,3 +123,65 @@ def test_blob_packed_under_2_x_runs_under_1_13_or_names_both_versions(model, tmp
     assert ran.returncode == 4, ran.stderr
     assert len(lines) == 1 and lines[0].startswith("zcwrap: error: "), ran.stderr
     assert "libtorch 1.13" in lines[0] and f"libtorch {torch.__version__.split('+')[0]}" in lines[0], lines[0]
+
+
+# The skeleton kinds of torch 2.x alone. A 1.13 zcwrap reads their blobs'
+# format (inspect, verify) and refuses to run or unpack them with one line
+# that says what to use instead; nothing is written.
+
+def one_line_refusal(done, status, *words):
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == status, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("zcwrap: error: "), done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def aoti_fixture(build):
+    folder = os.path.join(build, "tests/aoti-fixtures")
+    index_path = os.path.join(folder, "fixtures.json")
+    if not os.path.isfile(index_path):
+        pytest.fail(f"no AOTInductor fixtures in {folder} (meson test of the torch2 lane links them there)")
+    with open(index_path) as f:
+        index = json.load(f)
+    if "skip" in index:
+        pytest.skip(index["skip"])
+    return folder, index["models"][0]
+
+
+def test_aot_inductor_blob_is_described_under_1_13_and_refused_to_run(tmp_path):
+    folder, model = aoti_fixture(TORCH2)
+    blob = str(tmp_path / "m.zcb")
+    packed = zcwrap(TORCH2, "pack", "-q", os.path.join(folder, model["file"]), "-o", blob)
+    assert packed.returncode == 0, packed.stderr
+
+    info = zcwrap(DEBIAN, "inspect", "--json", blob)
+    assert info.returncode == 0, info.stderr
+    assert [m["skeleton"]["kind"] for m in json.loads(info.stdout)["models"]] == ["aot_inductor"]
+    verified = zcwrap(DEBIAN, "verify", blob)
+    assert verified.returncode == 0, verified.stderr
+
+    ran = zcwrap(DEBIAN, "run", blob, "-i", os.path.join(folder, model["input"]), "-o", str(tmp_path / "out.pt"))
+    one_line_refusal(ran, 5, "AOTInductor", "libtorch 1.13", "torch 2.6 or later")
+    unpacked = zcwrap(DEBIAN, "unpack", blob, "-o", str(tmp_path / "back.pt2"))
+    one_line_refusal(unpacked, 5, "AOTInductor", "libtorch 1.13")
+    assert sorted(os.listdir(tmp_path)) == ["m.actor.json", "m.zcb"]  # what pack wrote, nothing more
+
+
+def test_torch_export_blob_is_described_under_1_13_and_refused_to_run(tmp_path):
+    zcwrap_package = pytest.importorskip("zcwrap", reason="the Python package packs torch.export programs")
+    if not hasattr(torch, "export"):
+        pytest.skip(f"torch {torch.__version__} has no torch.export")
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 8)
+    torch.save(x, str(tmp_path / "x.pt"))
+    store = tmp_path / "store"
+    wrapper = zcwrap_package.ModelWrapper.from_model(torch.export.export(model, (x,)), store_dir=str(store))
+    blob = wrapper.blob_path
+
+    info = zcwrap(DEBIAN, "inspect", "--json", blob)
+    assert info.returncode == 0, info.stderr
+    assert [m["skeleton"]["kind"] for m in json.loads(info.stdout)["models"]] == ["torch_export"]
+    ran = zcwrap(DEBIAN, "run", blob, "-i", str(tmp_path / "x.pt"), "-o", str(tmp_path / "out.pt"))
+    one_line_refusal(ran, 5, "Python")
+    assert not os.path.exists(tmp_path / "out.pt")
