@@ -11,6 +11,8 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from .errors import BadModelError
+
 KIND = "aot_inductor"
 
 
@@ -37,10 +39,22 @@ class CompiledModel:
         return list(self._native.tensors)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from torch.export.pt2_archive._package import reorder_kwargs
-        flat = pytree.tree_flatten((args, reorder_kwargs(kwargs, self._in_spec)))[0]
+        flat = pytree.tree_flatten((args, self._in_spec_order(kwargs)))[0]
         flat = [x for x in flat if isinstance(x, torch.Tensor)]
         return pytree.tree_unflatten(self._native.run_flat(flat), self._out_spec)
+
+    def _in_spec_order(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # Keyword arguments flatten in the order export recorded them, as
+        # torch's runner orders them (reorder_kwargs, not imported from its
+        # torch.export.pt2_archive: that imports torch._inductor, 2 s of a
+        # fresh worker's first call).
+        spec = self._in_spec
+        names = (list(spec.child(1).context) if spec.type is tuple and spec.num_children == 2
+                 and spec.child(1).type is dict else [])
+        if set(kwargs) != set(names):
+            raise BadModelError(f"{self._where}: takes the keyword arguments ({', '.join(names) or 'none'}) "
+                                f"it was exported with, got ({', '.join(kwargs) or 'none'})")
+        return {name: kwargs[name] for name in names}
 
     def __repr__(self) -> str:
         count = len(self._native.tensors)

@@ -49,6 +49,9 @@ with torch.no_grad():
 torch.save(tuple(result) if isinstance(result, (list, tuple)) else (result,), out)
 for t in model.tensors:
     assert not t.untyped_storage().resizable()
+# torch's own AOTInductor runner (torch.export.pt2_archive) imports
+# torch._inductor, 2 s in a fresh worker: unwrap and the call do without it.
+assert "torch._inductor" not in sys.modules, "unwrap or the call imported torch._inductor"
 print("ok", len(model.tensors))
 """
 
@@ -81,6 +84,10 @@ def test_unwrapped_weights_are_the_blobs_mapping(tmp_path, monkeypatch):
         path, _, perms, _ = mapping_of(t.data_ptr())
         assert os.path.realpath(path) == os.path.realpath(wrapper.blob_path)
         assert perms.startswith("r-") and perms[3] == "s"  # read-only, shared
+    # Called as the exported model is: a keyword it was not exported with is refused.
+    inputs = torch.load(os.path.join(FOLDER, "cnn_in.pt"))
+    with pytest.raises(zcwrap.BadModelError, match="keyword arguments"):
+        model(*inputs, bogus=inputs[0])
 
 
 def test_exported_program_archive_is_refused(tmp_path, monkeypatch):
