@@ -2,8 +2,11 @@
 # zcwrap benchmarks: P1 unwrap latency, P2 sharing, P3 pack speed, cold
 # start, the cost of large manifests (manifest_bench)
 # (docs/BENCHMARKS.md says what each measures and the goals); with the
-# torch2 lane also the Python package (python_bench.py) and Ray
-# (ray_bench.py, against ray-zerocopy 0.2.0).
+# torch2 lane also the Python package (python_bench.py), torch.export
+# programs (export_bench.py), Ray (ray_bench.py, against ray-zerocopy 0.2.0)
+# and AOTInductor packages (aoti_bench.py, against AOTIModelPackageLoader;
+# actor_start_bench.py, fresh Ray actors). The AOTInductor models are
+# compiled once into benchmarks/out/aoti (10 to 25 minutes on 2 cores).
 #
 # Usage: benchmarks/run.sh [--lane torch2|debian] [--no-python] [run.py options, e.g. --runs 3 --only p1 p2]
 #
@@ -74,4 +77,10 @@ if [[ -n $python_benches && " ${lanes[*]} " == *" torch2 "* ]]; then
   show "$TORCH2_PYTHON" benchmarks/export_bench.py benchmarks/out/export --models resnet50,resnet18
   section "Ray: N actors, plain loads vs ray-zerocopy vs zcwrap"
   show "$TORCH2_PYTHON" benchmarks/ray_bench.py benchmarks/out/ray
+  section "AOTInductor: compile the models (once), then zcwrap against AOTIModelPackageLoader"
+  show "$TORCH2_PYTHON" benchmarks/make_aoti_models.py benchmarks/out/aoti
+  ZCWRAP_STORE=/dev/shm/zcwrap-aoti-bench-$UID show "$TORCH2_PYTHON" benchmarks/aoti_bench.py \
+    --build "$(lane_build_dir torch2)" --models benchmarks/out/aoti --runs 5 --workers 8
+  section "Ray: time to the first result in fresh actors (resnet50: eager, ExportedProgram, AOTInductor)"
+  show "$TORCH2_PYTHON" benchmarks/actor_start_bench.py benchmarks/out/aoti benchmarks/out/aoti/actor_start.json
 fi
