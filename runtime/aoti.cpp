@@ -1,6 +1,7 @@
 #include "aoti.hpp"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -158,12 +159,34 @@ class SliceAdapter : public caffe2::serialize::ReadAdapterInterface {
 // second copy, nothing else changes), as `sys.setdlopenflags(RTLD_GLOBAL)`
 // before `import torch` would have done. torch 2.14's own loader does not do
 // this (docs/FORMAT.md, "aot_inductor").
+//
+// The library is found by the address of a shim function, among the loaded
+// objects' segments (dl_iterate_phdr), not with dladdr, which also looks for
+// the nearest symbol: a scan of LibTorch's symbol table, 1.1 ms of a
+// worker's 12 ms unwrap.
 void make_libtorch_global() {
   static std::once_flag once;
   std::call_once(once, [] {
-    Dl_info info{};
-    if (::dladdr(reinterpret_cast<void*>(&aoti_torch_dtype_float32), &info) != 0 && info.dli_fname != nullptr) {
-      if (void* h = ::dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL)) {
+    struct Search {
+      uintptr_t address;
+      std::string path;
+    } search{reinterpret_cast<uintptr_t>(&aoti_torch_dtype_float32), {}};
+    ::dl_iterate_phdr(
+        [](dl_phdr_info* object, size_t, void* data) {
+          auto* s = static_cast<Search*>(data);
+          for (ElfW(Half) i = 0; i < object->dlpi_phnum; ++i) {
+            const ElfW(Phdr)& segment = object->dlpi_phdr[i];
+            const uintptr_t start = object->dlpi_addr + segment.p_vaddr;
+            if (segment.p_type == PT_LOAD && s->address - start < segment.p_memsz) {
+              s->path = object->dlpi_name != nullptr ? object->dlpi_name : "";
+              return 1;
+            }
+          }
+          return 0;
+        },
+        &search);
+    if (!search.path.empty()) {
+      if (void* h = ::dlopen(search.path.c_str(), RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL)) {
         (void)h;  // kept open: the promotion lasts as long as the process
       }
     }
