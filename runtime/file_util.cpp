@@ -296,6 +296,23 @@ void AtomicFile::write_hole(size_t size) {
   holes_ = true;
 }
 
+bool AtomicFile::commit_unless_present() {
+  if (dir_fd_ < 0 || through_) {
+    commit();
+    return true;
+  }
+  if (holes_ && ::ftruncate(fd_.get(), static_cast<off_t>(written_)) != 0) fail("cannot set the file's size", errno);
+  if (::fsync(fd_.get()) != 0) fail("fsync failed", errno);
+  if (::renameat2(dir_fd_, temp_name_.c_str(), dir_fd_, name_.c_str(), RENAME_NOREPLACE) != 0) {
+    if (errno == EEXIST) return false;
+    if (errno != EINVAL && errno != ENOSYS) fail("cannot rename into place", errno);
+    if (::renameat(dir_fd_, temp_name_.c_str(), dir_fd_, name_.c_str()) != 0) fail("cannot rename into place", errno);
+  }
+  committed_ = true;
+  ::fsync(dir_fd_);
+  return true;
+}
+
 void AtomicFile::commit() {
   // A file that ends in a hole is only as long as its last write: extend it.
   if (holes_ && ::ftruncate(fd_.get(), static_cast<off_t>(written_)) != 0) fail("cannot set the file's size", errno);

@@ -125,6 +125,13 @@ class AtomicFile {
   // into a destination that is not a regular file.
   void write_hole(size_t size);
   void commit();
+  // For a file made in a folder: commit() unless a file of its name has
+  // appeared since the caller looked (renameat2's RENAME_NOREPLACE; plain
+  // rename where the file system lacks it). Returns false, committing
+  // nothing, when one has: two processes that write the same content must
+  // not rename one over the other, which would leave the first holding a
+  // file no name leads to.
+  bool commit_unless_present();
   // After commit() of a file made in a folder: the open, locked descriptor.
   [[nodiscard]] UniqueFd take_fd() { return std::move(fd_); }
 

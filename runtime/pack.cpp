@@ -446,6 +446,7 @@ void write_blob(const PreparedBlob& blob, const std::string& path,
                 const std::function<void(uint64_t, uint64_t)>& progress) {
   AtomicFile file(path);
   write_blob(blob, file, progress);
+  file.commit();
 }
 
 void write_blob(const PreparedBlob& blob, AtomicFile& file, const std::function<void(uint64_t, uint64_t)>& progress) {
@@ -475,7 +476,6 @@ void write_blob(const PreparedBlob& blob, AtomicFile& file, const std::function<
     }
     pos = e.offset + e.nbytes;
   }
-  file.commit();
   if (progress) progress(h.data_length, h.data_length);
 }
 

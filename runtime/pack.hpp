@@ -97,7 +97,7 @@ PreparedBlob prepare_blob(std::vector<PackInput>& models, Layout layout, const P
 // to `progress` when set. Throws Error(kWrite).
 void write_blob(const PreparedBlob& blob, const std::string& path,
                 const std::function<void(uint64_t, uint64_t)>& progress = {});
-// The same into `file`, then committed.
+// The same into `file`, left for the caller to commit.
 void write_blob(const PreparedBlob& blob, AtomicFile& file,
                 const std::function<void(uint64_t, uint64_t)>& progress = {});
 

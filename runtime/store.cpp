@@ -139,6 +139,7 @@ StoredBlob store_blob(const PreparedBlob& blob, const PackOptions& options) {
   // file between our open and our lock.
   for (int round = 0; round < 8; ++round) {
     UniqueFd fd(::openat(folder.fd.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    const bool absent = !fd.valid() && errno == ENOENT;
     struct stat st {};
     if (fd.valid() && ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid()) {
       lock_shared(fd.get(), path);
@@ -166,6 +167,13 @@ StoredBlob store_blob(const PreparedBlob& blob, const PackOptions& options) {
     } catch (const Error& e) {
       throw Error(e.code(), std::string(e.what()) +
                                 "; set ZCWRAP_STORE to a folder with room for the blob if this one is full");
+    }
+    // Where the name was free, another process may have stored the same
+    // blob meanwhile: that one is used (next round), not renamed over.
+    if (absent) {
+      if (!file.commit_unless_present()) continue;
+    } else {
+      file.commit();
     }
     return {path, std::make_shared<UniqueFd>(file.take_fd())};
   }
