@@ -27,6 +27,7 @@
 #include "file_util.hpp"
 #include "store.hpp"
 #include "messages.hpp"
+#include "placement.hpp"
 #include "torch_util.hpp"
 #include "zcwrap/error.hpp"
 #include "zcwrap/version.hpp"
@@ -303,38 +304,77 @@ class Container {
   AOTInductorModelContainerHandle handle_ = nullptr;
 };
 
-// The package's model .so in a temporary file of its own name, for packing
-// only. Not a memfd opened as /proc/self/fd/N: glibc finds an already loaded
-// library by its name before it looks at the file, and a model .so is never
-// unloaded (its STB_GNU_UNIQUE symbols make dlclose a no-op), so a second
-// package would get the first one's code under a reused descriptor number.
-// The file is removed as soon as it is loaded.
-class TempLibrary {
+// Whether record `name` of a package is a compiled GPU kernel that the
+// model's code loads by file name from its kernel folder ("cubin_dir"), on
+// its first call: the .cubin files of a CUDA package (absent when they are
+// embedded in the .so).
+bool is_kernel_record(const std::string& name) {
+  for (const std::string_view ext : {".cubin", ".fatbin", ".ptx", ".hsaco"}) {
+    if (name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0) return true;
+  }
+  return false;
+}
+
+std::string base_name(const std::string& name) { return name.substr(name.find_last_of('/') + 1); }
+
+// The package's model .so and its kernel files in a temporary folder of
+// their own, for packing only. Not a memfd opened as /proc/self/fd/N: glibc
+// finds an already loaded library by its name before it looks at the file,
+// and a model .so is never unloaded (its STB_GNU_UNIQUE symbols make dlclose
+// a no-op), so a second package would get the first one's code under a
+// reused descriptor number. The folder is removed with this object.
+class TempModel {
  public:
-  TempLibrary(const uint8_t* data, size_t size, const std::string& origin) {
+  struct File {
+    std::string name;  // base name in the folder
+    const uint8_t* data;
+    uint64_t size;
+  };
+  TempModel(const File& library, const std::vector<File>& kernels, const std::string& origin) {
     const char* tmp = std::getenv("TMPDIR");
-    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/zcwrap-pack-XXXXXX.so";
+    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/zcwrap-pack-XXXXXX";
     std::vector<char> name(pattern.begin(), pattern.end());
     name.push_back('\0');
-    UniqueFd fd(::mkstemps(name.data(), 3));
-    if (!fd.valid()) {
-      throw Error(ErrorCode::kWrite, origin + ": cannot create a temporary file in " + pattern + ": " + errno_text(errno));
+    if (::mkdtemp(name.data()) == nullptr) {
+      throw Error(ErrorCode::kWrite, origin + ": cannot create a temporary folder " + pattern + ": " + errno_text(errno));
     }
-    path_ = name.data();
-    for (size_t done = 0; done < size;) {
-      const ssize_t n = ::write(fd.get(), data + done, size - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) throw Error(ErrorCode::kWrite, path_ + ": cannot write the model's .so: " + errno_text(errno));
-      done += static_cast<size_t>(n);
+    dir_ = name.data();
+    try {
+      library_ = write(library);
+      for (const File& k : kernels) write(k);
+    } catch (...) {
+      remove();
+      throw;
     }
   }
-  ~TempLibrary() { ::unlink(path_.c_str()); }
-  TempLibrary(const TempLibrary&) = delete;
-  TempLibrary& operator=(const TempLibrary&) = delete;
-  const std::string& path() const { return path_; }
+  ~TempModel() { remove(); }
+  TempModel(const TempModel&) = delete;
+  TempModel& operator=(const TempModel&) = delete;
+  const std::string& library() const { return library_; }
+  const std::string& dir() const { return dir_; }
 
  private:
-  std::string path_;
+  std::string write(const File& f) {
+    const std::string path = dir_ + "/" + f.name;
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!fd.valid()) throw Error(ErrorCode::kWrite, path + ": cannot create: " + errno_text(errno));
+    files_.push_back(path);
+    for (uint64_t done = 0; done < f.size;) {
+      const ssize_t n = ::write(fd.get(), f.data + done, f.size - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw Error(ErrorCode::kWrite, path + ": cannot write: " + errno_text(errno));
+      done += static_cast<uint64_t>(n);
+    }
+    return path;
+  }
+
+  void remove() {
+    for (const std::string& f : files_) ::unlink(f.c_str());
+    ::rmdir(dir_.c_str());
+  }
+
+  std::string dir_, library_;
+  std::vector<std::string> files_;
 };
 
 // torch 2.14's AOTInductorModelContainerCreateWithExternalConstants always
@@ -567,6 +607,16 @@ std::optional<uint64_t> extent_bytes(at::IntArrayRef sizes, at::IntArrayRef stri
   return (last + 1) * itemsize;
 }
 
+// A constant the compiled model loaded, as the CPU sees it: itself, or, on
+// a GPU, a copy of its whole storage with its sizes, strides and offset.
+at::Tensor on_host(const at::Tensor& t) {
+  if (t.device().is_cpu()) return t;
+  const int64_t nbytes = static_cast<int64_t>(t.storage().nbytes());
+  const at::Tensor bytes = at::empty({0}, t.options().dtype(at::kByte)).set_(t.storage(), 0, {nbytes}, {1}).cpu();
+  return at::empty({0}, at::TensorOptions().dtype(t.scalar_type()))
+      .set_(bytes.storage(), t.storage_offset(), t.sizes(), t.strides());
+}
+
 std::string digest_hex(uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
@@ -650,26 +700,42 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
                     ? metadata["AOTI_DEVICE_KEY"].get<std::string>()
                     : "cpu";
   info.metadata = metadata;
-  if (info.device != "cpu") {
+  const bool on_cuda = info.device == "cuda" || info.device.rfind("cuda:", 0) == 0;
+  if (info.device != "cpu" && !on_cuda) {
+    throw Error(ErrorCode::kDevice, path + ": a " + info.device + " package (AOTI_DEVICE_KEY in its metadata); " +
+                                        "zcwrap packs cpu and cuda packages");
+  }
+  if (on_cuda) {
     // Its constants are read through the compiled model, which creates them
     // on its device.
-    throw Error(ErrorCode::kDevice,
-                path + ": a " + info.device + " package (AOTI_DEVICE_KEY in its metadata); this zcwrap packs CPU " +
-                    "packages only, since packing runs the compiled model's constant loader on its device; "
-                    "compile the model for the CPU");
+    std::string why;
+    if (!load_cuda_backend(&why) || !at::hasCUDA()) {
+      throw Error(ErrorCode::kDevice,
+                  path + ": a CUDA package (AOTI_DEVICE_KEY \"" + info.device + "\"): packing it reads its weights " +
+                      "through the compiled model on a CUDA device, and this host has none" +
+                      (why.empty() ? "" : " (" + why + ")") + "; pack it on a machine with CUDA");
+    }
   }
 
-  // Load the .so and list its constants.
+  // Load the .so (its kernel files beside it) and list its constants.
   const auto [so, so_size] = record_bytes(info.library);
   const std::string so_origin = path + ": " + info.library;
   const ElfFacts elf = read_elf(so, so_size);
   if (!elf.error.empty()) throw Error(ErrorCode::kBadModel, so_origin + ": " + elf.error);
-  TempLibrary temp(so, so_size, so_origin);
+  std::vector<TempModel::File> kernels;
+  for (const std::string& r : names) {
+    if (r.rfind(model_dir, 0) == 0 && is_kernel_record(r)) {
+      const auto [p, n] = record_bytes(r);
+      kernels.push_back({base_name(r), p, n});
+    }
+  }
+  const TempModel temp({base_name(info.library), so, so_size}, kernels, so_origin);
   Library library;
-  library.open(temp.path(), so_origin);
+  library.open(temp.library(), so_origin);
   const Api& api = library.api();
   Container container(library);
-  library.check(api.create(container.out(), 1, "cpu", nullptr), so_origin, "creating the model");
+  library.check(api.create(container.out(), 1, info.device.c_str(), temp.dir().c_str()), so_origin,
+                "creating the model");
 
   struct ConstantInfo {
     std::string name, fqn;
@@ -791,11 +857,11 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
       by_fqn[entries[i].name] = torch::aot_inductor::tensor_handle_to_tensor_pointer(entries[i].handle);
     }
     uint64_t total = 0;
-    std::vector<const at::Tensor*> loaded;
+    std::vector<at::Tensor> loaded;  // on the CPU
     for (const ConstantInfo& c : constants) {
       auto it = by_fqn.find(c.fqn);
       if (it == by_fqn.end()) throw Error(ErrorCode::kBadModel, so_origin + ": the model did not load constant '" + c.fqn + "'");
-      loaded.push_back(it->second);
+      loaded.push_back(on_host(*it->second));
       total += c.data_size;
     }
     // force_mmap_weights appends them after the ELF file, from its next
@@ -812,12 +878,12 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
       uint64_t pos = start;
       bool match = true;
       for (size_t i = 0; i < constants.size() && match; ++i) {
-        const at::Tensor& t = *loaded[i];
+        const at::Tensor& t = loaded[i];
         const uint64_t n = constants[i].data_size;
         // data_size is padded (to 64 bytes): the tensor's own bytes come
         // first, then zeros.
         const uint64_t own = std::min<uint64_t>(n, t.storage().nbytes());
-        match = t.device().is_cpu() && (own == 0 || std::memcmp(so + pos, t.storage().data(), own) == 0);
+        match = (own == 0 || std::memcmp(so + pos, t.storage().data(), own) == 0);
         pos += n;
       }
       if (match) {
@@ -827,7 +893,7 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
     }
     uint64_t pos = base.value_or(0);
     for (size_t i = 0; i < constants.size(); ++i) {
-      const at::Tensor& t = *loaded[i];
+      const at::Tensor& t = loaded[i];
       const uint64_t n = constants[i].data_size;
       if (base && in_file(so)) {
         out.constants.push_back({paths[i], tensor_over(map, static_cast<uint64_t>(so - file) + pos, n, t.scalar_type(),
@@ -899,6 +965,8 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
 struct AotiModel::Impl {
   std::string library_path;
   UniqueFd library_fd;  // the placed .so, open and flock(LOCK_SH)ed so gc leaves it
+  std::string kernels_path;
+  UniqueFd kernels_fd;  // the placed kernel folder of a GPU package, likewise
   Library library;
   std::unique_ptr<Container> container;
   std::vector<at::Tensor> constants;  // owning: their storages hold the blob
@@ -910,13 +978,13 @@ struct AotiModel::Impl {
 
 namespace {
 
-// Whether the file open as `fd` holds the .so `r` describes: every stored
+// Whether the file open as `fd` holds the record `r` describes: every stored
 // byte equal (the cut ranges are never read: the weights are bound instead).
-bool holds_library(int fd, const Record& r, std::string_view stored) {
+bool holds_record(int fd, const Record& r, std::string_view stored) {
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != r.size) return false;
   if (r.size == 0) return true;
-  MappedRegion file = MappedRegion::map_fd(fd, r.size, "store library");
+  MappedRegion file = MappedRegion::map_fd(fd, r.size, "store file");
   bool same = true;
   walk_record(r, [&](uint64_t off, uint64_t from, uint64_t len) {
     same = same && std::memcmp(file.data() + off, stored.data() + from, len) == 0;
@@ -930,33 +998,88 @@ bool same_file(int dir_fd, const std::string& name, int fd) {
          mine.st_dev == named.st_dev && mine.st_ino == named.st_ino;
 }
 
-// The .so in the store as <digest>.so, written once per machine: an existing
-// file is reused when every byte zcwrap would write matches; otherwise it is
-// written afresh (AtomicFile) with the weights' ranges left as holes, so the
-// file takes no room for them.
-UniqueFd place_library(const Record& r, std::string_view stored, const std::string& digest, std::string* path) {
-  const StoreFolder folder = open_store(store_folder(), /*create=*/true);
-  const std::string name = digest + ".so";
-  *path = folder.path + "/" + name;
+// `name` in the folder open as `dir_fd`, holding record `r`'s bytes: an
+// existing file is reused when every byte zcwrap would write matches;
+// otherwise it is written afresh (AtomicFile) with the weights' ranges left
+// as holes, so the file takes no room for them. Returns it open and
+// flock(LOCK_SH)ed.
+UniqueFd place_file(int dir_fd, const std::string& dir_path, const std::string& name, const Record& r,
+                    std::string_view stored) {
+  const std::string path = dir_path + "/" + name;
+  for (int round = 0; round < 8; ++round) {
+    UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    const bool absent = !fd.valid() && errno == ENOENT;
+    struct stat st {};
+    if (fd.valid() && ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid()) {
+      lock_shared(fd.get(), path);
+      if (!same_file(dir_fd, name, fd.get())) continue;
+      if (holds_record(fd.get(), r, stored)) return fd;
+    }
+    AtomicFile file(dir_fd, dir_path, name, 0644);
+    walk_record(r, [&](uint64_t, uint64_t from, uint64_t len) { file.write(stored.data() + from, len); },
+                [&](const Cut& c) { file.write_hole(c.length); });
+    // Where the name was free, another worker may have placed the same file
+    // meanwhile, and may be loading it: that one is used (next round), not
+    // renamed over.
+    if (absent) {
+      if (!file.commit_unless_present()) continue;
+    } else {
+      file.commit();
+    }
+    return file.take_fd();
+  }
+  throw Error(ErrorCode::kWrite, path + ": removed or replaced by another process 8 times in a row");
+}
+
+// The store folder, checked, for a compiled model's files.
+StoreFolder code_folder() {
+  StoreFolder folder = open_store(store_folder(), /*create=*/true);
   struct statvfs fs {};
   if (::fstatvfs(folder.fd.get(), &fs) == 0 && (fs.f_flag & ST_NOEXEC) != 0) {
     throw Error(ErrorCode::kWrite, folder.path + ": the store is on a file system mounted noexec, where compiled "
                                                  "models cannot be loaded; set ZCWRAP_STORE to a folder on another "
                                                  "file system");
   }
+  return folder;
+}
+
+// The .so in the store as <digest>.so, written once per machine.
+UniqueFd place_library(const Record& r, std::string_view stored, const std::string& digest, std::string* path) {
+  const StoreFolder folder = code_folder();
+  *path = folder.path + "/" + digest + ".so";
+  return place_file(folder.fd.get(), folder.path, digest + ".so", r, stored);
+}
+
+// The kernel files (is_kernel_record) of a GPU package, which its code
+// loads by base name from the folder it is given, placed once per machine
+// in the store folder <digest>.kernels (the .so's digest). Returns the
+// folder open and flock(LOCK_SH)ed, so zcwrap gc leaves it while the model
+// lives (its kernels are loaded on first use, not when it is created).
+UniqueFd place_kernels(SkeletonReader& skeleton, const std::vector<size_t>& kernels, const std::string& digest,
+                       std::string* path) {
+  const StoreFolder folder = code_folder();
+  const std::string name = digest + ".kernels";
+  *path = folder.path + "/" + name;
   for (int round = 0; round < 8; ++round) {
-    UniqueFd fd(::openat(folder.fd.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-    struct stat st {};
-    if (fd.valid() && ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid()) {
-      lock_shared(fd.get(), *path);
-      if (!same_file(folder.fd.get(), name, fd.get())) continue;
-      if (holds_library(fd.get(), r, stored)) return fd;
+    if (::mkdirat(folder.fd.get(), name.c_str(), 0700) != 0 && errno != EEXIST) {
+      throw Error(ErrorCode::kWrite, *path + ": cannot create the folder: " + errno_text(errno));
     }
-    AtomicFile file(folder.fd.get(), folder.path, name, 0644);
-    walk_record(r, [&](uint64_t, uint64_t from, uint64_t len) { file.write(stored.data() + from, len); },
-                [&](const Cut& c) { file.write_hole(c.length); });
-    file.commit();
-    return file.take_fd();
+    UniqueFd dir(::openat(folder.fd.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!dir.valid()) {
+      if (errno == ENOENT) continue;  // removed by zcwrap gc meanwhile
+      throw Error(ErrorCode::kWrite, *path + ": not a folder zcwrap can use (" + errno_text(errno) + "); remove it");
+    }
+    struct stat st {};
+    if (::fstat(dir.get(), &st) != 0 || st.st_uid != ::geteuid() || (st.st_mode & 022) != 0) {
+      throw Error(ErrorCode::kWrite, *path + ": not this user's, or others can write it; remove it");
+    }
+    lock_shared(dir.get(), *path);
+    if (!same_file(folder.fd.get(), name, dir.get())) continue;
+    for (const size_t i : kernels) {
+      const Record& r = skeleton.info().records[i];
+      place_file(dir.get(), *path, base_name(r.name), r, skeleton.stored(i));
+    }
+    return dir;
   }
   throw Error(ErrorCode::kWrite, *path + ": removed by a concurrent zcwrap gc 8 times in a row");
 }
@@ -975,8 +1098,8 @@ std::shared_ptr<AotiModel> AotiModel::load(const BlobFile& blob, size_t index, s
   const SkeletonInfo& info = skeleton.info();
   auto impl = std::make_unique<Impl>();
   impl->where = skeleton.where();
-  if (info.device != device.str() && !(info.device == "cpu" && device.is_cpu())) {
-    const bool cuda_package = info.device.rfind("cuda", 0) == 0;
+  const bool cuda_package = info.device == "cuda" || info.device.rfind("cuda:", 0) == 0;
+  if (cuda_package ? !device.is_cuda() : !(info.device == "cpu" && device.is_cpu())) {
     throw Error(ErrorCode::kDevice, impl->where + ": compiled by AOTInductor for " + info.device + ", not " +
                                         device.str() + (cuda_package && !device.is_cuda()
                                                             ? ": unwrap it with device \"cuda\" on a machine with CUDA"
@@ -1002,6 +1125,13 @@ std::shared_ptr<AotiModel> AotiModel::load(const BlobFile& blob, size_t index, s
     }
   }
   const Api& api = impl->library.api();
+  std::vector<size_t> kernels;
+  for (size_t i = 0; i < info.records.size(); ++i) {
+    if (is_kernel_record(info.records[i].name)) kernels.push_back(i);
+  }
+  if (!kernels.empty()) {
+    impl->kernels_fd = place_kernels(skeleton, kernels, info.library_digest, &impl->kernels_path);
+  }
 
   // The container is given tensors that do not own the blob's mapping:
   // torch 2.14's runtime keeps a new handle of each user-managed constant
@@ -1023,7 +1153,8 @@ std::shared_ptr<AotiModel> AotiModel::load(const BlobFile& blob, size_t index, s
   AOTIRuntimeError created = AOTI_RUNTIME_SUCCESS;
   {
     const QuietConstantFolding quiet;
-    created = api.create_external(impl->container->out(), 1, device_str.c_str(), nullptr, entries.data(),
+    created = api.create_external(impl->container->out(), 1, device_str.c_str(),
+                                  kernels.empty() ? nullptr : impl->kernels_path.c_str(), entries.data(),
                                   entries.size());
   }
   impl->library.check(created, impl->where, "creating the model over the blob's weights");

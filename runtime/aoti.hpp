@@ -52,9 +52,9 @@ struct AotiPackage {
 };
 
 // Reads the package open as `source` (its tensors point into the source's
-// mapping, which they keep alive). Loads its .so once (from memory, never a
-// temporary folder) to learn each constant's name, dtype, shape and where its
-// bytes are. Throws Error(kBadModel) for anything that is not a loadable
+// mapping, which they keep alive). Loads its .so once (from a temporary
+// folder of its own, with its kernel files), on the package's device, to
+// learn each constant's name, dtype, shape and where its bytes are. Throws Error(kBadModel) for anything that is not a loadable
 // AOTInductor package of this torch (an ExportedProgram archive, a truncated
 // or corrupt .so or weight file, a .so that needs symbols this LibTorch does
 // not have), Error(kDevice) for a CUDA package on a host without CUDA.
@@ -63,7 +63,8 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source);
 // A model compiled with AOTInductor, running over the blob's tensors as
 // user-managed constants (AOTInductorModelContainerCreateWithExternalConstants:
 // no weight is copied). Its .so is placed once per machine, named by content,
-// in the store folder (store_folder()), and every process loads that file.
+// in the store folder (store_folder()), and every process loads that file;
+// a CUDA package's kernel files likewise, in a folder beside it.
 class AotiModel {
  public:
   // Loads model `index` of `blob`; `tensors` are its bound tensors in

@@ -30,6 +30,7 @@ namespace {
 constexpr size_t kChecksumDigits = 16;
 constexpr char kBlobSuffix[] = ".zcb";
 constexpr char kCodeSuffix[] = ".so";
+constexpr char kKernelsSuffix[] = ".kernels";
 constexpr char kTempInfix[] = ".tmp-";
 
 [[noreturn]] void refuse(const std::string& path, const std::string& why) {
@@ -43,6 +44,36 @@ bool is_blob_name(const std::string& name) {
   if (name.size() <= kChecksumDigits || !format::parse_hex64(name.substr(0, kChecksumDigits), &ignored)) return false;
   const std::string suffix = name.substr(kChecksumDigits);
   return suffix == kBlobSuffix || suffix == kCodeSuffix;
+}
+
+// The kernel files of a GPU AOTInductor model, placed at unwrap beside its
+// code: a folder "<xxh3 of the .so>.kernels" (aoti.cpp).
+bool is_kernels_name(const std::string& name) {
+  uint64_t ignored = 0;
+  return name.size() > kChecksumDigits && format::parse_hex64(name.substr(0, kChecksumDigits), &ignored) &&
+         name.substr(kChecksumDigits) == kKernelsSuffix;
+}
+
+// Removes the kernel folder open (and flock(LOCK_EX)ed) as `fd` and named
+// `name` in `dir_fd`: its files, then itself. Returns the bytes it held.
+uint64_t remove_kernels(int dir_fd, const std::string& name, int fd, const std::string& path, bool dry_run) {
+  DIR* dir = ::fdopendir(::dup(fd));
+  if (dir == nullptr) refuse(path, "cannot list: " + errno_text(errno));
+  std::vector<std::string> files;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (std::strcmp(entry->d_name, ".") != 0 && std::strcmp(entry->d_name, "..") != 0) files.emplace_back(entry->d_name);
+  }
+  ::closedir(dir);
+  uint64_t bytes = 0;
+  for (const std::string& f : files) {
+    struct stat st {};
+    if (::fstatat(fd, f.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) bytes += st.st_size;
+    if (!dry_run && ::unlinkat(fd, f.c_str(), 0) != 0) refuse(path + "/" + f, "cannot remove: " + errno_text(errno));
+  }
+  if (!dry_run && ::unlinkat(dir_fd, name.c_str(), AT_REMOVEDIR) != 0) {
+    refuse(path, "cannot remove: " + errno_text(errno));
+  }
+  return bytes;
 }
 
 // A pack's or a placement's temporary: "<store name>.tmp-XXXXXX" (AtomicFile).
@@ -197,6 +228,16 @@ std::vector<StoreFile> gc(const GcOptions& options) {
   std::vector<StoreFile> removed;
   for (const std::string& name : names) {
     const bool temporary = detail::is_temp_name(name);
+    if (detail::is_kernels_name(name)) {
+      // Held (flock(LOCK_SH)) by every process whose model may still load a kernel from it.
+      detail::UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (!fd.valid() || ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0 || !detail::still_named(dir_fd, name, fd.get())) {
+        continue;
+      }
+      const std::string where = folder.path + "/" + name;
+      removed.push_back({where, detail::remove_kernels(dir_fd, name, fd.get(), where, options.dry_run), false});
+      continue;
+    }
     if (!temporary && !detail::is_blob_name(name)) continue;  // not the store's: left alone
     detail::UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
     if (!fd.valid()) {

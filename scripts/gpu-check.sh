@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # zcwrap on a GPU machine: builds against this machine's pip torch (CUDA),
 # runs the fast-load GPU tests, checks `zcwrap run --device cuda:0 --fast-load`
-# against the CPU, and runs the fast-load benchmark (~1 GiB and ~8 GiB blobs:
+# against the CPU, packs and runs AOTInductor packages compiled for CUDA
+# (scripts/aoti_cuda_check.py), and runs the fast-load benchmark (~1 GiB and ~8 GiB blobs:
 # fast path vs pinned cudaMemcpy vs the per-storage path). A few minutes on
 # 16 cores.
 #
@@ -156,6 +157,16 @@ else
   status=1
 fi
 
+section "AOTInductor: CUDA packages through the CLI (pack, inspect, run, unpack)"
+aoti_status=0
+timeout 900 "$PY" scripts/aoti_cuda_check.py "$(readlink -f "$zcwrap")" "$tmp/aoti" 2>&1 | tee "$OUT/aoti_cuda_check.log" ||
+  aoti_status=$?
+if ((aoti_status == 77)); then
+  echo "no CUDA device: AOTInductor CUDA check skipped"
+elif ((aoti_status != 0)); then
+  status=1
+fi
+
 section "Benchmark: fast load, ${SIZES//,/ and } GiB"
 bench_status=0
 timeout 420 "$BUILD/benchmarks/fast_load_bench" --sizes-gib "$SIZES" --sweep --json "$OUT/fast_load_bench.json" \
@@ -172,6 +183,7 @@ section "Summary"
   echo "torch $TORCH_VERSION (CUDA $TORCH_CUDA), cxx11 ABI $TORCH_ABI, $("${CXX:-c++}" --version | head -1)"
   echo "command: bash scripts/gpu-check.sh${1:+ $1}"
   grep -E '^\[doctest\] (test cases|assertions)' "$OUT/test_fast_load.log" || true
+  grep -E '^aoti_cuda_check:' "$OUT/aoti_cuda_check.log" || true
   echo
   cat "$OUT/fast_load_bench.md" 2>/dev/null || true
 } | tee "$OUT/summary.md"

@@ -94,3 +94,15 @@ def test_exported_program_archive_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("ZCWRAP_STORE", str(tmp_path / "store"))
     with pytest.raises(zcwrap.BadModelError, match="ExportedProgram archive"):
         zcwrap.ModelWrapper.from_model(os.path.join(FOLDER, "bad_exported_program.pt2"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device: packages compiled for CUDA are compiled, packed and run on a GPU only")
+def test_cuda_packages_pack_run_and_unpack_bit_equal_to_torch(tmp_path):
+    # The CNN and the transformer block compiled for cuda:0 in both weight
+    # settings, through the CLI (scripts/aoti_cuda_check.py, which
+    # scripts/gpu-check.sh runs too).
+    from conftest import ZCWRAP_BIN
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "aoti_cuda_check.py")
+    r = subprocess.run([sys.executable, script, ZCWRAP_BIN, str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

@@ -291,6 +291,28 @@ def test_gc_leaves_other_files_and_removes_planted_links(store, tmp_path):
     assert files_in(store) == ["notes.txt"] and target.read_text() == "keep"
 
 
+def test_gc_removes_a_gpu_models_kernel_folder_unless_a_process_holds_it(store):
+    # A CUDA AOTInductor model's kernels are placed at unwrap in a folder
+    # "<xxh3 of its .so>.kernels" that the worker holds (flock LOCK_SH) while
+    # the model lives. Made by hand here, as an unwrap on a GPU leaves it.
+    store.mkdir(mode=0o700)
+    kernels = store / ("0123456789abcdef" + ".kernels")
+    kernels.mkdir(mode=0o700)
+    (kernels / "c3x7triton_poi_fused_0.cubin").write_bytes(b"k" * 1000)
+    (kernels / "c4y8triton_poi_fused_1.cubin").write_bytes(b"k" * 24)
+    (store / "notes.kernels").mkdir()  # not a store name: left alone
+    held = os.open(kernels, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_SH)
+        assert zcwrap.gc() == []
+    finally:
+        os.close(held)
+    assert zcwrap.gc(dry_run=True) == [{"path": str(kernels), "bytes": 1024, "temporary": False}]
+    assert kernels.is_dir()
+    assert zcwrap.gc() == [{"path": str(kernels), "bytes": 1024, "temporary": False}]
+    assert sorted(os.listdir(store)) == ["notes.kernels"]
+
+
 def test_gc_removes_a_killed_packs_file_but_not_a_live_one(store):
     wrapper = zcwrap.ModelWrapper.from_model(model())
     name = os.path.basename(wrapper.blob_path)
