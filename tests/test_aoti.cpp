@@ -328,17 +328,42 @@ TEST_CASE("AOTInductor: unwrap and the first call add under a quarter of the wei
   CHECK(copy_kb > weights_kb * 3 / 4);
 }
 
+// Pack loads the package's .so (and a GPU package's kernel files) from a
+// temporary folder of its own under $TMPDIR: gone afterwards, whether the
+// pack succeeded or failed.
+namespace {
+test::ProcessResult pack_with_tmpdir(const std::string& package, const std::string& blob, const std::string& tmpdir) {
+  const char* before = std::getenv("TMPDIR");
+  const std::string saved = before != nullptr ? before : "";
+  ::setenv("TMPDIR", tmpdir.c_str(), 1);
+  test::ProcessResult r = test::run_cli({"pack", package, "-o", blob});
+  if (before != nullptr) {
+    ::setenv("TMPDIR", saved.c_str(), 1);
+  } else {
+    ::unsetenv("TMPDIR");
+  }
+  return r;
+}
+}  // namespace
+
 TEST_CASE("AOTInductor: pack refuses bad packages with one line, and writes nothing" * doctest::skip(skipped())) {
   for (const auto& bad : aoti_index()["bad"]) {
     const std::string file = bad["file"];
     SUBCASE(file.c_str()) {
-      test::TempDir dir;
+      test::TempDir dir, tmp;
       const std::string blob = dir / "m.zcb";
-      const test::ProcessResult r = test::run_cli({"pack", aoti_fixture(file), "-o", blob});
+      const test::ProcessResult r = pack_with_tmpdir(aoti_fixture(file), blob, tmp.path());
       MESSAGE(file << " (" << bad["what"].get<std::string>() << "): " << r.err);
       test::check_failure(r, bad["status"].get<int>(), file);
       CHECK(test::list_dir(dir.path()).empty());
+      CHECK(test::list_dir(tmp.path()).empty());
     }
+  }
+  SUBCASE("and a good package leaves no temporary folder either") {
+    test::TempDir dir, tmp;
+    const test::ProcessResult r = pack_with_tmpdir(aoti_fixture("cnn_so.pt2"), dir / "m.zcb", tmp.path());
+    CHECK_MESSAGE(r.status == 0, r.err);
+    CHECK(test::list_dir(tmp.path()).empty());
   }
 }
 
