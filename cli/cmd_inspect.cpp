@@ -143,6 +143,15 @@ int run_inspect(const InspectArgs& args) {
     if (kind == format::SkeletonKind::kPythonPickle) {
       std::printf("  its pickle imports (unpickling may call them): %s\n", list_text(model.imports).c_str());
     }
+    if (model.compiled) {
+      const CompiledInfo& c = *model.compiled;
+      std::printf("  compiled by AOTInductor for %s%s: its .so %s (weights' range included), %llu GPU kernel file%s; "
+                  "runs on that device only\n",
+                  printable(c.device).c_str(),
+                  c.compute_capability.empty() ? "" : (" (compute capability " + printable(c.compute_capability) + ")").c_str(),
+                  human_bytes(c.library_bytes).c_str(), static_cast<unsigned long long>(c.kernel_files),
+                  c.kernel_files == 1 ? "" : "s");
+    }
     if (args.brief) continue;
     std::printf("  %-40s %-9s %-10s %-18s %10s %12s %s\n", "TENSOR", "KIND", "DTYPE", "SHAPE", "BYTES",
                 "OFFSET", "STORAGE");

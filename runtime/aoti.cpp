@@ -304,17 +304,6 @@ class Container {
   AOTInductorModelContainerHandle handle_ = nullptr;
 };
 
-// Whether record `name` of a package is a compiled GPU kernel that the
-// model's code loads by file name from its kernel folder ("cubin_dir"), on
-// its first call: the .cubin files of a CUDA package (absent when they are
-// embedded in the .so).
-bool is_kernel_record(const std::string& name) {
-  for (const std::string_view ext : {".cubin", ".fatbin", ".ptx", ".hsaco"}) {
-    if (name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0) return true;
-  }
-  return false;
-}
-
 std::string base_name(const std::string& name) { return name.substr(name.find_last_of('/') + 1); }
 
 // The package's model .so and its kernel files in a temporary folder of
@@ -724,7 +713,7 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
   if (!elf.error.empty()) throw Error(ErrorCode::kBadModel, so_origin + ": " + elf.error);
   std::vector<TempModel::File> kernels;
   for (const std::string& r : names) {
-    if (r.rfind(model_dir, 0) == 0 && is_kernel_record(r)) {
+    if (r.rfind(model_dir, 0) == 0 && format::is_aoti_kernel_file(r)) {
       const auto [p, n] = record_bytes(r);
       kernels.push_back({base_name(r), p, n});
     }
@@ -1050,7 +1039,7 @@ UniqueFd place_library(const Record& r, std::string_view stored, const std::stri
   return place_file(folder.fd.get(), folder.path, digest + ".so", r, stored);
 }
 
-// The kernel files (is_kernel_record) of a GPU package, which its code
+// The kernel files (format::is_aoti_kernel_file) of a GPU package, which its code
 // loads by base name from the folder it is given, placed once per machine
 // in the store folder <digest>.kernels (the .so's digest). Returns the
 // folder open and flock(LOCK_SH)ed, so zcwrap gc leaves it while the model
@@ -1127,7 +1116,7 @@ std::shared_ptr<AotiModel> AotiModel::load(const BlobFile& blob, size_t index, s
   const Api& api = impl->library.api();
   std::vector<size_t> kernels;
   for (size_t i = 0; i < info.records.size(); ++i) {
-    if (is_kernel_record(info.records[i].name)) kernels.push_back(i);
+    if (format::is_aoti_kernel_file(info.records[i].name)) kernels.push_back(i);
   }
   if (!kernels.empty()) {
     impl->kernels_fd = place_kernels(skeleton, kernels, info.library_digest, &impl->kernels_path);

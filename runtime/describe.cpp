@@ -1,14 +1,18 @@
 #include "describe.hpp"
 
 #include <chrono>
+#include <sstream>
 
+#include <caffe2/serialize/inline_container.h>
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
 
 #include "blob_file.hpp"
 #include "file_util.hpp"
+#include "messages.hpp"
 #include "pickle_scan.hpp"
 #include "wrapper_access.hpp"
+#include "zcwrap/error.hpp"
 
 namespace zcwrap {
 
@@ -98,10 +102,50 @@ BlobInfo describe_layout(const format::Header& h, const format::Manifest& m, con
   return info;
 }
 
+namespace {
+
+// What model `index`'s aot_inductor skeleton says of its compiled code: its
+// aoti.json (docs/FORMAT.md), read without loading anything, so a build
+// without AOTInductor (Debian's LibTorch) describes it too.
+CompiledInfo compiled_info(const BlobFile& blob, size_t index) {
+  const std::string where = blob.path() + ": model '" + blob.manifest().models[index].name + "'";
+  const std::string skeleton = blob.skeleton(index);
+  try {
+    std::istringstream in(skeleton);
+    caffe2::serialize::PyTorchStreamReader reader(&in);
+    const auto [data, size] = reader.getRecord("aoti.json");
+    const char* text = static_cast<const char*>(data.get());
+    const nlohmann::json j = nlohmann::json::parse(text, text + size);
+    CompiledInfo c;
+    c.device = j.at("device").get<std::string>();
+    const std::string library = j.at("library").get<std::string>();
+    for (const nlohmann::json& r : j.at("records")) {
+      const std::string name = r.at("name").get<std::string>();
+      if (name == library) c.library_bytes = r.at("size").get<uint64_t>();
+      if (format::is_aoti_kernel_file(name)) ++c.kernel_files;
+    }
+    const nlohmann::json metadata = j.value("metadata", nlohmann::json::object());
+    if (metadata.is_object() && metadata.contains("AOTI_COMPUTE_CAPABILITY") &&
+        metadata["AOTI_COMPUTE_CAPABILITY"].is_string()) {
+      c.compute_capability = metadata["AOTI_COMPUTE_CAPABILITY"].get<std::string>();
+    }
+    return c;
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kBadBlob, where + ": malformed aot_inductor skeleton: " + first_line(e));
+  }
+}
+
+}  // namespace
+
 BlobInfo describe_blob(const ModelWrapper& wrapper, const std::string& path, const DescribeOptions& options) {
   const std::shared_ptr<const BlobFile> blob = checked_blob(wrapper);
   BlobInfo info = describe_layout(blob->header(), blob->manifest(), wrapper.blob_path(), blob_imports(*blob), options);
   if (absolute_path(path) != wrapper.blob_path()) info.config = path;
+  for (size_t i = 0; i < info.models.size(); ++i) {
+    if (format::skeleton_kind(blob->manifest().models[i].skeleton.kind) == format::SkeletonKind::kAotInductor) {
+      info.models[i].compiled = compiled_info(*blob, i);
+    }
+  }
   return info;
 }
 
@@ -141,6 +185,13 @@ void to_json(nlohmann::json& j, const TensorInfo& t) {
        {"strides", t.strides},   {"bytes", t.bytes}, {"storage", t.storage},   {"offset", t.offset}};
 }
 
+void to_json(nlohmann::json& j, const CompiledInfo& c) {
+  j = {{"device", c.device},
+       {"compute_capability", c.compute_capability},
+       {"library_bytes", c.library_bytes},
+       {"kernel_files", c.kernel_files}};
+}
+
 void to_json(nlohmann::json& j, const ModelInfo& model) {
   j = {{"name", model.name},
        {"skeleton",
@@ -153,6 +204,7 @@ void to_json(nlohmann::json& j, const ModelInfo& model) {
        {"unshared_bytes", model.unshared_bytes},
        {"shared_fraction", model.shared_fraction},
        {"imports", model.imports},
+       {"compiled", model.compiled ? nlohmann::json(*model.compiled) : nlohmann::json(nullptr)},
        {"tensors", model.tensors}};
 }
 

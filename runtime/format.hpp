@@ -141,6 +141,16 @@ const SkeletonKindInfo& skeleton_kind_info(SkeletonKind kind);
 // The manifest's name of a known kind.
 std::string skeleton_kind_name(SkeletonKind kind);
 
+// Whether a record of an aot_inductor skeleton (a package's record name) is
+// a compiled GPU kernel, which the model's code loads by base name from its
+// kernel folder ("cubin_dir") on first use: a CUDA package's .cubin files.
+inline bool is_aoti_kernel_file(std::string_view record) {
+  for (const std::string_view ext : {".cubin", ".fatbin", ".ptx", ".hsaco"}) {
+    if (record.size() > ext.size() && record.substr(record.size() - ext.size()) == ext) return true;
+  }
+  return false;
+}
+
 struct SkeletonEntry {
   std::string kind{kSkeletonKinds[0].name};  // see SkeletonKind
   std::string compression = "zstd";  // "zstd" or "none"

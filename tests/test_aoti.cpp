@@ -204,6 +204,12 @@ TEST_CASE("AOTInductor: the .so is placed once, by content, without its weights"
   REQUIRE(::stat(so.c_str(), &st) == 0);
   const zcwrap::BlobInfo info = zcwrap::describe(blob);
   const uint64_t weights = info.storage_bytes;
+  // What inspect says of the compiled code: the package's device and .so.
+  REQUIRE(info.models.at(0).compiled.has_value());
+  CHECK(info.models.at(0).compiled->device == "cpu");
+  CHECK(info.models.at(0).compiled->compute_capability.empty());
+  CHECK(info.models.at(0).compiled->kernel_files == 0);
+  CHECK(info.models.at(0).compiled->library_bytes == static_cast<uint64_t>(st.st_size));
   // The skeleton is stored as it is: every unwrap compares the .so with it
   // in place in the blob's mapping.
   CHECK(info.models.at(0).skeleton.compression == "none");
@@ -401,6 +407,10 @@ TEST_CASE("AOTInductor: pack, inspect, verify, run and unpack through the CLI" *
       const auto info = nlohmann::json::parse(r.out);
       CHECK(info["models"][0]["skeleton"]["kind"] == "aot_inductor");
       CHECK(info["models"][0]["imports"].empty());
+      CHECK(info["models"][0]["compiled"]["device"] == "cpu");
+      r = test::run_cli({"inspect", "--brief", blob});
+      REQUIRE_MESSAGE(r.status == 0, r.err);
+      CHECK_MESSAGE(r.out.find("compiled by AOTInductor for cpu: its .so ") != std::string::npos, r.out);
       r = test::run_cli({"verify", blob});
       CHECK_MESSAGE(r.status == 0, r.err);
       r = test::run_cli({"run", blob, "--input", aoti_fixture(m["input"]), "--output", out});

@@ -32,6 +32,14 @@ struct SkeletonInfo {
   uint64_t raw_bytes = 0;
 };
 
+/// An aot_inductor model's compiled code, as its package described it.
+struct CompiledInfo {
+  std::string device;              ///< what it was compiled for (AOTI_DEVICE_KEY): "cpu", "cuda"
+  std::string compute_capability;  ///< a CUDA package's AOTI_COMPUTE_CAPABILITY ("90"); else empty
+  uint64_t library_bytes = 0;      ///< its .so, the weights' range included
+  uint64_t kernel_files = 0;       ///< GPU kernel files (.cubin), placed beside the .so at unwrap
+};
+
 struct ModelInfo {
   std::string name;
   SkeletonInfo skeleton;
@@ -45,6 +53,8 @@ struct ModelInfo {
   /// whose code is TorchScript and whose pickles LibTorch reads without
   /// Python.
   std::vector<std::string> imports;
+  /// Skeleton kind aot_inductor only, for a blob described from its file.
+  std::optional<CompiledInfo> compiled;
   std::vector<TensorInfo> tensors;  ///< empty when described without tensors
 };
 
@@ -131,6 +141,7 @@ VerifyReport verify(const std::string& path, unsigned threads = 0);
 /// `nlohmann::json j = info;` works through these. Checksums become 16 hex
 /// digits.
 void to_json(nlohmann::json& j, const TensorInfo& tensor);
+void to_json(nlohmann::json& j, const CompiledInfo& compiled);
 void to_json(nlohmann::json& j, const ModelInfo& model);
 void to_json(nlohmann::json& j, const PipelineObjectInfo& pipeline);
 void to_json(nlohmann::json& j, const BlobInfo& info);

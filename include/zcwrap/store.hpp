@@ -17,7 +17,7 @@ namespace zcwrap {
 /// choose the weights, and the code, that workers load.
 std::string store_folder(const std::string& requested = "");
 
-/// A file of the store that gc removed, or would remove on a dry run.
+/// A file (or kernel folder) of the store that gc removed, or would remove on a dry run.
 struct StoreFile {
   std::string path;
   uint64_t bytes = 0;
@@ -29,8 +29,11 @@ struct GcOptions {
   bool dry_run = false;   ///< report what would go, remove nothing
 };
 
-/// Removes from the store every blob that no live process maps or holds, and
-/// every temporary file that no live pack is writing. Each process that
+/// Removes from the store every blob that no live process maps or holds,
+/// every temporary file that no live pack is writing, and the compiled code
+/// AOTInductor models placed there (<digest>.so, and a CUDA model's kernel
+/// folder <digest>.kernels, its files summed in `bytes`) once no process
+/// uses it. Each process that
 /// maps a blob (unwrap, open, from_actor), holds one (a wrapper from
 /// from_model, as long as it or a copy lives) or writes one holds
 /// flock(LOCK_SH) on it; gc takes LOCK_EX without waiting and removes only

@@ -56,9 +56,11 @@ def verify(path: str) -> dict:
 
 def gc(store_dir: str | None = None, dry_run: bool = False) -> list[dict]:
     """Removes from the store every blob that no live process maps or holds,
-    and every temporary file that no live pack is writing; what `zcwrap gc`
-    does. Returns what it removed (or, with `dry_run`, would remove): one
-    ``{"path", "bytes", "temporary"}`` dict per file.
+    every temporary file that no live pack is writing, and the compiled code
+    an AOTInductor model placed there (``<digest>.so``, and a CUDA model's
+    kernel folder ``<digest>.kernels``) once no process uses it; what
+    `zcwrap gc` does. Returns what it removed (or, with `dry_run`, would
+    remove): one ``{"path", "bytes", "temporary"}`` dict per file or folder.
 
     A blob stays while any process has it unwrapped or opened, and while a
     wrapper made by ``from_model``, ``from_actor`` or ``open`` lives (each

@@ -61,6 +61,8 @@ def test_pack_and_call_bit_equal_to_torch(entry, tmp_path, monkeypatch):
     monkeypatch.setenv("ZCWRAP_STORE", str(tmp_path / "store"))
     wrapper = zcwrap.ModelWrapper.from_model(os.path.join(FOLDER, entry["file"]))
     assert wrapper._model_refs == {"model": "aot_inductor"}
+    compiled = zcwrap.describe(wrapper.blob_path)["models"][0]["compiled"]
+    assert compiled["device"] == "cpu" and compiled["kernel_files"] == 0 and compiled["library_bytes"] > 0
     out = tmp_path / "out.pt"
     env = dict(os.environ, ZCWRAP_STORE=str(tmp_path / "store"))
     r = subprocess.run([sys.executable, "-c", CHILD, wrapper.blob_path, os.path.join(FOLDER, entry["input"]), str(out)],

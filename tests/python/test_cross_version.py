@@ -157,7 +157,11 @@ def test_aot_inductor_blob_is_described_under_1_13_and_refused_to_run(tmp_path):
 
     info = zcwrap(DEBIAN, "inspect", "--json", blob)
     assert info.returncode == 0, info.stderr
-    assert [m["skeleton"]["kind"] for m in json.loads(info.stdout)["models"]] == ["aot_inductor"]
+    models = json.loads(info.stdout)["models"]
+    assert [m["skeleton"]["kind"] for m in models] == ["aot_inductor"]
+    # What the package was compiled for reads the same from either build.
+    assert models[0]["compiled"] == json.loads(zcwrap(TORCH2, "inspect", "--json", blob).stdout)["models"][0]["compiled"]
+    assert models[0]["compiled"]["device"] == "cpu" and models[0]["compiled"]["library_bytes"] > 0
     verified = zcwrap(DEBIAN, "verify", blob)
     assert verified.returncode == 0, verified.stderr
 
