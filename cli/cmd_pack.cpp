@@ -129,8 +129,10 @@ int run_pack(const PackArgs& args) {
   } else if (!args.quiet) {
     uint64_t tensors = 0;
     for (const ModelInfo& m : info.models) tensors += m.tensor_count;
-    std::printf("packed %zu model%s (%llu tensors, %s in %llu storages) into %s (%s) in %.2f s\n", files.size(),
-                files.size() == 1 ? "" : "s", static_cast<unsigned long long>(tensors),
+    // A file may hold several models (an AOTInductor package of several).
+    const size_t models = info.models.size();
+    std::printf("packed %zu model%s (%llu tensors, %s in %llu storages) into %s (%s) in %.2f s\n", models,
+                models == 1 ? "" : "s", static_cast<unsigned long long>(tensors),
                 human_bytes(info.storage_bytes).c_str(), static_cast<unsigned long long>(info.storage_count),
                 args.output.c_str(), human_bytes(info.file_size).c_str(), seconds);
     if (info.dedup_saved_bytes > 0) std::printf("  dedup saved %s\n", human_bytes(info.dedup_saved_bytes).c_str());

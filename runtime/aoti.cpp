@@ -616,7 +616,7 @@ std::string digest_hex(uint64_t v) {
 
 bool aoti_supported() { return true; }
 
-AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) {
+AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source, const std::string& model) {
   const std::string& path = source->path;
   const auto map = source;
   const uint8_t* file = source->region.data();
@@ -633,17 +633,11 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
   if (pt2_kind(names) != Pt2Kind::kAotiPackage) {
     throw Error(ErrorCode::kBadModel, path + ": not an AOTInductor package (no " + kAotiDir + " records)");
   }
-  std::set<std::string> models;
-  for (const std::string& r : names) {
-    if (r.rfind(kAotiDir, 0) == 0) models.insert(r.substr(sizeof(kAotiDir) - 1, r.find('/', sizeof(kAotiDir) - 1) - (sizeof(kAotiDir) - 1)));
+  const std::vector<std::string> models = aoti_package_models(names);
+  if (std::find(models.begin(), models.end(), model) == models.end()) {
+    throw Error(ErrorCode::kBadModel, path + ": the package has no compiled model '" + model + "'");
   }
-  if (models.size() != 1) {
-    std::string list;
-    for (const std::string& m : models) list += (list.empty() ? "" : ", ") + m;
-    throw Error(ErrorCode::kBadModel, path + ": the package holds " + std::to_string(models.size()) +
-                                          " compiled models (" + list + "); zcwrap packs a package of one");
-  }
-  const std::string model_dir = std::string(kAotiDir) + *models.begin() + "/";
+  const std::string model_dir = std::string(kAotiDir) + model + "/";
 
   // The bytes of a record: in place when stored, else read out (deflated).
   std::map<std::string, std::string> read_out;
@@ -666,6 +660,7 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
   SkeletonInfo info;
   json metadata = json::object();
   std::optional<std::string> weights_config;
+  std::set<std::string> used_weights;  // the weight files this model's weights_config.json names
   for (const std::string& r : names) {
     if (r.rfind(model_dir, 0) != 0) continue;
     if (r.size() > 3 && r.compare(r.size() - 3, 3, ".so") == 0) {
@@ -795,6 +790,7 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
         throw Error(ErrorCode::kBadModel, path + ": weights_config.json entry '" + c.fqn + "': " + first_line(e));
       }
       const std::string record = kWeightsDir + file_name;
+      used_weights.insert(record);
       if (std::find(names.begin(), names.end(), record) == names.end()) {
         throw Error(ErrorCode::kBadModel, path + ": weight file " + record + " of constant '" + c.fqn + "' is missing");
       }
@@ -912,7 +908,16 @@ AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) 
   std::vector<std::string> stored;
   XXH3_state_t* hash = XXH3_createState();
   XXH3_64bits_reset(hash);
+  // This model's records and the package's own (its version, its byte
+  // order); of a package of several models, not the others' folders nor
+  // weight files only they use.
+  std::vector<std::string> kept;
   for (const std::string& name : names) {
+    const bool other_model = name.rfind(kAotiDir, 0) == 0 && name.rfind(model_dir, 0) != 0;
+    const bool other_weights = models.size() > 1 && name.rfind(kWeightsDir, 0) == 0 && used_weights.count(name) == 0;
+    if (!other_model && !other_weights) kept.push_back(name);
+  }
+  for (const std::string& name : kept) {
     const auto [p, n] = record_bytes(name);
     Record rec{name, n, {}};
     if (auto it = cuts_of.find(name); it != cuts_of.end()) {

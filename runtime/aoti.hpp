@@ -11,8 +11,10 @@
 // storages inside the weight files.
 #pragma once
 
+#include <algorithm>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <torch/script.h>
@@ -37,6 +39,23 @@ inline Pt2Kind pt2_kind(const std::vector<std::string>& records) {
   return aoti ? Pt2Kind::kAotiPackage : program ? Pt2Kind::kExportedProgram : Pt2Kind::kNone;
 }
 
+// The compiled models of an AOTInductor package, from its record names: the
+// folders under data/aotinductor/ ("model" for aoti_compile_and_package;
+// package_aoti's names for a package of several), sorted.
+inline std::vector<std::string> aoti_package_models(const std::vector<std::string>& records) {
+  constexpr std::string_view kDir = "data/aotinductor/";
+  std::vector<std::string> models;
+  for (const std::string& r : records) {
+    if (r.rfind(kDir, 0) != 0) continue;
+    const size_t end = r.find('/', kDir.size());
+    if (end == std::string::npos || end == kDir.size()) continue;
+    std::string name = r.substr(kDir.size(), end - kDir.size());
+    if (std::find(models.begin(), models.end(), name) == models.end()) models.push_back(std::move(name));
+  }
+  std::sort(models.begin(), models.end());
+  return models;
+}
+
 // An AOTInductor package read for packing: the skeleton and its constants,
 // in the order the manifest lists them. The tensors view the package file's
 // mapping where they can (kept alive by their storages).
@@ -51,14 +70,16 @@ struct AotiPackage {
   std::string device;           // the package's AOTI_DEVICE_KEY: "cpu", "cuda"
 };
 
-// Reads the package open as `source` (its tensors point into the source's
+// Reads compiled model `model` (one of aoti_package_models) of the package
+// open as `source`: its records and the package's own, not another model's
+// (its tensors point into the source's
 // mapping, which they keep alive). Loads its .so once (from a temporary
 // folder of its own, with its kernel files), on the package's device, to
 // learn each constant's name, dtype, shape and where its bytes are. Throws Error(kBadModel) for anything that is not a loadable
 // AOTInductor package of this torch (an ExportedProgram archive, a truncated
 // or corrupt .so or weight file, a .so that needs symbols this LibTorch does
 // not have), Error(kDevice) for a CUDA package on a host without CUDA.
-AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source);
+AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source, const std::string& model);
 
 // A model compiled with AOTInductor, running over the blob's tensors as
 // user-managed constants (AOTInductorModelContainerCreateWithExternalConstants:

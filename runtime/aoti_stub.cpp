@@ -18,7 +18,9 @@ Error unsupported(const std::string& what) {
 
 bool aoti_supported() { return false; }
 
-AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source) { throw unsupported(source->path); }
+AotiPackage read_aoti_package(const std::shared_ptr<const ModelSource>& source, const std::string&) {
+  throw unsupported(source->path);
+}
 
 struct AotiModel::Impl {};
 

@@ -62,6 +62,9 @@ ModelWrapper ModelWrapper::pack_files(const std::vector<ModelFile>& models, Layo
 detail::Packed detail::WrapperAccess::pack_files(const std::vector<ModelFile>& files, Layout layout,
                                                  const std::string& blob_path, const PackOptions& options) {
   std::vector<PackInput> inputs = load_model_files(files, layout, options);
+  // One file that holds several models (an AOTInductor package of several)
+  // is a pipeline of them.
+  if (layout == Layout::kStandalone && inputs.size() > 1) layout = Layout::kPipeline;
   return pack(inputs, layout, options, std::nullopt, blob_path);
 }
 

@@ -222,14 +222,14 @@ ScriptModel load_script(const std::shared_ptr<const ModelSource>& shared, Tensor
   return model;
 }
 
-// What a zip archive is, from its record names; kNone also for what is not
-// a readable zip (load_script then says what it is).
-Pt2Kind archive_kind(const std::shared_ptr<const ModelSource>& source) {
+// A zip archive's record names; none for what is not a readable zip
+// (load_script then says what it is).
+std::vector<std::string> archive_records(const std::shared_ptr<const ModelSource>& source) {
   try {
     caffe2::serialize::PyTorchStreamReader reader(read_adapter(source));
-    return pt2_kind(reader.getAllRecords());
+    return reader.getAllRecords();
   } catch (const std::exception&) {
-    return Pt2Kind::kNone;
+    return {};
   }
 }
 
@@ -241,10 +241,22 @@ std::vector<PackInput> load_model_files(const std::vector<ModelFile>& files, Lay
   for (const ModelFile& file : files) {
     const std::shared_ptr<const ModelSource> source = open_model_source(file.path);
     const std::string name = layout == Layout::kStandalone ? options.standalone_name : file.name;
-    switch (archive_kind(source)) {
-      case Pt2Kind::kAotiPackage:
-        inputs.push_back({name, file.path, read_aoti_package(source)});
+    const std::vector<std::string> records = archive_records(source);
+    switch (pt2_kind(records)) {
+      case Pt2Kind::kAotiPackage: {
+        // A package of several compiled models (package_aoti) gives one
+        // model each, by its name in the package (NAME.its name in a
+        // pipeline); pack_files then packs a pipeline.
+        const std::vector<std::string> models = aoti_package_models(records);
+        for (const std::string& model : models) {
+          const std::string named = models.size() == 1 ? name
+                                    : layout == Layout::kStandalone ? model
+                                                                    : name + "." + model;
+          inputs.push_back({named, file.path + " (model '" + model + "')", read_aoti_package(source, model)});
+        }
+        if (models.size() == 1) inputs.back().origin = file.path;
         break;
+      }
       case Pt2Kind::kExportedProgram:
         throw Error(ErrorCode::kBadModel,
                     file.path + ": an ExportedProgram archive (torch.export.save), not an AOTInductor package or a "

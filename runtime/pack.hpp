@@ -77,7 +77,9 @@ struct PreparedBlob {
 // Error(kInput) when a file is unreadable, Error(kBadModel) with a hint for
 // an eager torch.save pickle, an ExportedProgram archive or anything else
 // that is not TorchScript. An AOTInductor package (.pt2) is read by
-// read_aoti_package.
+// read_aoti_package, one input per compiled model in it: a package of
+// several (package_aoti) gives each its name in the package (in a pipeline,
+// NAME.that name), and pack_files packs them as a pipeline.
 std::vector<PackInput> load_model_files(const std::vector<ModelFile>& files, Layout layout,
                                         const PackOptions& options);
 

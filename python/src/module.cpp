@@ -89,14 +89,19 @@ zcwrap::ModelWrapper pack(const std::vector<PackModel>& models, bool standalone,
       if (m.script) {
         inputs.push_back(zcwrap::detail::copy_module(m.name, *m.script));
       } else if (m.file) {
-        // As `zcwrap pack FILE` reads it (one open; a .pt2 by its records).
-        auto loaded = zcwrap::detail::load_model_files({{m.name, *m.file}}, zcwrap::Layout::kPipeline, options);
-        inputs.push_back(std::move(loaded.front()));
+        // As `zcwrap pack FILE` reads it (one open; a .pt2 by its records;
+        // an AOTInductor package of several models gives each, by its name).
+        const bool alone = standalone && models.size() == 1;
+        if (alone) options.standalone_name = m.name;
+        auto loaded = zcwrap::detail::load_model_files(
+            {{m.name, *m.file}}, alone ? zcwrap::Layout::kStandalone : zcwrap::Layout::kPipeline, options);
+        for (auto& input : loaded) inputs.push_back(std::move(input));
       } else {
         inputs.push_back({m.name, "module '" + m.name + "'", m.python});
       }
     }
-    const zcwrap::Layout layout = standalone ? zcwrap::Layout::kStandalone : zcwrap::Layout::kPipeline;
+    const zcwrap::Layout layout =
+        standalone && inputs.size() == 1 ? zcwrap::Layout::kStandalone : zcwrap::Layout::kPipeline;
     return zcwrap::detail::WrapperAccess::pack(inputs, layout, options, pipeline, blob_path).wrapper;
   });
 }

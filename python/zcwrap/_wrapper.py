@@ -196,7 +196,9 @@ class ModelWrapper:
         (scripted or traced), the path (``str`` or ``os.PathLike``) of a
         model file that ``zcwrap pack`` reads (an AOTInductor package, the
         ``.pt2`` of ``torch._inductor.aoti_compile_and_package``, or a
-        TorchScript file; actor mode), or a pipeline: any object whose attributes
+        TorchScript file; actor mode; a package of several compiled models,
+        ``package_aoti``'s, unwraps to a dict of them by name), or a
+        pipeline: any object whose attributes
         include modules of either kind; each becomes a model of the blob named
         by its attribute, and tensors shared between them are stored once.
         The blob goes to `store_dir`, else ``$ZCWRAP_STORE``, else

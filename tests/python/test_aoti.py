@@ -92,6 +92,25 @@ def test_unwrapped_weights_are_the_blobs_mapping(tmp_path, monkeypatch):
         model(*inputs, bogus=inputs[0])
 
 
+def test_a_package_of_several_models_unwraps_to_a_dict_of_them(tmp_path, monkeypatch):
+    # torch._inductor.package.package_aoti's package of several compiled
+    # models: each is a model of the blob, by its name in the package.
+    monkeypatch.setenv("ZCWRAP_STORE", str(tmp_path / "store"))
+    index = json.load(open(os.path.join(FOLDER, "fixtures.json")))["multi"]
+    wrapper = zcwrap.ModelWrapper.from_model(os.path.join(FOLDER, index["file"]))
+    assert not wrapper.is_standalone_module
+    assert wrapper._model_refs == {m["name"]: "aot_inductor" for m in index["models"]}
+    models = wrapper.unwrap()
+    assert sorted(models) == sorted(m["name"] for m in index["models"])
+    for m in index["models"]:
+        with torch.no_grad():
+            got = models[m["name"]](*torch.load(os.path.join(FOLDER, m["input"])))
+        got = tuple(got) if isinstance(got, (list, tuple)) else (got,)
+        want = torch.load(os.path.join(FOLDER, m["reference"]))
+        assert len(got) == len(want)
+        assert all(a.numpy().tobytes() == b.numpy().tobytes() for a, b in zip(got, want)), m["name"]
+
+
 def test_exported_program_archive_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("ZCWRAP_STORE", str(tmp_path / "store"))
     with pytest.raises(zcwrap.BadModelError, match="ExportedProgram archive"):
