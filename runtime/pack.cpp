@@ -248,6 +248,10 @@ std::vector<PackInput> load_model_files(const std::vector<ModelFile>& files, Lay
         // model each, by its name in the package (NAME.its name in a
         // pipeline); pack_files then packs a pipeline.
         const std::vector<std::string> models = aoti_package_models(records);
+        if (models.empty()) {
+          throw Error(ErrorCode::kBadModel, file.path + ": not an AOTInductor package (no compiled model in a "
+                                                        "folder data/aotinductor/NAME/)");
+        }
         for (const std::string& model : models) {
           const std::string named = models.size() == 1 ? name
                                     : layout == Layout::kStandalone ? model
