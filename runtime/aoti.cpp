@@ -1038,8 +1038,8 @@ StoreFolder code_folder() {
 }
 
 // The .so in the store as <digest>.so, written once per machine.
-UniqueFd place_library(const Record& r, std::string_view stored, const std::string& digest, std::string* path) {
-  const StoreFolder folder = code_folder();
+UniqueFd place_library(const StoreFolder& folder, const Record& r, std::string_view stored, const std::string& digest,
+                       std::string* path) {
   *path = folder.path + "/" + digest + ".so";
   return place_file(folder.fd.get(), folder.path, digest + ".so", r, stored);
 }
@@ -1049,9 +1049,8 @@ UniqueFd place_library(const Record& r, std::string_view stored, const std::stri
 // in the store folder <digest>.kernels (the .so's digest). Returns the
 // folder open and flock(LOCK_SH)ed, so zcwrap gc leaves it while the model
 // lives (its kernels are loaded on first use, not when it is created).
-UniqueFd place_kernels(SkeletonReader& skeleton, const std::vector<size_t>& kernels, const std::string& digest,
-                       std::string* path) {
-  const StoreFolder folder = code_folder();
+UniqueFd place_kernels(const StoreFolder& folder, SkeletonReader& skeleton, const std::vector<size_t>& kernels,
+                       const std::string& digest, std::string* path) {
   const std::string name = digest + ".kernels";
   *path = folder.path + "/" + name;
   for (int round = 0; round < 8; ++round) {
@@ -1105,7 +1104,8 @@ std::shared_ptr<AotiModel> AotiModel::load(const BlobFile& blob, size_t index, s
   }
   const size_t lib = skeleton.find(info.library);
   const std::string_view stored = skeleton.stored(lib);
-  impl->library_fd = place_library(info.records[lib], stored, info.library_digest, &impl->library_path);
+  const StoreFolder folder = code_folder();
+  impl->library_fd = place_library(folder, info.records[lib], stored, info.library_digest, &impl->library_path);
   // By its name, which is its content's: glibc reuses a loaded library of
   // the same name, which is then the same code. The name must still lead to
   // the file whose bytes were compared (only the store's owner can change
@@ -1124,7 +1124,7 @@ std::shared_ptr<AotiModel> AotiModel::load(const BlobFile& blob, size_t index, s
     if (format::is_aoti_kernel_file(info.records[i].name)) kernels.push_back(i);
   }
   if (!kernels.empty()) {
-    impl->kernels_fd = place_kernels(skeleton, kernels, info.library_digest, &impl->kernels_path);
+    impl->kernels_fd = place_kernels(folder, skeleton, kernels, info.library_digest, &impl->kernels_path);
   }
 
   // The container is given tensors that do not own the blob's mapping:

@@ -256,9 +256,9 @@ std::vector<PackInput> load_model_files(const std::vector<ModelFile>& files, Lay
           const std::string named = models.size() == 1 ? name
                                     : layout == Layout::kStandalone ? model
                                                                     : name + "." + model;
-          inputs.push_back({named, file.path + " (model '" + model + "')", read_aoti_package(source, model)});
+          const std::string origin = models.size() == 1 ? file.path : file.path + " (model '" + model + "')";
+          inputs.push_back({named, origin, read_aoti_package(source, model)});
         }
-        if (models.size() == 1) inputs.back().origin = file.path;
         break;
       }
       case Pt2Kind::kExportedProgram:

@@ -37,22 +37,24 @@ constexpr char kTempInfix[] = ".tmp-";
   throw Error(ErrorCode::kWrite, path + ": " + why);
 }
 
+// What follows a store name's 16-digit hex checksum; empty for a name
+// that does not start with one.
+std::string store_suffix(const std::string& name) {
+  uint64_t ignored = 0;
+  if (name.size() <= kChecksumDigits || !format::parse_hex64(name.substr(0, kChecksumDigits), &ignored)) return "";
+  return name.substr(kChecksumDigits);
+}
+
 // A blob, "<meta checksum>.zcb", or an AOTInductor model's code placed at
 // unwrap, "<xxh3 of the .so>.so" (aoti.cpp).
 bool is_blob_name(const std::string& name) {
-  uint64_t ignored = 0;
-  if (name.size() <= kChecksumDigits || !format::parse_hex64(name.substr(0, kChecksumDigits), &ignored)) return false;
-  const std::string suffix = name.substr(kChecksumDigits);
+  const std::string suffix = store_suffix(name);
   return suffix == kBlobSuffix || suffix == kCodeSuffix;
 }
 
 // The kernel files of a GPU AOTInductor model, placed at unwrap beside its
 // code: a folder "<xxh3 of the .so>.kernels" (aoti.cpp).
-bool is_kernels_name(const std::string& name) {
-  uint64_t ignored = 0;
-  return name.size() > kChecksumDigits && format::parse_hex64(name.substr(0, kChecksumDigits), &ignored) &&
-         name.substr(kChecksumDigits) == kKernelsSuffix;
-}
+bool is_kernels_name(const std::string& name) { return store_suffix(name) == kKernelsSuffix; }
 
 // Removes the kernel folder open (and flock(LOCK_EX)ed) as `fd` and named
 // `name` in `dir_fd`: its files, then itself. Returns the bytes it held.
